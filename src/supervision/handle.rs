@@ -1,0 +1,342 @@
+//! The stable handle to a supervised actor, and the message tracking behind it.
+//!
+//! Owns: `ActorHandle` (what other actors and HTTP handlers hold; it survives every restart of the
+//! actor because the mailbox does), `Tracked` (the envelope that tells the supervision layer which
+//! message is in flight), `CallError`, and the `supervised!` macro that wires an actor in.
+//!
+//! Must never: catch panics (the runner does that, once, at the mailbox boundary) or block.
+
+use std::any::type_name;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::dev::{MessageResponse, OneshotSender, ToEnvelope};
+use actix::{Actor, Addr, Context, Handler, MailboxError, Message};
+
+use super::quarantine::{QuarantineEvent, QuarantineRecord};
+use super::registry::{ActorRecord, ActorStatus};
+use super::runner;
+
+/// A message that may be sent through an [`ActorHandle`].
+///
+/// `key` names the *logical* message (a batch id, a client message id): when the same key crashes
+/// an actor `supervisor.quarantine_after` times, later deliveries of it are quarantined instead.
+/// Messages without a key are never quarantined. `Debug` is what the quarantine sink stores.
+pub trait SupervisedMessage: Message + Debug + Send + 'static {
+    fn key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A message on its way through the supervision layer. Built only by [`ActorHandle`].
+pub struct Tracked<M> {
+    pub(crate) message: M,
+    pub(crate) key: Option<String>,
+}
+
+impl<M: Message> Message for Tracked<M> {
+    type Result = M::Result;
+}
+
+/// The handler's own response, or nothing when the message was diverted to quarantine (the
+/// caller then sees `CallError::Quarantined`).
+pub enum TrackedResponse<R> {
+    Handled(R),
+    Diverted,
+}
+
+impl<A, M, R> MessageResponse<A, Tracked<M>> for TrackedResponse<R>
+where
+    A: Actor,
+    M: Message,
+    R: MessageResponse<A, M>,
+{
+    fn handle(self, ctx: &mut A::Context, tx: Option<OneshotSender<M::Result>>) {
+        match self {
+            TrackedResponse::Handled(response) => response.handle(ctx, tx),
+            // Dropping `tx` tells the caller no reply is coming.
+            TrackedResponse::Diverted => drop(tx),
+        }
+    }
+}
+
+/// Makes the receiving actor panic inside its own handler (the chaos endpoint, tests).
+#[derive(Debug, Clone, Copy)]
+pub struct ChaosPanic;
+
+impl Message for ChaosPanic {
+    type Result = ();
+}
+
+impl SupervisedMessage for ChaosPanic {}
+
+/// An actor that can run under a supervisor. Implemented by [`supervised!`](crate::supervised),
+/// never by hand: the macro also provides the fresh-state hook restarts rely on.
+pub trait SupervisedActor:
+    Actor<Context = Context<Self>> + actix::Supervised + Handler<Tracked<ChaosPanic>>
+{
+}
+
+/// Wires an actor into the supervision layer: fresh state on restart, message tracking for the
+/// restart journal and quarantine, and the chaos panic handler.
+///
+/// ```ignore
+/// struct Counter { n: u64 }
+/// impl actix::Actor for Counter { type Context = actix::Context<Self>; }
+/// rampart::supervised!(Counter);
+/// ```
+#[macro_export]
+macro_rules! supervised {
+    ($actor:ty) => {
+        impl ::actix::Supervised for $actor {
+            fn restarting(&mut self, _ctx: &mut <Self as ::actix::Actor>::Context) {
+                $crate::supervision::install_fresh_state(self);
+            }
+        }
+
+        impl ::actix::Handler<$crate::supervision::ChaosPanic> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, _msg: $crate::supervision::ChaosPanic, _ctx: &mut Self::Context) {
+                panic!("chaos: panic requested by an operator or a test");
+            }
+        }
+
+        impl<M> ::actix::Handler<$crate::supervision::Tracked<M>> for $actor
+        where
+            M: $crate::supervision::SupervisedMessage,
+            $actor: ::actix::Handler<M>,
+        {
+            type Result =
+                $crate::supervision::TrackedResponse<<$actor as ::actix::Handler<M>>::Result>;
+
+            fn handle(
+                &mut self,
+                msg: $crate::supervision::Tracked<M>,
+                ctx: &mut Self::Context,
+            ) -> Self::Result {
+                $crate::supervision::dispatch(self, msg, ctx)
+            }
+        }
+
+        impl $crate::supervision::SupervisedActor for $actor {}
+    };
+}
+
+/// Delivers one tracked message: counts it off the backlog, diverts it if its key is quarantined,
+/// and records it as in flight while the handler's synchronous part runs.
+#[doc(hidden)]
+pub fn dispatch<A, M>(
+    actor: &mut A,
+    tracked: Tracked<M>,
+    ctx: &mut Context<A>,
+) -> TrackedResponse<<A as Handler<M>>::Result>
+where
+    A: Actor<Context = Context<A>> + Handler<M>,
+    M: SupervisedMessage,
+{
+    let Tracked { message, key } = tracked;
+    let message_type = type_name::<M>();
+    let diverted = runner::with_current_record(|record| {
+        record.queued.fetch_sub(1, Ordering::Relaxed);
+        match &key {
+            Some(key) if record.quarantine.contains(message_type, key) => {
+                divert(record, message_type, key, &message);
+                true
+            }
+            _ => false,
+        }
+    });
+    if diverted == Some(true) {
+        return TrackedResponse::Diverted;
+    }
+    runner::set_in_flight(message_type, key);
+    let response = <A as Handler<M>>::handle(actor, message, ctx);
+    // Not reached when the handler panics: the runner then finds the message still in flight.
+    runner::clear_in_flight();
+    TrackedResponse::Handled(response)
+}
+
+fn divert<M: Debug>(record: &ActorRecord, message_type: &'static str, key: &str, message: &M) {
+    /// Payloads are kept for operators to read, not to replay byte for byte: bound them.
+    const MAX_PAYLOAD_CHARS: usize = 4096;
+    let mut payload = format!("{message:?}");
+    if payload.len() > MAX_PAYLOAD_CHARS {
+        let mut cut = MAX_PAYLOAD_CHARS;
+        while !payload.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        payload.truncate(cut);
+        payload.push('…');
+    }
+    record.sink.accept(QuarantineRecord {
+        actor: record.path.clone(),
+        message_type: super::short_type_name(message_type).to_owned(),
+        key: key.to_owned(),
+        at: SystemTime::now(),
+        event: QuarantineEvent::Diverted { payload },
+    });
+}
+
+/// Why a call through an [`ActorHandle`] produced no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The actor failed (panicked) while this request was in flight. It is being restarted;
+    /// the request was not completed and may be retried.
+    #[error("actor {actor} failed while handling the request")]
+    Failed { actor: String },
+    /// The actor is stopped for good (shutdown, or a temporary child that ended).
+    #[error("actor {actor} is stopped")]
+    Stopped { actor: String },
+    /// The message's key is quarantined for this actor; it was handed to the quarantine sink.
+    #[error("message {key} is quarantined by actor {actor}")]
+    Quarantined { actor: String, key: String },
+    /// `try_send` found the mailbox full.
+    #[error("mailbox of actor {actor} is full")]
+    MailboxFull { actor: String },
+    /// No reply within the caller's deadline.
+    #[error("actor {actor} did not reply in time")]
+    Timeout { actor: String },
+}
+
+/// The stable address of a supervised actor. Cheap to clone; keeps working across restarts.
+pub struct ActorHandle<A: Actor> {
+    pub(crate) addr: Addr<A>,
+    pub(crate) record: Arc<ActorRecord>,
+}
+
+impl<A: Actor> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        Self { addr: self.addr.clone(), record: self.record.clone() }
+    }
+}
+
+impl<A: Actor> Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorHandle").field("path", &self.record.path).finish()
+    }
+}
+
+impl<A: SupervisedActor> ActorHandle<A> {
+    /// The actor's path in the tree, e.g. `/root/system_monitor`.
+    pub fn path(&self) -> &str {
+        &self.record.path
+    }
+
+    /// Its registry record (status, restart count, last failure).
+    pub fn record(&self) -> &Arc<ActorRecord> {
+        &self.record
+    }
+
+    /// Sends a request and waits for the reply. Waits while the mailbox is full; fails with
+    /// `CallError::Failed` if the actor panics while handling it.
+    pub fn send<M>(&self, message: M) -> impl Future<Output = Result<M::Result, CallError>> + 'static
+    where
+        M: SupervisedMessage,
+        M::Result: Send,
+        A: Handler<Tracked<M>>,
+        A::Context: ToEnvelope<A, Tracked<M>>,
+    {
+        let key = message.key();
+        let rejected = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message));
+        let request = match rejected {
+            Some(_) => None,
+            None => {
+                self.record.queued.fetch_add(1, Ordering::Relaxed);
+                Some(self.addr.send(Tracked { message, key: key.clone() }))
+            }
+        };
+        let record = self.record.clone();
+        async move {
+            match (rejected, request) {
+                (Some(error), _) => Err(error),
+                (None, Some(request)) => request
+                    .await
+                    .map_err(|error| classify(&record, type_name::<M>(), key.as_deref(), error)),
+                (None, None) => unreachable!("either rejected or sent"),
+            }
+        }
+    }
+
+    /// Like [`send`](Self::send) with a deadline for the reply.
+    pub async fn send_timeout<M>(&self, message: M, timeout: std::time::Duration) -> Result<M::Result, CallError>
+    where
+        M: SupervisedMessage,
+        M::Result: Send,
+        A: Handler<Tracked<M>>,
+        A::Context: ToEnvelope<A, Tracked<M>>,
+    {
+        let path = self.record.path.clone();
+        tokio::time::timeout(timeout, self.send(message))
+            .await
+            .map_err(|_| CallError::Timeout { actor: path })?
+    }
+
+    /// Sends without waiting for a reply, ignoring mailbox capacity.
+    pub fn do_send<M>(&self, message: M) -> Result<(), CallError>
+    where
+        M: SupervisedMessage,
+        M::Result: Send,
+        A: Handler<Tracked<M>>,
+        A::Context: ToEnvelope<A, Tracked<M>>,
+    {
+        let key = message.key();
+        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
+            return Err(error);
+        }
+        if !self.addr.connected() {
+            return Err(CallError::Stopped { actor: self.record.path.clone() });
+        }
+        self.record.queued.fetch_add(1, Ordering::Relaxed);
+        self.addr.do_send(Tracked { message, key });
+        Ok(())
+    }
+
+    /// Sends without waiting; fails at once when the mailbox is full.
+    pub fn try_send<M>(&self, message: M) -> Result<(), CallError>
+    where
+        M: SupervisedMessage,
+        M::Result: Send,
+        A: Handler<Tracked<M>>,
+        A::Context: ToEnvelope<A, Tracked<M>>,
+    {
+        let key = message.key();
+        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
+            return Err(error);
+        }
+        self.record.queued.fetch_add(1, Ordering::Relaxed);
+        self.addr.try_send(Tracked { message, key }).map_err(|error| {
+            self.record.queued.fetch_sub(1, Ordering::Relaxed);
+            match error {
+                actix::prelude::SendError::Full(_) => CallError::MailboxFull { actor: self.record.path.clone() },
+                actix::prelude::SendError::Closed(_) => CallError::Stopped { actor: self.record.path.clone() },
+            }
+        })
+    }
+
+    fn refuse_if_quarantined<M: SupervisedMessage>(&self, key: &str, message: &M) -> Option<CallError> {
+        let message_type = type_name::<M>();
+        if !self.record.quarantine.contains(message_type, key) {
+            return None;
+        }
+        divert(&self.record, message_type, key, message);
+        Some(CallError::Quarantined { actor: self.record.path.clone(), key: key.to_owned() })
+    }
+}
+
+fn classify(record: &ActorRecord, message_type: &'static str, key: Option<&str>, error: MailboxError) -> CallError {
+    let actor = record.path.clone();
+    match error {
+        MailboxError::Timeout => CallError::Timeout { actor },
+        MailboxError::Closed => match key {
+            Some(key) if record.quarantine.contains(message_type, key) => {
+                CallError::Quarantined { actor, key: key.to_owned() }
+            }
+            _ if record.status() == ActorStatus::Stopped => CallError::Stopped { actor },
+            _ => CallError::Failed { actor },
+        },
+    }
+}

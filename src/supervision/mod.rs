@@ -1,0 +1,67 @@
+//! Supervision: the tree of supervisors that keeps every rampart component alive.
+//!
+//! Owns: panic containment at the mailbox boundary (`runner`), restart decisions (`supervisor`),
+//! the stable handles everyone else holds (`handle`), and what operators read about it all
+//! (`registry`, `journal`, `quarantine`, `watchdog`).
+//!
+//! Architecture Invariant: no code outside this module catches a panic. Component authors write
+//! plain actix actors plus one `supervised!(Type)` line; they never wrap handlers.
+//!
+//! Architecture Invariant: this module knows nothing of HTTP, storage or any component; the
+//! admin API reads it through `Registry`, `RestartJournal` and `QuarantineStore`.
+
+mod backoff;
+mod config;
+mod handle;
+mod journal;
+mod panic_capture;
+mod quarantine;
+mod registry;
+mod runner;
+mod spec;
+mod supervisor;
+mod watchdog;
+
+use std::time::SystemTime;
+
+pub use backoff::{BackoffDecision, BackoffPolicy, BackoffState};
+pub use config::SupervisionConfig;
+pub use handle::{
+    dispatch, ActorHandle, CallError, ChaosPanic, SupervisedActor, SupervisedMessage, Tracked,
+    TrackedResponse,
+};
+pub use journal::{FailureCause, JournalDecision, JournalEntry, RestartJournal};
+pub use panic_capture::{contain, install_panic_hook, CapturedPanic};
+pub use quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink, QuarantineStore};
+pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, Registry};
+pub use runner::{install_fresh_state, InFlight};
+pub use spec::{ChildSpec, Factory, RestartType, Strategy, SupervisorSpec};
+pub use supervisor::{SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle};
+pub use watchdog::Watchdog;
+
+/// `rampart::system_monitor::Sample` → `Sample`; generic arguments are shortened the same way.
+pub fn short_type_name(full: &str) -> &str {
+    let generics = full.find('<').unwrap_or(full.len());
+    let head = &full[..generics];
+    match head.rfind("::") {
+        Some(cut) if generics == full.len() => &full[cut + 2..],
+        Some(cut) => &full[cut + 2..],
+        None => full,
+    }
+}
+
+pub(crate) fn serialize_rfc3339<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_type_name;
+
+    #[test]
+    fn short_type_names() {
+        assert_eq!(short_type_name("rampart::system_monitor::Sample"), "Sample");
+        assert_eq!(short_type_name("Sample"), "Sample");
+        assert_eq!(short_type_name("a::Wrapper<b::Inner>"), "Wrapper<b::Inner>");
+    }
+}

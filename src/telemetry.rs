@@ -1,0 +1,79 @@
+//! Everything rampart reports about itself, as named events in one place.
+//!
+//! Owns: the log lines (and, as they are added, the metrics) for supervision, stalls,
+//! quarantine and shutdown, so the full list of what an operator can see is readable here.
+//! Must never: block or panic; it is called from actor threads and the watchdog.
+
+use std::time::Duration;
+
+use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
+
+pub fn actor_failed(entry: &JournalEntry) {
+    let handling = entry.handling.map(short_type_name).unwrap_or("-");
+    let cause = match entry.cause {
+        FailureCause::Panic => "panic",
+        FailureCause::Escalation => "escalation",
+        FailureCause::Exit => "exit",
+    };
+    match &entry.decision {
+        JournalDecision::Restart { delay_ms, ceiling_ms } => tracing::warn!(
+            actor = %entry.actor,
+            cause,
+            message = %entry.message,
+            location = entry.location.as_deref().unwrap_or("-"),
+            handling,
+            restarts = entry.restart_count,
+            delay_ms,
+            ceiling_ms,
+            "actor failed; restarting with fresh state"
+        ),
+        JournalDecision::Ignore => tracing::info!(
+            actor = %entry.actor,
+            cause,
+            message = %entry.message,
+            "actor failed while a restart was already ordered"
+        ),
+        decision => tracing::error!(
+            actor = %entry.actor,
+            cause,
+            message = %entry.message,
+            location = entry.location.as_deref().unwrap_or("-"),
+            handling,
+            decision = ?decision,
+            "actor failed; not restarting it"
+        ),
+    }
+}
+
+pub fn sibling_restarted(actor: &str, because_of: &str) {
+    tracing::warn!(actor, because_of, "restarting sibling of a failed actor (strategy)");
+}
+
+pub fn supervisor_escalated(supervisor: &str, reason: &str) {
+    tracing::error!(supervisor, reason, "supervisor gave up; escalating to its parent");
+}
+
+pub fn fatal(reason: &str) {
+    tracing::error!(reason, "FATAL: supervision tree gave up; shutting down");
+}
+
+pub fn message_quarantined(actor: &str) {
+    tracing::debug!(actor, "quarantine threshold reached");
+}
+
+pub fn actor_stalled(actor: &str, stuck_for: Duration, in_handler: bool) {
+    tracing::warn!(
+        actor,
+        stuck_for_ms = stuck_for.as_millis() as u64,
+        blocked_on = if in_handler { "handler" } else { "ctx.wait future" },
+        "actor stalled: one step has run longer than its stall threshold"
+    );
+}
+
+pub fn actor_recovered_from_stall(actor: &str) {
+    tracing::info!(actor, "actor no longer stalled");
+}
+
+pub fn child_killed_on_shutdown(actor: &str, timeout: Duration) {
+    tracing::warn!(actor, timeout_ms = timeout.as_millis() as u64, "actor did not stop in time; dropped");
+}
