@@ -5,5 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod rfc3339;
 pub mod supervision;
+pub mod system_monitor;
 pub mod telemetry;

@@ -1,1 +1,55 @@
-fn main() {}
+//! The `rampart` binary: parse the command line, load the configuration, run.
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rampart::app::{self, EXIT_CONFIG};
+use rampart::cli::{Cli, Command};
+use rampart::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("rampart: invalid configuration: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            let mut shown = config.clone();
+            if !shown.admin.token.is_empty() {
+                shown.admin.token = "<redacted>".into();
+            }
+            match serde_json::to_string_pretty(&shown) {
+                Ok(text) => println!("{text}"),
+                Err(error) => eprintln!("rampart: {error}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    if let Err(error) = rampart::logging::init(&config.log) {
+        eprintln!("rampart: cannot set up logging: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        let shutdown = app::shutdown_signal()?;
+        app::run(config, shutdown).await
+    });
+    match result {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "rampart failed to start");
+            eprintln!("rampart: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

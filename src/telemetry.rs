@@ -19,7 +19,7 @@ pub fn actor_failed(entry: &JournalEntry) {
         JournalDecision::Restart { delay_ms, ceiling_ms } => tracing::warn!(
             actor = %entry.actor,
             cause,
-            message = %entry.message,
+            failure = %entry.message,
             location = entry.location.as_deref().unwrap_or("-"),
             handling,
             restarts = entry.restart_count,
@@ -30,13 +30,13 @@ pub fn actor_failed(entry: &JournalEntry) {
         JournalDecision::Ignore => tracing::info!(
             actor = %entry.actor,
             cause,
-            message = %entry.message,
+            failure = %entry.message,
             "actor failed while a restart was already ordered"
         ),
         decision => tracing::error!(
             actor = %entry.actor,
             cause,
-            message = %entry.message,
+            failure = %entry.message,
             location = entry.location.as_deref().unwrap_or("-"),
             handling,
             decision = ?decision,

@@ -22,8 +22,6 @@ mod spec;
 mod supervisor;
 mod watchdog;
 
-use std::time::SystemTime;
-
 pub use backoff::{BackoffDecision, BackoffPolicy, BackoffState};
 pub use config::SupervisionConfig;
 pub use handle::{
@@ -50,9 +48,6 @@ pub fn short_type_name(full: &str) -> &str {
     }
 }
 
-pub(crate) fn serialize_rfc3339<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
-}
 
 #[cfg(test)]
 mod tests {

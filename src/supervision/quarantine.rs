@@ -18,7 +18,7 @@ pub struct QuarantineRecord {
     pub actor: String,
     pub message_type: String,
     pub key: String,
-    #[serde(serialize_with = "super::serialize_rfc3339")]
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub at: SystemTime,
     pub event: QuarantineEvent,
 }

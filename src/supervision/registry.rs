@@ -53,7 +53,7 @@ pub enum ActorKind {
 /// The latest failure of an actor, as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailureSummary {
-    #[serde(serialize_with = "super::serialize_rfc3339")]
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub at: SystemTime,
     pub message: String,
     pub location: Option<String>,

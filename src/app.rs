@@ -1,0 +1,129 @@
+//! The application: builds the supervision tree, serves HTTP, and shuts both down in order.
+//!
+//! Owns: start-up order (tree, then components, then the listener) and the shutdown sequence
+//! (stop accepting and drain HTTP, then stop actors in reverse start order). Must never exit
+//! without running the shutdown sequence, whatever ended the run.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::supervision::{ChildSpec, QuarantineStore, SupervisionContext, SupervisionTree};
+use crate::system_monitor::SystemMonitor;
+
+/// Process exit code when the supervision tree gave up (root escalation): EX_SOFTWARE.
+pub const EXIT_FATAL: u8 = 70;
+/// Process exit code for configuration and usage errors.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shutdown was requested (SIGTERM/SIGINT) and completed.
+    Clean,
+    /// The supervision tree gave up; the reason is logged.
+    Fatal(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Clean => 0,
+            Outcome::Fatal(_) => EXIT_FATAL,
+        }
+    }
+}
+
+/// Runs rampart until `shutdown` resolves or the tree gives up. Must be called inside an actix
+/// system (`actix_rt::System::new().block_on(..)`).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
+    let config = Arc::new(config);
+    let quarantine = QuarantineStore::new(QuarantineStore::DEFAULT_CAPACITY);
+    let context = SupervisionContext::new(quarantine.clone());
+    let tree = SupervisionTree::start(&config.supervisor, context.clone()).context("starting the supervision tree")?;
+
+    let monitor_config = config.system_monitor.clone();
+    let monitor_registry = context.registry.clone();
+    let system_monitor = tree
+        .root()
+        .spawn(ChildSpec::new("system_monitor", move || {
+            SystemMonitor::new(monitor_config.clone(), monitor_registry.clone())
+        }))
+        .context("starting the system monitor")?;
+
+    let state = AppState {
+        config: config.clone(),
+        registry: context.registry.clone(),
+        journal: context.journal.clone(),
+        quarantine,
+        system_monitor,
+    };
+    let (server, address) = match http::bind(&config, state, config.shutdown.timeout) {
+        Ok(bound) => bound,
+        Err(error) => {
+            tree.shutdown().await;
+            return Err(error).with_context(|| format!("binding http.bind = {}", config.http.bind));
+        }
+    };
+    tracing::info!(address = %address, "listening on http://{address}");
+    let server_handle = server.handle();
+    let mut server_task = actix_rt::spawn(server);
+
+    let outcome = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutdown requested");
+            Outcome::Clean
+        }
+        reason = tree.fatal() => Outcome::Fatal(reason),
+        result = &mut server_task => {
+            let reason = match result {
+                Ok(Ok(())) => "http server stopped unexpectedly".to_owned(),
+                Ok(Err(error)) => format!("http server failed: {error}"),
+                Err(error) => format!("http server task failed: {error}"),
+            };
+            tracing::error!(reason, "http server ended");
+            Outcome::Fatal(reason)
+        }
+    };
+
+    let budget = config.shutdown.timeout;
+    let orderly = async {
+        // Stop accepting, let in-flight requests finish, then stop the actors they talk to.
+        server_handle.stop(true).await;
+        tree.shutdown().await;
+    };
+    if tokio::time::timeout(budget, orderly).await.is_err() {
+        tracing::error!(budget_ms = budget.as_millis() as u64, "shutdown budget exceeded; exiting anyway");
+    }
+    if !server_task.is_finished() {
+        server_task.abort();
+    }
+    tracing::info!(exit_code = outcome.exit_code(), "stopped");
+    Ok(outcome)
+}
+
+/// Resolves on the first SIGTERM or SIGINT. Installs the handlers immediately, so a signal
+/// that arrives during start-up is not lost.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}

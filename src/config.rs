@@ -1,0 +1,234 @@
+//! Application configuration: one struct per subsystem, composed here, validated before anything
+//! binds a port.
+//!
+//! Sources, later ones winning: `config/default.toml` (embedded in the binary, so it runs from
+//! any directory), an optional `--config FILE`, then environment variables
+//! `RAMPART__SECTION__KEY` (double underscores; e.g. `RAMPART__HTTP__BIND=127.0.0.1:0`).
+//! Unknown keys and bad values are errors naming the key; `main` exits with code 2 on them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::supervision::SupervisionConfig;
+use crate::system_monitor::SystemMonitorConfig;
+
+/// The defaults, as shipped in `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment overrides; nesting is separated by a double underscore.
+pub const ENV_PREFIX: &str = "RAMPART__";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub chaos: ChaosConfig,
+    pub supervisor: SupervisionConfig,
+    pub system_monitor: SystemMonitorConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on, `IP:PORT`. Port 0 picks a free port (the log line
+    /// `listening on http://ADDR` tells which).
+    pub bind: SocketAddr,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for every `/admin/*` route. Empty: the admin API answers 503 (never open).
+    /// Prefer setting it through `RAMPART__ADMIN__TOKEN` over writing it in a file.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    /// Enables `/admin/chaos/*` (deliberate panics for verifying supervision). Off in production.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for everything rampart persists (embedded database, crash records, secrets).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Which events to log, in `RUST_LOG` syntax (`info`, `rampart=debug,actix_web=warn`).
+    pub filter: String,
+    /// `json` (one object per line) or `pretty` (for people at a terminal).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into(), format: LogFormat::Json }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Budget for an orderly shutdown after SIGTERM: HTTP drain, then actors in reverse start
+    /// order. Keep it under the orchestrator's grace period (Kubernetes: 30s).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(25) }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|error| ConfigError::Invalid(describe(error)))?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        self.supervisor.validate()?;
+        self.system_monitor.validate()?;
+        if self.shutdown.timeout.is_zero() {
+            return Err("shutdown.timeout must be longer than 0s".into());
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err("storage.data_dir must not be empty".into());
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|error| format!("log.filter is not a valid filter: {error}"))?;
+        Ok(())
+    }
+}
+
+/// One line per problem, each naming the key (`http.bind`) and where the value came from.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let source = error
+                .metadata
+                .as_ref()
+                .map(|metadata| match &error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                    Some(source) => format!(" (from {} {source})", metadata.name),
+                    None => format!(" (from {})", metadata.name),
+                })
+                .unwrap_or_default();
+            let kind = error.kind.to_string();
+            if key.is_empty() {
+                format!("{kind}{source}")
+            } else {
+                format!("key `{key}`: {kind}{source}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> Env {
+        // figment's Env reads the real environment; a custom prefix keeps tests independent of it
+        // and of each other.
+        let prefix = format!("RAMPART_TEST_{}__", pairs.len() + pairs.iter().map(|p| p.0.len()).sum::<usize>());
+        for (key, value) in pairs {
+            std::env::set_var(format!("{prefix}{key}"), value);
+        }
+        Env::prefixed(&prefix).split("__")
+    }
+
+    #[test]
+    fn embedded_defaults_match_the_rust_defaults() {
+        let parsed: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        assert_eq!(parsed, Config::default(), "config/default.toml and the Default impls drifted apart");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let env = env_of(&[("HTTP__BIND", "127.0.0.1:0"), ("CHAOS__ENABLED", "true"), ("SUPERVISOR__BACKOFF__MAX", "2s")]);
+        let config = Config::load_from(None, env).unwrap();
+        assert_eq!(config.http.bind.port(), 0);
+        assert!(config.chaos.enabled);
+        assert_eq!(config.supervisor.backoff.max, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let env = env_of(&[("HTTP__BINDD", "127.0.0.1:0")]);
+        let error = Config::load_from(None, env).unwrap_err().to_string();
+        assert!(error.contains("bindd"), "{error}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let env = env_of(&[("SUPERVISOR__WITHIN", "soon")]);
+        let error = Config::load_from(None, env).unwrap_err().to_string();
+        assert!(error.contains("supervisor.within"), "{error}");
+    }
+}

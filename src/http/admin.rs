@@ -1,0 +1,203 @@
+//! `/admin/*`: what operators use to see and exercise the supervision tree.
+//!
+//! Every route here sits behind `require_admin_token`; with no token configured they answer 503.
+
+use std::collections::BTreeMap;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::rfc3339;
+use crate::supervision::{short_type_name, ActorRecord, ActorStatus, JournalEntry};
+use crate::system_monitor::GetSample;
+
+/// A dynamic group (sessions, peers) with more children than this is listed as one summary row.
+const DYNAMIC_GROUP_LIST_LIMIT: usize = 50;
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(
+        web::scope("/admin")
+            .wrap(actix_web::middleware::from_fn(require_admin_token))
+            .route("/actors", web::get().to(list_actors))
+            .route("/journal", web::get().to(journal))
+            .route("/quarantine", web::get().to(quarantine))
+            .route("/system", web::get().to(system))
+            .route("/chaos/panic", web::post().to(chaos_panic))
+            .route("/chaos/{rest:.*}", web::route().to(chaos_unknown)),
+    );
+}
+
+async fn require_admin_token(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let Some(state) = state else {
+        return Err(ApiError::Unavailable("application state missing".into()).into());
+    };
+    let expected = state.config.admin.token.as_bytes();
+    if expected.is_empty() {
+        return Err(ApiError::AdminDisabled.into());
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    // Constant time in the token's content; a length mismatch is rejected by ct_eq too.
+    if !bool::from(presented.as_bytes().ct_eq(expected)) {
+        return Err(ApiError::Unauthorized.into());
+    }
+    next.call(request).await
+}
+
+fn actor_json(record: &ActorRecord) -> Value {
+    json!({
+        "path": record.path,
+        "kind": record.kind,
+        "status": record.status().as_str(),
+        "restart": record.restart,
+        "restarts": record.restarts(),
+        "started_at": rfc3339::format(record.started_at()),
+        "last_failure": record.last_failure().map(|failure| json!({
+            "at": rfc3339::format(failure.at),
+            "message": failure.message,
+            "location": failure.location,
+            "handling": failure.handling,
+        })),
+        "stalled": record.is_stalled(),
+        "stalls": record.stalls(),
+        "backlog": record.backlog(),
+        "quarantined_keys": record.quarantined_keys(),
+    })
+}
+
+async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
+    let records = state.registry.snapshot();
+    let mut group_sizes: BTreeMap<&str, usize> = BTreeMap::new();
+    for record in &records {
+        if let Some(parent) = record.parent.as_deref() {
+            if state.registry.is_dynamic_group(parent) {
+                *group_sizes.entry(parent).or_default() += 1;
+            }
+        }
+    }
+    let summarized = |parent: Option<&str>| {
+        parent.is_some_and(|p| group_sizes.get(p).is_some_and(|n| *n > DYNAMIC_GROUP_LIST_LIMIT))
+    };
+    let mut actors: Vec<Value> = records
+        .iter()
+        .filter(|record| !summarized(record.parent.as_deref()))
+        .map(|record| actor_json(record))
+        .collect();
+    for (group, size) in group_sizes.iter().filter(|(_, n)| **n > DYNAMIC_GROUP_LIST_LIMIT) {
+        let members: Vec<_> = records.iter().filter(|r| r.parent.as_deref() == Some(*group)).collect();
+        let count_status = |status: ActorStatus| members.iter().filter(|r| r.status() == status).count();
+        actors.push(json!({
+            "path": format!("{group}/*"),
+            "summary": true,
+            "count": size,
+            "running": count_status(ActorStatus::Running) + count_status(ActorStatus::Starting),
+            "restarting": count_status(ActorStatus::Restarting),
+            "stopped": count_status(ActorStatus::Stopped),
+            "restarts": members.iter().map(|r| r.restarts()).sum::<u64>(),
+        }));
+    }
+    HttpResponse::Ok().json(json!({ "actors": actors }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalQuery {
+    actor: Option<String>,
+    #[serde(default)]
+    backtrace: bool,
+}
+
+fn journal_json(entry: &JournalEntry, with_backtrace: bool) -> Value {
+    let mut value = json!({
+        "id": entry.id,
+        "actor": entry.actor,
+        "at": rfc3339::format(entry.at),
+        "cause": entry.cause,
+        "message": entry.message,
+        "location": entry.location,
+        "thread": entry.thread,
+        "handling": entry.handling.map(short_type_name),
+        "message_key": entry.message_key,
+        "restart_count": entry.restart_count,
+        "decision": entry.decision,
+    });
+    if with_backtrace {
+        value["backtrace"] = Value::String(entry.backtrace.to_string());
+    }
+    value
+}
+
+async fn journal(state: web::Data<AppState>, query: web::Query<JournalQuery>) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let entries = state.journal.entries(query.actor.as_deref());
+    // Symbolizing backtraces reads debug info from disk: keep it off the worker thread.
+    let failures = web::block(move || {
+        entries.iter().map(|entry| journal_json(entry, query.backtrace)).collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| ApiError::Unavailable("could not render the journal".into()))?;
+    Ok(HttpResponse::Ok().json(json!({ "failures": failures })))
+}
+
+async fn quarantine(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "total": state.quarantine.total(),
+        "records": state.quarantine.records(),
+    }))
+}
+
+async fn system(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let sample = state
+        .system_monitor
+        .send_timeout(GetSample, std::time::Duration::from_secs(2))
+        .await
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    Ok(HttpResponse::Ok().json(sample))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChaosPanicRequest {
+    actor: String,
+}
+
+async fn chaos_panic(state: web::Data<AppState>, body: web::Json<ChaosPanicRequest>) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    let path = body.into_inner().actor;
+    let record = state
+        .registry
+        .get(&path)
+        .ok_or_else(|| ApiError::NotFound(format!("no actor at path {path}")))?;
+    if !record.trigger_chaos_panic() {
+        return Err(ApiError::Conflict(format!("actor {path} is stopped")));
+    }
+    tracing::warn!(actor = %path, "chaos: panic requested through the admin API");
+    Ok(HttpResponse::Accepted().json(json!({ "actor": path, "requested": "panic" })))
+}
+
+async fn chaos_unknown() -> Result<HttpResponse, ApiError> {
+    Err(chaos_disabled())
+}
+
+fn chaos_disabled() -> ApiError {
+    ApiError::NotFound("no such route (chaos routes exist only with chaos.enabled = true)".into())
+}

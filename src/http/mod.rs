@@ -1,0 +1,61 @@
+//! The HTTP edge: routes, the shared application state, and the server builder.
+//!
+//! Architecture Invariant: only this module (and, later, the WebSocket session code) knows
+//! actix-web types. Actors never build an `HttpResponse`; handlers talk to them through
+//! `ActorHandle`s and map `CallError`s to `ApiError`s.
+
+mod admin;
+mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::supervision::{ActorHandle, QuarantineStore, Registry, RestartJournal};
+use crate::system_monitor::SystemMonitor;
+
+/// What every handler may reach. Built once by `app::run`, shared by all workers.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub journal: Arc<RestartJournal>,
+    pub quarantine: Arc<QuarantineStore>,
+    pub system_monitor: ActorHandle<SystemMonitor>,
+}
+
+/// Binds the listener and returns the (not yet polled) server and the bound address.
+pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::io::Result<(Server, SocketAddr)> {
+    let state = web::Data::new(state);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::JsonConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()))
+            .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()))
+            .route("/health", web::get().to(health))
+            .configure(admin::routes)
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(drain_timeout.as_secs().max(1));
+    if config.http.workers > 0 {
+        server = server.workers(config.http.workers);
+    }
+    let server = server.bind(config.http.bind)?;
+    let address = server.addrs().first().copied().unwrap_or(config.http.bind);
+    Ok((server.run(), address))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "pass" }))
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
