@@ -9,7 +9,7 @@
 use std::any::type_name;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -35,6 +35,16 @@ pub trait SupervisedMessage: Message + Debug + Send + 'static {
 pub struct Tracked<M> {
     pub(crate) message: M,
     pub(crate) key: Option<String>,
+    /// Keyed messages only: set by `dispatch` when it diverts the message to quarantine, so the
+    /// sender can tell "quarantined" from "crashed" without racing the supervisor.
+    pub(crate) diverted: Option<Arc<AtomicBool>>,
+}
+
+impl<M> Tracked<M> {
+    pub(crate) fn new(message: M, key: Option<String>) -> Self {
+        let diverted = key.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
+        Self { message, key, diverted }
+    }
 }
 
 impl<M: Message> Message for Tracked<M> {
@@ -138,13 +148,16 @@ where
     A: Actor<Context = Context<A>> + Handler<M>,
     M: SupervisedMessage,
 {
-    let Tracked { message, key } = tracked;
+    let Tracked { message, key, diverted } = tracked;
     let message_type = type_name::<M>();
     let diverted = runner::with_current_record(|record| {
         record.queued.fetch_sub(1, Ordering::Relaxed);
         match &key {
             Some(key) if record.quarantine.contains(message_type, key) => {
                 divert(record, message_type, key, &message);
+                if let Some(flag) = &diverted {
+                    flag.store(true, Ordering::Release);
+                }
                 true
             }
             _ => false,
@@ -243,21 +256,21 @@ impl<A: SupervisedActor> ActorHandle<A> {
         let key = message.key();
         let rejected = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message));
         let request = match rejected {
-            Some(_) => None,
+            Some(error) => Err(error),
             None => {
                 self.record.queued.fetch_add(1, Ordering::Relaxed);
-                Some(self.addr.send(Tracked { message, key: key.clone() }))
+                let tracked = Tracked::new(message, key.clone());
+                let diverted = tracked.diverted.clone();
+                Ok((self.addr.send(tracked), diverted))
             }
         };
         let record = self.record.clone();
         async move {
-            match (rejected, request) {
-                (Some(error), _) => Err(error),
-                (None, Some(request)) => request
-                    .await
-                    .map_err(|error| classify(&record, type_name::<M>(), key.as_deref(), error)),
-                (None, None) => unreachable!("either rejected or sent"),
-            }
+            let (request, diverted) = request?;
+            request.await.map_err(|error| {
+                let was_diverted = diverted.is_some_and(|flag| flag.load(Ordering::Acquire));
+                classify(&record, key, was_diverted, error)
+            })
         }
     }
 
@@ -291,7 +304,7 @@ impl<A: SupervisedActor> ActorHandle<A> {
             return Err(CallError::Stopped { actor: self.record.path.clone() });
         }
         self.record.queued.fetch_add(1, Ordering::Relaxed);
-        self.addr.do_send(Tracked { message, key });
+        self.addr.do_send(Tracked::new(message, key));
         Ok(())
     }
 
@@ -308,7 +321,7 @@ impl<A: SupervisedActor> ActorHandle<A> {
             return Err(error);
         }
         self.record.queued.fetch_add(1, Ordering::Relaxed);
-        self.addr.try_send(Tracked { message, key }).map_err(|error| {
+        self.addr.try_send(Tracked::new(message, key)).map_err(|error| {
             self.record.queued.fetch_sub(1, Ordering::Relaxed);
             match error {
                 actix::prelude::SendError::Full(_) => CallError::MailboxFull { actor: self.record.path.clone() },
@@ -327,16 +340,12 @@ impl<A: SupervisedActor> ActorHandle<A> {
     }
 }
 
-fn classify(record: &ActorRecord, message_type: &'static str, key: Option<&str>, error: MailboxError) -> CallError {
+fn classify(record: &ActorRecord, key: Option<String>, diverted: bool, error: MailboxError) -> CallError {
     let actor = record.path.clone();
-    match error {
-        MailboxError::Timeout => CallError::Timeout { actor },
-        MailboxError::Closed => match key {
-            Some(key) if record.quarantine.contains(message_type, key) => {
-                CallError::Quarantined { actor, key: key.to_owned() }
-            }
-            _ if record.status() == ActorStatus::Stopped => CallError::Stopped { actor },
-            _ => CallError::Failed { actor },
-        },
+    match (error, key) {
+        (MailboxError::Timeout, _) => CallError::Timeout { actor },
+        (MailboxError::Closed, Some(key)) if diverted => CallError::Quarantined { actor, key },
+        (MailboxError::Closed, _) if record.status() == ActorStatus::Stopped => CallError::Stopped { actor },
+        (MailboxError::Closed, _) => CallError::Failed { actor },
     }
 }

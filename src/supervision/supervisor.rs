@@ -545,7 +545,7 @@ fn start_runner<A: SupervisedActor>(
             return false;
         }
         chaos_record.queued.fetch_add(1, Ordering::Relaxed);
-        chaos_addr.do_send(Tracked { message: ChaosPanic, key: None });
+        chaos_addr.do_send(Tracked::new(ChaosPanic, None));
         true
     }));
     let factory = spec.factory.clone();
