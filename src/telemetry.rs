@@ -16,7 +16,10 @@ pub fn actor_failed(entry: &JournalEntry) {
         FailureCause::Exit => "exit",
     };
     match &entry.decision {
-        JournalDecision::Restart { delay_ms, ceiling_ms } => tracing::warn!(
+        JournalDecision::Restart {
+            delay_ms,
+            ceiling_ms,
+        } => tracing::warn!(
             actor = %entry.actor,
             cause,
             failure = %entry.message,
@@ -46,11 +49,19 @@ pub fn actor_failed(entry: &JournalEntry) {
 }
 
 pub fn sibling_restarted(actor: &str, because_of: &str) {
-    tracing::warn!(actor, because_of, "restarting sibling of a failed actor (strategy)");
+    tracing::warn!(
+        actor,
+        because_of,
+        "restarting sibling of a failed actor (strategy)"
+    );
 }
 
 pub fn supervisor_escalated(supervisor: &str, reason: &str) {
-    tracing::error!(supervisor, reason, "supervisor gave up; escalating to its parent");
+    tracing::error!(
+        supervisor,
+        reason,
+        "supervisor gave up; escalating to its parent"
+    );
 }
 
 pub fn fatal(reason: &str) {
@@ -65,7 +76,11 @@ pub fn actor_stalled(actor: &str, stuck_for: Duration, in_handler: bool) {
     tracing::warn!(
         actor,
         stuck_for_ms = stuck_for.as_millis() as u64,
-        blocked_on = if in_handler { "handler" } else { "ctx.wait future" },
+        blocked_on = if in_handler {
+            "handler"
+        } else {
+            "ctx.wait future"
+        },
         "actor stalled: one step has run longer than its stall threshold"
     );
 }
@@ -75,5 +90,9 @@ pub fn actor_recovered_from_stall(actor: &str) {
 }
 
 pub fn child_killed_on_shutdown(actor: &str, timeout: Duration) {
-    tracing::warn!(actor, timeout_ms = timeout.as_millis() as u64, "actor did not stop in time; dropped");
+    tracing::warn!(
+        actor,
+        timeout_ms = timeout.as_millis() as u64,
+        "actor did not stop in time; dropped"
+    );
 }

@@ -93,16 +93,27 @@ async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     let summarized = |parent: Option<&str>| {
-        parent.is_some_and(|p| group_sizes.get(p).is_some_and(|n| *n > DYNAMIC_GROUP_LIST_LIMIT))
+        parent.is_some_and(|p| {
+            group_sizes
+                .get(p)
+                .is_some_and(|n| *n > DYNAMIC_GROUP_LIST_LIMIT)
+        })
     };
     let mut actors: Vec<Value> = records
         .iter()
         .filter(|record| !summarized(record.parent.as_deref()))
         .map(|record| actor_json(record))
         .collect();
-    for (group, size) in group_sizes.iter().filter(|(_, n)| **n > DYNAMIC_GROUP_LIST_LIMIT) {
-        let members: Vec<_> = records.iter().filter(|r| r.parent.as_deref() == Some(*group)).collect();
-        let count_status = |status: ActorStatus| members.iter().filter(|r| r.status() == status).count();
+    for (group, size) in group_sizes
+        .iter()
+        .filter(|(_, n)| **n > DYNAMIC_GROUP_LIST_LIMIT)
+    {
+        let members: Vec<_> = records
+            .iter()
+            .filter(|r| r.parent.as_deref() == Some(*group))
+            .collect();
+        let count_status =
+            |status: ActorStatus| members.iter().filter(|r| r.status() == status).count();
         actors.push(json!({
             "path": format!("{group}/*"),
             "summary": true,
@@ -144,12 +155,18 @@ fn journal_json(entry: &JournalEntry, with_backtrace: bool) -> Value {
     value
 }
 
-async fn journal(state: web::Data<AppState>, query: web::Query<JournalQuery>) -> Result<HttpResponse, ApiError> {
+async fn journal(
+    state: web::Data<AppState>,
+    query: web::Query<JournalQuery>,
+) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let entries = state.journal.entries(query.actor.as_deref());
     // Symbolizing backtraces reads debug info from disk: keep it off the worker thread.
     let failures = web::block(move || {
-        entries.iter().map(|entry| journal_json(entry, query.backtrace)).collect::<Vec<_>>()
+        entries
+            .iter()
+            .map(|entry| journal_json(entry, query.backtrace))
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(|_| ApiError::Unavailable("could not render the journal".into()))?;
@@ -178,7 +195,10 @@ struct ChaosPanicRequest {
     actor: String,
 }
 
-async fn chaos_panic(state: web::Data<AppState>, body: web::Json<ChaosPanicRequest>) -> Result<HttpResponse, ApiError> {
+async fn chaos_panic(
+    state: web::Data<AppState>,
+    body: web::Json<ChaosPanicRequest>,
+) -> Result<HttpResponse, ApiError> {
     if !state.config.chaos.enabled {
         return Err(chaos_disabled());
     }

@@ -73,11 +73,20 @@ pub struct BackoffDecision {
 
 impl BackoffState {
     /// Records a failure at `now` and draws the delay before the restart.
-    pub fn next(&mut self, policy: &BackoffPolicy, now: Instant, rng: &mut impl Rng) -> BackoffDecision {
+    pub fn next(
+        &mut self,
+        policy: &BackoffPolicy,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> BackoffDecision {
         let quiet = self
             .last_failure
             .is_none_or(|last| now.saturating_duration_since(last) >= policy.reset_after);
-        self.consecutive = if quiet { 1 } else { self.consecutive.saturating_add(1) };
+        self.consecutive = if quiet {
+            1
+        } else {
+            self.consecutive.saturating_add(1)
+        };
         self.last_failure = Some(now);
         let ceiling = policy.ceiling(self.consecutive);
         let delay = if ceiling.is_zero() {
@@ -85,7 +94,11 @@ impl BackoffState {
         } else {
             Duration::from_nanos(rng.gen_range(0..=ceiling.as_nanos().min(u64::MAX as u128) as u64))
         };
-        BackoffDecision { delay, ceiling, consecutive: self.consecutive }
+        BackoffDecision {
+            delay,
+            ceiling,
+            consecutive: self.consecutive,
+        }
     }
 }
 
@@ -139,14 +152,23 @@ mod tests {
         let start = Instant::now();
         let delays: Vec<Duration> = (0..200)
             .map(|_| {
-                let mut state = BackoffState { consecutive: 4, last_failure: Some(start) };
+                let mut state = BackoffState {
+                    consecutive: 4,
+                    last_failure: Some(start),
+                };
                 state.next(&policy, start, &mut rng).delay
             })
             .collect();
         let ceiling = policy.ceiling(5);
         assert!(delays.iter().all(|d| *d <= ceiling));
-        assert!(delays.iter().any(|d| *d < ceiling / 4), "full jitter reaches low values");
-        assert!(delays.iter().any(|d| *d > ceiling * 3 / 4), "full jitter reaches high values");
+        assert!(
+            delays.iter().any(|d| *d < ceiling / 4),
+            "full jitter reaches low values"
+        );
+        assert!(
+            delays.iter().any(|d| *d > ceiling * 3 / 4),
+            "full jitter reaches high values"
+        );
     }
 
     #[test]
@@ -155,7 +177,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         let now = Instant::now();
         for _ in 0..10 {
-            assert_eq!(state.next(&BackoffPolicy::IMMEDIATE, now, &mut rng).delay, Duration::ZERO);
+            assert_eq!(
+                state.next(&BackoffPolicy::IMMEDIATE, now, &mut rng).delay,
+                Duration::ZERO
+            );
         }
     }
 }

@@ -43,7 +43,11 @@ pub struct Tracked<M> {
 impl<M> Tracked<M> {
     pub(crate) fn new(message: M, key: Option<String>) -> Self {
         let diverted = key.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
-        Self { message, key, diverted }
+        Self {
+            message,
+            key,
+            diverted,
+        }
     }
 }
 
@@ -93,7 +97,7 @@ pub trait SupervisedActor:
 /// Wires an actor into the supervision layer: fresh state on restart, message tracking for the
 /// restart journal and quarantine, and the chaos panic handler.
 ///
-/// ```ignore
+/// ```
 /// struct Counter { n: u64 }
 /// impl actix::Actor for Counter { type Context = actix::Context<Self>; }
 /// rampart::supervised!(Counter);
@@ -148,7 +152,11 @@ where
     A: Actor<Context = Context<A>> + Handler<M>,
     M: SupervisedMessage,
 {
-    let Tracked { message, key, diverted } = tracked;
+    let Tracked {
+        message,
+        key,
+        diverted,
+    } = tracked;
     let message_type = type_name::<M>();
     let diverted = runner::with_current_record(|record| {
         record.queued.fetch_sub(1, Ordering::Relaxed);
@@ -223,13 +231,18 @@ pub struct ActorHandle<A: Actor> {
 
 impl<A: Actor> Clone for ActorHandle<A> {
     fn clone(&self) -> Self {
-        Self { addr: self.addr.clone(), record: self.record.clone() }
+        Self {
+            addr: self.addr.clone(),
+            record: self.record.clone(),
+        }
     }
 }
 
 impl<A: Actor> Debug for ActorHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActorHandle").field("path", &self.record.path).finish()
+        f.debug_struct("ActorHandle")
+            .field("path", &self.record.path)
+            .finish()
     }
 }
 
@@ -246,7 +259,10 @@ impl<A: SupervisedActor> ActorHandle<A> {
 
     /// Sends a request and waits for the reply. Waits while the mailbox is full; fails with
     /// `CallError::Failed` if the actor panics while handling it.
-    pub fn send<M>(&self, message: M) -> impl Future<Output = Result<M::Result, CallError>> + 'static
+    pub fn send<M>(
+        &self,
+        message: M,
+    ) -> impl Future<Output = Result<M::Result, CallError>> + 'static
     where
         M: SupervisedMessage,
         M::Result: Send,
@@ -254,7 +270,9 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
         let key = message.key();
-        let rejected = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message));
+        let rejected = key
+            .as_deref()
+            .and_then(|key| self.refuse_if_quarantined(key, &message));
         let request = match rejected {
             Some(error) => Err(error),
             None => {
@@ -275,7 +293,11 @@ impl<A: SupervisedActor> ActorHandle<A> {
     }
 
     /// Like [`send`](Self::send) with a deadline for the reply.
-    pub async fn send_timeout<M>(&self, message: M, timeout: std::time::Duration) -> Result<M::Result, CallError>
+    pub async fn send_timeout<M>(
+        &self,
+        message: M,
+        timeout: std::time::Duration,
+    ) -> Result<M::Result, CallError>
     where
         M: SupervisedMessage,
         M::Result: Send,
@@ -297,11 +319,16 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
         let key = message.key();
-        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
+        if let Some(error) = key
+            .as_deref()
+            .and_then(|key| self.refuse_if_quarantined(key, &message))
+        {
             return Err(error);
         }
         if !self.addr.connected() {
-            return Err(CallError::Stopped { actor: self.record.path.clone() });
+            return Err(CallError::Stopped {
+                actor: self.record.path.clone(),
+            });
         }
         self.record.queued.fetch_add(1, Ordering::Relaxed);
         self.addr.do_send(Tracked::new(message, key));
@@ -317,35 +344,58 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
         let key = message.key();
-        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
+        if let Some(error) = key
+            .as_deref()
+            .and_then(|key| self.refuse_if_quarantined(key, &message))
+        {
             return Err(error);
         }
         self.record.queued.fetch_add(1, Ordering::Relaxed);
-        self.addr.try_send(Tracked::new(message, key)).map_err(|error| {
-            self.record.queued.fetch_sub(1, Ordering::Relaxed);
-            match error {
-                actix::prelude::SendError::Full(_) => CallError::MailboxFull { actor: self.record.path.clone() },
-                actix::prelude::SendError::Closed(_) => CallError::Stopped { actor: self.record.path.clone() },
-            }
-        })
+        self.addr
+            .try_send(Tracked::new(message, key))
+            .map_err(|error| {
+                self.record.queued.fetch_sub(1, Ordering::Relaxed);
+                match error {
+                    actix::prelude::SendError::Full(_) => CallError::MailboxFull {
+                        actor: self.record.path.clone(),
+                    },
+                    actix::prelude::SendError::Closed(_) => CallError::Stopped {
+                        actor: self.record.path.clone(),
+                    },
+                }
+            })
     }
 
-    fn refuse_if_quarantined<M: SupervisedMessage>(&self, key: &str, message: &M) -> Option<CallError> {
+    fn refuse_if_quarantined<M: SupervisedMessage>(
+        &self,
+        key: &str,
+        message: &M,
+    ) -> Option<CallError> {
         let message_type = type_name::<M>();
         if !self.record.quarantine.contains(message_type, key) {
             return None;
         }
         divert(&self.record, message_type, key, message);
-        Some(CallError::Quarantined { actor: self.record.path.clone(), key: key.to_owned() })
+        Some(CallError::Quarantined {
+            actor: self.record.path.clone(),
+            key: key.to_owned(),
+        })
     }
 }
 
-fn classify(record: &ActorRecord, key: Option<String>, diverted: bool, error: MailboxError) -> CallError {
+fn classify(
+    record: &ActorRecord,
+    key: Option<String>,
+    diverted: bool,
+    error: MailboxError,
+) -> CallError {
     let actor = record.path.clone();
     match (error, key) {
         (MailboxError::Timeout, _) => CallError::Timeout { actor },
         (MailboxError::Closed, Some(key)) if diverted => CallError::Quarantined { actor, key },
-        (MailboxError::Closed, _) if record.status() == ActorStatus::Stopped => CallError::Stopped { actor },
+        (MailboxError::Closed, _) if record.status() == ActorStatus::Stopped => {
+            CallError::Stopped { actor }
+        }
         (MailboxError::Closed, _) => CallError::Failed { actor },
     }
 }

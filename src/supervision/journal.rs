@@ -28,7 +28,10 @@ pub enum FailureCause {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum JournalDecision {
-    Restart { delay_ms: u64, ceiling_ms: u64 },
+    Restart {
+        delay_ms: u64,
+        ceiling_ms: u64,
+    },
     Stop,
     /// Restart intensity exceeded: the supervisor escalated; the child waits for the supervisor's
     /// own restart.
@@ -72,7 +75,10 @@ impl RestartJournal {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             capacity: capacity.max(1),
-            inner: Mutex::new(JournalInner { next_id: 1, entries: VecDeque::new() }),
+            inner: Mutex::new(JournalInner {
+                next_id: 1,
+                entries: VecDeque::new(),
+            }),
         })
     }
 
@@ -138,7 +144,10 @@ mod tests {
         }
         let entries = journal.entries(None);
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            entries.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(journal.entries(Some("/root/4")).len(), 1);
     }
 }

@@ -34,7 +34,9 @@ pub use quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink, Quaranti
 pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, Registry};
 pub use runner::{install_fresh_state, InFlight};
 pub use spec::{ChildSpec, Factory, RestartType, Strategy, SupervisorSpec};
-pub use supervisor::{SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle};
+pub use supervisor::{
+    SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle,
+};
 pub use watchdog::Watchdog;
 
 /// `rampart::system_monitor::Sample` → `Sample`; generic arguments are shortened the same way.
@@ -47,7 +49,6 @@ pub fn short_type_name(full: &str) -> &str {
         None => full,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -89,7 +89,8 @@ pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, CapturedPanic> {
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     CONTAINMENT_DEPTH.with(|depth| depth.set(depth.get() - 1));
     outcome.map_err(|payload| {
-        let captured = LAST_PANIC.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
+        let captured =
+            LAST_PANIC.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
         let captured = captured.unwrap_or_else(|| CapturedPanic {
             // The hook was not ours (someone replaced it) or could not record: fall back to
             // the payload, which still carries the message.
@@ -115,7 +116,10 @@ mod tests {
         let caught = contain(|| panic!("boom {}", 7)).unwrap_err();
         assert_eq!(caught.message, "boom 7");
         let location = caught.location.unwrap();
-        assert!(location.starts_with("src/supervision/panic_capture.rs:"), "{location}");
+        assert!(
+            location.starts_with("src/supervision/panic_capture.rs:"),
+            "{location}"
+        );
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Quarantined {
     /// Counts one crash of `key`; returns the new count.
     pub(crate) fn count_crash(&self, message_type: &'static str, key: &str) -> u32 {
         let mut counts = self.crash_counts.lock();
-        if counts.len() >= MAX_TRACKED_CRASH_KEYS && !counts.contains_key(&(message_type, key.to_owned())) {
+        if counts.len() >= MAX_TRACKED_CRASH_KEYS
+            && !counts.contains_key(&(message_type, key.to_owned()))
+        {
             counts.clear();
         }
         let count = counts.entry((message_type, key.to_owned())).or_insert(0);
@@ -246,7 +248,9 @@ impl Registry {
     }
 
     pub(crate) fn mark_dynamic(&self, supervisor_path: &str) {
-        self.dynamic_groups.write().insert(supervisor_path.to_owned());
+        self.dynamic_groups
+            .write()
+            .insert(supervisor_path.to_owned());
     }
 
     pub fn is_dynamic_group(&self, supervisor_path: &str) -> bool {
@@ -273,6 +277,10 @@ impl Registry {
 
     /// Sum of every actor's mailbox backlog.
     pub fn total_backlog(&self) -> u64 {
-        self.actors.read().values().map(|record| record.backlog()).sum()
+        self.actors
+            .read()
+            .values()
+            .map(|record| record.backlog())
+            .sum()
     }
 }

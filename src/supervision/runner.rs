@@ -56,7 +56,9 @@ pub(crate) enum Control {
 /// A supervisor's answer to a failure report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
-    Restart { delay: Duration },
+    Restart {
+        delay: Duration,
+    },
     Stop,
     /// Wait for a `Control` (the supervisor escalated; its own restart will restart this child).
     Hold,
@@ -128,7 +130,9 @@ struct PollScope {
 
 impl PollScope {
     fn enter(record: &Arc<ActorRecord>) -> Self {
-        record.busy_since.store(watchdog::now_tick(), Ordering::Relaxed);
+        record
+            .busy_since
+            .store(watchdog::now_tick(), Ordering::Relaxed);
         let previous = CURRENT.with(|current| current.replace(Some(record.clone())));
         IN_FLIGHT.with(|slot| slot.borrow_mut().take());
         Self { previous }
@@ -157,7 +161,11 @@ enum Phase {
 enum Step {
     Pending,
     Exited,
-    Failed { cause: FailureCause, panic: CapturedPanic, in_flight: Option<InFlight> },
+    Failed {
+        cause: FailureCause,
+        panic: CapturedPanic,
+        in_flight: Option<InFlight>,
+    },
 }
 
 pub(crate) struct Runner<A: SupervisedActor> {
@@ -208,7 +216,11 @@ impl<A: SupervisedActor> Runner<A> {
         match (&mut self.phase, self.instance.as_mut()) {
             (Phase::Running, Some(instance)) => {
                 let stopped = contain(|| instance.ctx().stop());
-                self.phase = if stopped.is_ok() { Phase::Stopping } else { Phase::Done };
+                self.phase = if stopped.is_ok() {
+                    Phase::Stopping
+                } else {
+                    Phase::Done
+                };
                 if matches!(self.phase, Phase::Done) {
                     self.finish();
                 }
@@ -286,7 +298,9 @@ impl<A: SupervisedActor> Runner<A> {
             at: SystemTime::now(),
             message: panic.message.clone(),
             location: panic.location.clone(),
-            handling: in_flight.as_ref().map(|f| short_type_name(f.message_type).to_owned()),
+            handling: in_flight
+                .as_ref()
+                .map(|f| short_type_name(f.message_type).to_owned()),
         });
         let (reply, decision) = oneshot::channel();
         self.parent.report(FailureReport {
@@ -309,7 +323,13 @@ impl<A: SupervisedActor> Runner<A> {
                     Some(context) => self.instance = Some(context.into_future(actor)),
                     None => return Step::Exited,
                 },
-                Err(panic) => return Step::Failed { cause: FailureCause::Panic, panic, in_flight: None },
+                Err(panic) => {
+                    return Step::Failed {
+                        cause: FailureCause::Panic,
+                        panic,
+                        in_flight: None,
+                    }
+                }
             }
         }
         let Some(instance) = self.instance.as_mut() else {
@@ -324,7 +344,11 @@ impl<A: SupervisedActor> Runner<A> {
         let escalation = ESCALATION.with(|slot| slot.borrow_mut().take());
         drop(scope);
         match outcome {
-            Err(panic) => Step::Failed { cause: FailureCause::Panic, panic, in_flight },
+            Err(panic) => Step::Failed {
+                cause: FailureCause::Panic,
+                panic,
+                in_flight,
+            },
             Ok(_) if escalation.is_some() => {
                 let reason = escalation.unwrap_or_default();
                 Step::Failed {
@@ -374,7 +398,9 @@ impl<A: SupervisedActor> Future for Runner<A> {
                 },
                 Phase::AwaitingDecision(decision) => match Pin::new(decision).poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(Decision::Restart { delay })) if delay.is_zero() => this.restart_now(),
+                    Poll::Ready(Ok(Decision::Restart { delay })) if delay.is_zero() => {
+                        this.restart_now()
+                    }
                     Poll::Ready(Ok(Decision::Restart { delay })) => {
                         this.phase = Phase::Backoff(Box::pin(tokio::time::sleep(delay)));
                     }
@@ -398,7 +424,11 @@ impl<A: SupervisedActor> Future for Runner<A> {
                         }
                         // A failure while stopping ends the actor: nothing to restart for.
                         Step::Failed { .. } if stopping => this.finish(),
-                        Step::Failed { cause, panic, in_flight } => this.report(cause, panic, in_flight),
+                        Step::Failed {
+                            cause,
+                            panic,
+                            in_flight,
+                        } => this.report(cause, panic, in_flight),
                     }
                 }
             }

@@ -124,7 +124,12 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    fn new(path: String, spec: &SupervisorSpec, defaults: &SupervisionConfig, context: SupervisionContext) -> Self {
+    fn new(
+        path: String,
+        spec: &SupervisorSpec,
+        defaults: &SupervisionConfig,
+        context: SupervisionContext,
+    ) -> Self {
         let defaults = spec.defaults.clone().unwrap_or_else(|| defaults.clone());
         Self {
             path,
@@ -151,7 +156,9 @@ impl Group {
     }
 
     fn remove_slot(&self, record: &Arc<ActorRecord>) {
-        self.children.lock().retain(|slot| !Arc::ptr_eq(&slot.record, record));
+        self.children
+            .lock()
+            .retain(|slot| !Arc::ptr_eq(&slot.record, record));
         self.context.registry.remove(&record.path);
     }
 }
@@ -173,7 +180,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     fn new(group: Arc<Group>) -> Self {
-        Self { group, recent_restarts: VecDeque::new(), rng: StdRng::from_entropy() }
+        Self {
+            group,
+            recent_restarts: VecDeque::new(),
+            rng: StdRng::from_entropy(),
+        }
     }
 
     /// Records one restart in the intensity window; true when the window now holds too many.
@@ -190,14 +201,18 @@ impl Supervisor {
     }
 
     fn count_poison(&self, report: &FailureReport) {
-        let Some(in_flight) = &report.in_flight else { return };
+        let Some(in_flight) = &report.in_flight else {
+            return;
+        };
         let Some(key) = &in_flight.key else { return };
         let record = &report.record;
         let crashes = record.quarantine.count_crash(in_flight.message_type, key);
         if crashes >= self.group.defaults.quarantine_after
             && !record.quarantine.contains(in_flight.message_type, key)
         {
-            record.quarantine.insert(in_flight.message_type, key.clone());
+            record
+                .quarantine
+                .insert(in_flight.message_type, key.clone());
             telemetry::message_quarantined(&record.path);
             self.group.context.quarantine.accept(QuarantineRecord {
                 actor: record.path.clone(),
@@ -225,7 +240,8 @@ impl Supervisor {
             handling: report.in_flight.as_ref().map(|f| f.message_type),
             message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
             backtrace: report.panic.backtrace.clone(),
-            restart_count: report.record.restarts() + u64::from(matches!(decision, JournalDecision::Restart { .. })),
+            restart_count: report.record.restarts()
+                + u64::from(matches!(decision, JournalDecision::Restart { .. })),
             decision,
         };
         telemetry::actor_failed(&entry);
@@ -251,11 +267,10 @@ impl Supervisor {
         if report.cause == FailureCause::Panic {
             self.count_poison(&report);
         }
-        let restart = match (slot.record.restart, &report.cause) {
-            (RestartType::Temporary, _) => false,
-            (RestartType::Transient, FailureCause::Exit) => false,
-            _ => true,
-        };
+        let restart = !matches!(
+            (slot.record.restart, &report.cause),
+            (RestartType::Temporary, _) | (RestartType::Transient, FailureCause::Exit)
+        );
         if !restart {
             self.journal(&report, JournalDecision::Stop);
             if slot.record.restart == RestartType::Temporary {
@@ -281,7 +296,10 @@ impl Supervisor {
             runner::escalate(reason);
             return;
         }
-        let backoff = slot.backoff.lock().next(&slot.backoff_policy, now, &mut self.rng);
+        let backoff = slot
+            .backoff
+            .lock()
+            .next(&slot.backoff_policy, now, &mut self.rng);
         self.journal(
             &report,
             JournalDecision::Restart {
@@ -289,14 +307,19 @@ impl Supervisor {
                 ceiling_ms: backoff.ceiling.as_millis() as u64,
             },
         );
-        let _ = report.reply.send(Decision::Restart { delay: backoff.delay });
+        let _ = report.reply.send(Decision::Restart {
+            delay: backoff.delay,
+        });
         let siblings: Vec<Arc<ChildSlot>> = {
             let children = self.group.children.lock();
             match self.group.strategy {
                 Strategy::OneForOne => Vec::new(),
-                Strategy::OneForAll => {
-                    children.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, s)| s.clone()).collect()
-                }
+                Strategy::OneForAll => children
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != index)
+                    .map(|(_, s)| s.clone())
+                    .collect(),
                 Strategy::RestForOne => children.iter().skip(index + 1).cloned().collect(),
             }
         };
@@ -365,7 +388,10 @@ impl TopLevel {
             let now = Instant::now();
             let mut recent = self.recent_restarts.lock();
             recent.push_back(now);
-            while recent.front().is_some_and(|at| now.saturating_duration_since(*at) > self.within) {
+            while recent
+                .front()
+                .is_some_and(|at| now.saturating_duration_since(*at) > self.within)
+            {
                 recent.pop_front();
             }
             if recent.len() > self.max_restarts as usize {
@@ -379,11 +405,16 @@ impl TopLevel {
                 ));
                 Decision::Hold
             } else {
-                Decision::Restart { delay: Duration::ZERO }
+                Decision::Restart {
+                    delay: Duration::ZERO,
+                }
             }
         };
         let journal_decision = match decision {
-            Decision::Restart { .. } => JournalDecision::Restart { delay_ms: 0, ceiling_ms: 0 },
+            Decision::Restart { .. } => JournalDecision::Restart {
+                delay_ms: 0,
+                ceiling_ms: 0,
+            },
             Decision::Stop => JournalDecision::Stop,
             Decision::Hold => JournalDecision::Escalate,
         };
@@ -398,7 +429,8 @@ impl TopLevel {
             handling: report.in_flight.as_ref().map(|f| f.message_type),
             message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
             backtrace: report.panic.backtrace.clone(),
-            restart_count: report.record.restarts() + u64::from(matches!(decision, Decision::Restart { .. })),
+            restart_count: report.record.restarts()
+                + u64::from(matches!(decision, Decision::Restart { .. })),
             decision: journal_decision,
         };
         telemetry::actor_failed(&entry);
@@ -442,7 +474,10 @@ impl SupervisorHandle {
     }
 
     /// Starts `spec` as the last child of this supervisor and returns its stable handle.
-    pub fn spawn<A: SupervisedActor>(&self, spec: ChildSpec<A>) -> Result<ActorHandle<A>, SpawnError> {
+    pub fn spawn<A: SupervisedActor>(
+        &self,
+        spec: ChildSpec<A>,
+    ) -> Result<ActorHandle<A>, SpawnError> {
         let parent = ParentLink::Supervisor(self.supervisor_addr());
         spawn_child(&self.group, parent, spec, None)
     }
@@ -467,18 +502,35 @@ impl SupervisorHandle {
 fn validate_name(name: &str) -> Result<(), SpawnError> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
-    if valid { Ok(()) } else { Err(SpawnError::InvalidName(name.to_owned())) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(SpawnError::InvalidName(name.to_owned()))
+    }
 }
 
-fn spawn_supervisor_under(parent_group: &Arc<Group>, parent: ParentLink, spec: SupervisorSpec) -> Result<SupervisorHandle, SpawnError> {
+fn spawn_supervisor_under(
+    parent_group: &Arc<Group>,
+    parent: ParentLink,
+    spec: SupervisorSpec,
+) -> Result<SupervisorHandle, SpawnError> {
     validate_name(&spec.name)?;
     let path = format!("{}/{}", parent_group.path, spec.name);
-    let group = Arc::new(Group::new(path, &spec, &parent_group.defaults, parent_group.context.clone()));
+    let group = Arc::new(Group::new(
+        path,
+        &spec,
+        &parent_group.defaults,
+        parent_group.context.clone(),
+    ));
     let factory_group = group.clone();
-    let child_spec = ChildSpec::new(spec.name.clone(), move || Supervisor::new(factory_group.clone()))
-        .restart(spec.restart)
-        .backoff(parent_group.defaults.backoff);
+    let child_spec = ChildSpec::new(spec.name.clone(), move || {
+        Supervisor::new(factory_group.clone())
+    })
+    .restart(spec.restart)
+    .backoff(parent_group.defaults.backoff);
     let actor = spawn_child(parent_group, parent, child_spec, Some(group.clone()))?;
     let _ = group.addr.set(actor.addr.clone());
     if group.dynamic {
@@ -501,7 +553,11 @@ fn spawn_child<A: SupervisedActor>(
         return Err(SpawnError::ShuttingDown(parent_group.path.clone()));
     }
     let defaults = &parent_group.defaults;
-    let kind = if group.is_some() { ActorKind::Supervisor } else { ActorKind::Worker };
+    let kind = if group.is_some() {
+        ActorKind::Supervisor
+    } else {
+        ActorKind::Worker
+    };
     let record = Arc::new(ActorRecord::new(
         path.clone(),
         kind,
@@ -522,8 +578,14 @@ fn spawn_child<A: SupervisedActor>(
         backoff: Mutex::new(BackoffState::default()),
         group,
     });
-    let handle = start_runner(spec, record, control_receiver, parent, defaults.mailbox_capacity)
-        .inspect_err(|_| parent_group.context.registry.remove(&path))?;
+    let handle = start_runner(
+        spec,
+        record,
+        control_receiver,
+        parent,
+        defaults.mailbox_capacity,
+    )
+    .inspect_err(|_| parent_group.context.registry.remove(&path))?;
     parent_group.children.lock().push(slot);
     Ok(handle)
 }
@@ -550,7 +612,8 @@ fn start_runner<A: SupervisedActor>(
     }));
     let factory = spec.factory.clone();
     let runner_record = record.clone();
-    let make_runner = move || Runner::new(receiver, factory, runner_record, control_receiver, parent);
+    let make_runner =
+        move || Runner::new(receiver, factory, runner_record, control_receiver, parent);
     match spec.arbiter {
         None => {
             actix_rt::spawn(make_runner());
@@ -612,7 +675,12 @@ impl SupervisionTree {
         let watchdog = Watchdog::start(context.registry.clone())?;
         let (fatal_sender, fatal) = watch::channel(None);
         let spec = SupervisorSpec::new("root");
-        let group = Arc::new(Group::new("/root".to_owned(), &spec, config, context.clone()));
+        let group = Arc::new(Group::new(
+            "/root".to_owned(),
+            &spec,
+            config,
+            context.clone(),
+        ));
         let top = Arc::new(TopLevel {
             root_path: group.path.clone(),
             max_restarts: group.max_restarts,
@@ -634,8 +702,14 @@ impl SupervisionTree {
         let (control, control_receiver) = mpsc::unbounded_channel();
         let factory_group = group.clone();
         let child_spec = ChildSpec::new("root", move || Supervisor::new(factory_group.clone()));
-        let actor = start_runner(child_spec, record.clone(), control_receiver, ParentLink::Top(top.clone()), config.mailbox_capacity)
-            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        let actor = start_runner(
+            child_spec,
+            record.clone(),
+            control_receiver,
+            ParentLink::Top(top.clone()),
+            config.mailbox_capacity,
+        )
+        .map_err(|error| std::io::Error::other(error.to_string()))?;
         let _ = group.addr.set(actor.addr.clone());
         let root_slot = Arc::new(ChildSlot {
             record,

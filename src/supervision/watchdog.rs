@@ -46,18 +46,23 @@ impl Watchdog {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         advance_clock();
-        let thread = std::thread::Builder::new().name("rampart-watchdog".into()).spawn(move || {
-            let mut ticks = 0u64;
-            while !thread_stop.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK_INTERVAL);
-                let now = advance_clock();
-                ticks += 1;
-                if ticks % SCAN_EVERY_TICKS == 0 {
-                    scan(&registry, now);
+        let thread = std::thread::Builder::new()
+            .name("rampart-watchdog".into())
+            .spawn(move || {
+                let mut ticks = 0u64;
+                while !thread_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK_INTERVAL);
+                    let now = advance_clock();
+                    ticks += 1;
+                    if ticks.is_multiple_of(SCAN_EVERY_TICKS) {
+                        scan(&registry, now);
+                    }
                 }
-            }
-        })?;
-        Ok(Self { stop, thread: Some(thread) })
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

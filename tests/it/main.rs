@@ -1,4 +1,6 @@
 //! One integration-test binary (linked once): scenario files by behaviour.
 
-mod support;
+mod admin_api;
+mod lifecycle;
 mod supervision;
+mod support;

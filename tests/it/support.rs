@@ -21,13 +21,204 @@ where
     }
 }
 
-/// Synchronous variant for conditions that need no runtime.
-pub fn eventually_sync(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        if started.elapsed() > deadline {
-            panic!("condition not met within {deadline:?}: {what}");
+// ---------------------------------------------------------------------------------------------
+// The real binary as a child process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A `rampart` process started on 127.0.0.1:0 with a fresh data directory. Killed on drop.
+pub struct RampartProcess {
+    child: Child,
+    pub base_url: String,
+    output: Arc<Mutex<String>>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// A command for the binary with a clean `RAMPART__*` environment, loopback port 0 and `data_dir`.
+pub fn rampart_command(data_dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rampart"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RAMPART__") {
+            command.env_remove(key);
         }
-        std::thread::sleep(Duration::from_millis(5));
+    }
+    command
+        .args(args)
+        .env("RAMPART__HTTP__BIND", "127.0.0.1:0")
+        .env("RAMPART__HTTP__WORKERS", "1")
+        .env("RAMPART__STORAGE__DATA_DIR", data_dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static, output: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut output = output
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            output.push_str(&line);
+            output.push('\n');
+        }
+    });
+}
+
+impl RampartProcess {
+    /// Starts the server and waits for its `listening on http://ADDR` line.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut child = rampart_command(data_dir.path(), env, &[])
+            .spawn()
+            .expect("spawn rampart");
+        let output = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().expect("stdout"), output.clone());
+        collect(child.stderr.take().expect("stderr"), output.clone());
+        let mut process = Self {
+            child,
+            base_url: String::new(),
+            output,
+            _data_dir: data_dir,
+        };
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(address) = process.listening_address() {
+                process.base_url = format!("http://{address}");
+                return process;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("rampart exited early with {status}:\n{}", process.output());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                panic!("rampart did not start listening:\n{}", process.output());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn listening_address(&self) -> Option<String> {
+        let output = self.output();
+        let rest = &output[output.find("listening on http://")? + "listening on http://".len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))?;
+        Some(rest[..end].to_owned())
+    }
+
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Sends SIGTERM (through `kill`, so the tests need no unsafe code).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if started.elapsed() > deadline {
+                panic!(
+                    "rampart did not exit within {deadline:?}:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RampartProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for commands that exit by themselves); returns status and
+/// combined output.
+pub fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (ExitStatus, String) {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let output = rampart_command(data_dir.path(), env, args)
+        .output()
+        .expect("run rampart");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status, text)
+}
+
+/// A JSON request helper over awc.
+pub struct Http {
+    client: awc::Client,
+}
+
+impl Http {
+    pub fn new() -> Self {
+        Self {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .finish(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: awc::http::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, url);
+        if let Some(token) = token {
+            request = request.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        let mut response = match body {
+            Some(body) => request.send_json(&body).await,
+            None => request.send().await,
+        }
+        .expect("request sent");
+        let bytes = response.body().limit(8 << 20).await.expect("body");
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (response.status().as_u16(), json)
+    }
+
+    pub async fn get(&self, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        self.request(awc::http::Method::GET, url, token, None).await
+    }
+
+    pub async fn post(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.request(awc::http::Method::POST, url, token, Some(body))
+            .await
     }
 }

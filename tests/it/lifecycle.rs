@@ -1,0 +1,131 @@
+//! Process lifecycle of the real binary: configuration errors, signals, fatal escalation.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{eventually, run_to_exit, Http, RampartProcess};
+
+#[test]
+fn unknown_config_key_exits_2_naming_the_key() {
+    let (status, output) = run_to_exit(&[("RAMPART__HTTP__BINDD", "127.0.0.1:0")], &[]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("bindd"), "{output}");
+}
+
+#[test]
+fn bad_config_value_exits_2_naming_the_key() {
+    let (status, output) = run_to_exit(&[("RAMPART__SUPERVISOR__WITHIN", "soon")], &[]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("supervisor.within"), "{output}");
+    let (status, output) = run_to_exit(&[("RAMPART__SUPERVISOR__MAX_RESTARTS", "0")], &[]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("supervisor.max_restarts"), "{output}");
+}
+
+#[test]
+fn missing_or_invalid_config_file_exits_2() {
+    let (status, output) = run_to_exit(&[], &["--config", "/nonexistent/rampart.toml"]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("/nonexistent/rampart.toml"), "{output}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rampart.toml");
+    std::fs::write(
+        &file,
+        "[http]\nbind = \"127.0.0.1:0\"\n[chaos]\nenable = true\n",
+    )
+    .unwrap();
+    let (status, output) = run_to_exit(&[], &["--config", file.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("enable"), "{output}");
+}
+
+#[test]
+fn check_config_prints_effective_values_with_secrets_redacted() {
+    let (status, output) = run_to_exit(
+        &[
+            ("RAMPART__ADMIN__TOKEN", "s3cret"),
+            ("RAMPART__CHAOS__ENABLED", "true"),
+        ],
+        &["check-config"],
+    );
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(!output.contains("s3cret"));
+    let config: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(config["chaos"]["enabled"], true);
+    assert_eq!(config["admin"]["token"], "<redacted>");
+}
+
+#[test]
+fn unknown_command_line_flag_exits_2() {
+    let (status, _) = run_to_exit(&[], &["--no-such-flag"]);
+    assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_shuts_down_in_order_and_exits_0() {
+    let mut server = RampartProcess::start(&[]);
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", server.output());
+    let output = server.output();
+    let requested = output.find("shutdown requested").expect("shutdown logged");
+    let stopped = output.find("\"stopped\"").expect("stop logged");
+    assert!(requested < stopped);
+}
+
+#[actix_rt::test]
+async fn root_escalation_exits_non_zero_without_hanging() {
+    let token = "t";
+    let mut server = RampartProcess::start(&[
+        ("RAMPART__ADMIN__TOKEN", token),
+        ("RAMPART__CHAOS__ENABLED", "true"),
+        ("RAMPART__SUPERVISOR__MAX_RESTARTS", "1"),
+    ]);
+    let http = Http::new();
+    let panic_url = server.url("/admin/chaos/panic");
+    let (status, _) = http
+        .post(
+            &panic_url,
+            Some(token),
+            json!({"actor": "/root/system_monitor"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let listing_url = server.url("/admin/actors");
+    eventually("first restart", Duration::from_secs(10), || async {
+        let (_, listing) = Http::new().get(&listing_url, Some(token)).await;
+        listing["actors"][1]["restarts"] == 1
+    })
+    .await;
+    // The second failure within the window exceeds max_restarts = 1 at the root.
+    let (status, _) = http
+        .post(
+            &panic_url,
+            Some(token),
+            json!({"actor": "/root/system_monitor"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(70), "{}", server.output());
+    assert!(server.output().contains("FATAL"), "{}", server.output());
+}
+
+#[test]
+fn no_profile_aborts_on_panic() {
+    // Supervision depends on unwinding; `panic = "abort"` anywhere would silently disable it.
+    for manifest in ["Cargo.toml", "bench/Cargo.toml"] {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest),
+        )
+        .unwrap();
+        let offending: Vec<&str> = text
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or("").trim())
+            .filter(|line| line.replace(' ', "").contains("panic=\"abort\""))
+            .collect();
+        assert!(offending.is_empty(), "{manifest} sets {offending:?}");
+    }
+}
