@@ -43,8 +43,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let config = Arc::new(config);
     let quarantine = QuarantineStore::new(QuarantineStore::DEFAULT_CAPACITY);
     let context = SupervisionContext::new(quarantine.clone());
-    let tree = SupervisionTree::start(&config.supervisor, context.clone())
-        .context("starting the supervision tree")?;
+    let tree = SupervisionTree::start(&config.supervisor, context.clone()).context("starting the supervision tree")?;
 
     let monitor_config = config.system_monitor.clone();
     let monitor_registry = context.registry.clone();
@@ -97,10 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tree.shutdown().await;
     };
     if tokio::time::timeout(budget, orderly).await.is_err() {
-        tracing::error!(
-            budget_ms = budget.as_millis() as u64,
-            "shutdown budget exceeded; exiting anyway"
-        );
+        tracing::error!(budget_ms = budget.as_millis() as u64, "shutdown budget exceeded; exiting anyway");
     }
     if !server_task.is_finished() {
         server_task.abort();

@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "rampart",
-    version,
-    about = "Realtime chat and SFU backend built from supervised actors"
-)]
+#[command(name = "rampart", version, about = "Realtime chat and SFU backend built from supervised actors")]
 pub struct Cli {
     /// Configuration file (TOML) applied over the built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]

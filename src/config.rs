@@ -48,10 +48,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            workers: 0,
-        }
+        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0 }
     }
 }
 
@@ -79,9 +76,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self {
-            data_dir: PathBuf::from("./data"),
-        }
+        Self { data_dir: PathBuf::from("./data") }
     }
 }
 
@@ -103,10 +98,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            filter: "info".into(),
-            format: LogFormat::Json,
-        }
+        Self { filter: "info".into(), format: LogFormat::Json }
     }
 }
 
@@ -121,9 +113,7 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(25),
-        }
+        Self { timeout: Duration::from_secs(25) }
     }
 }
 
@@ -150,10 +140,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config = figment
-            .merge(env)
-            .extract()
-            .map_err(|error| ConfigError::Invalid(describe(error)))?;
+        let config: Config = figment.merge(env).extract().map_err(|error| ConfigError::Invalid(describe(error)))?;
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
@@ -183,12 +170,10 @@ fn describe(error: figment::Error) -> String {
             let source = error
                 .metadata
                 .as_ref()
-                .map(
-                    |metadata| match &error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-                        Some(source) => format!(" (from {} {source})", metadata.name),
-                        None => format!(" (from {})", metadata.name),
-                    },
-                )
+                .map(|metadata| match &error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                    Some(source) => format!(" (from {} {source})", metadata.name),
+                    None => format!(" (from {})", metadata.name),
+                })
                 .unwrap_or_default();
             let kind = error.kind.to_string();
             if key.is_empty() {
@@ -208,10 +193,7 @@ mod tests {
     fn env_of(pairs: &[(&str, &str)]) -> Env {
         // figment's Env reads the real environment; a custom prefix keeps tests independent of it
         // and of each other.
-        let prefix = format!(
-            "RAMPART_TEST_{}__",
-            pairs.len() + pairs.iter().map(|p| p.0.len()).sum::<usize>()
-        );
+        let prefix = format!("RAMPART_TEST_{}__", pairs.len() + pairs.iter().map(|p| p.0.len()).sum::<usize>());
         for (key, value) in pairs {
             std::env::set_var(format!("{prefix}{key}"), value);
         }
@@ -221,20 +203,13 @@ mod tests {
     #[test]
     fn embedded_defaults_match_the_rust_defaults() {
         let parsed: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
-        assert_eq!(
-            parsed,
-            Config::default(),
-            "config/default.toml and the Default impls drifted apart"
-        );
+        assert_eq!(parsed, Config::default(), "config/default.toml and the Default impls drifted apart");
     }
 
     #[test]
     fn env_overrides_nested_keys() {
-        let env = env_of(&[
-            ("HTTP__BIND", "127.0.0.1:0"),
-            ("CHAOS__ENABLED", "true"),
-            ("SUPERVISOR__BACKOFF__MAX", "2s"),
-        ]);
+        let env =
+            env_of(&[("HTTP__BIND", "127.0.0.1:0"), ("CHAOS__ENABLED", "true"), ("SUPERVISOR__BACKOFF__MAX", "2s")]);
         let config = Config::load_from(None, env).unwrap();
         assert_eq!(config.http.bind.port(), 0);
         assert!(config.chaos.enabled);

@@ -16,10 +16,7 @@ pub fn actor_failed(entry: &JournalEntry) {
         FailureCause::Exit => "exit",
     };
     match &entry.decision {
-        JournalDecision::Restart {
-            delay_ms,
-            ceiling_ms,
-        } => tracing::warn!(
+        JournalDecision::Restart { delay_ms, ceiling_ms } => tracing::warn!(
             actor = %entry.actor,
             cause,
             failure = %entry.message,
@@ -49,19 +46,11 @@ pub fn actor_failed(entry: &JournalEntry) {
 }
 
 pub fn sibling_restarted(actor: &str, because_of: &str) {
-    tracing::warn!(
-        actor,
-        because_of,
-        "restarting sibling of a failed actor (strategy)"
-    );
+    tracing::warn!(actor, because_of, "restarting sibling of a failed actor (strategy)");
 }
 
 pub fn supervisor_escalated(supervisor: &str, reason: &str) {
-    tracing::error!(
-        supervisor,
-        reason,
-        "supervisor gave up; escalating to its parent"
-    );
+    tracing::error!(supervisor, reason, "supervisor gave up; escalating to its parent");
 }
 
 pub fn fatal(reason: &str) {
@@ -72,16 +61,24 @@ pub fn message_quarantined(actor: &str) {
     tracing::debug!(actor, "quarantine threshold reached");
 }
 
-pub fn actor_stalled(actor: &str, stuck_for: Duration, in_handler: bool) {
+/// What a stalled actor is stuck on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallKind {
+    /// One poll (a handler, a future step, a timer callback) has not returned.
+    BlockingThread,
+    /// Messages are waiting and none was dequeued (e.g. a `ctx.wait` future holds the mailbox).
+    MailboxNotDraining,
+}
+
+pub fn actor_stalled(actor: &str, stuck_for: Duration, kind: StallKind) {
     tracing::warn!(
         actor,
         stuck_for_ms = stuck_for.as_millis() as u64,
-        blocked_on = if in_handler {
-            "handler"
-        } else {
-            "ctx.wait future"
+        kind = match kind {
+            StallKind::BlockingThread => "blocking_thread",
+            StallKind::MailboxNotDraining => "mailbox_not_draining",
         },
-        "actor stalled: one step has run longer than its stall threshold"
+        "actor stalled longer than its stall threshold"
     );
 }
 
@@ -90,9 +87,5 @@ pub fn actor_recovered_from_stall(actor: &str) {
 }
 
 pub fn child_killed_on_shutdown(actor: &str, timeout: Duration) {
-    tracing::warn!(
-        actor,
-        timeout_ms = timeout.as_millis() as u64,
-        "actor did not stop in time; dropped"
-    );
+    tracing::warn!(actor, timeout_ms = timeout.as_millis() as u64, "actor did not stop in time; dropped");
 }

@@ -93,27 +93,16 @@ async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     let summarized = |parent: Option<&str>| {
-        parent.is_some_and(|p| {
-            group_sizes
-                .get(p)
-                .is_some_and(|n| *n > DYNAMIC_GROUP_LIST_LIMIT)
-        })
+        parent.is_some_and(|p| group_sizes.get(p).is_some_and(|n| *n > DYNAMIC_GROUP_LIST_LIMIT))
     };
     let mut actors: Vec<Value> = records
         .iter()
         .filter(|record| !summarized(record.parent.as_deref()))
         .map(|record| actor_json(record))
         .collect();
-    for (group, size) in group_sizes
-        .iter()
-        .filter(|(_, n)| **n > DYNAMIC_GROUP_LIST_LIMIT)
-    {
-        let members: Vec<_> = records
-            .iter()
-            .filter(|r| r.parent.as_deref() == Some(*group))
-            .collect();
-        let count_status =
-            |status: ActorStatus| members.iter().filter(|r| r.status() == status).count();
+    for (group, size) in group_sizes.iter().filter(|(_, n)| **n > DYNAMIC_GROUP_LIST_LIMIT) {
+        let members: Vec<_> = records.iter().filter(|r| r.parent.as_deref() == Some(*group)).collect();
+        let count_status = |status: ActorStatus| members.iter().filter(|r| r.status() == status).count();
         actors.push(json!({
             "path": format!("{group}/*"),
             "summary": true,
@@ -155,21 +144,14 @@ fn journal_json(entry: &JournalEntry, with_backtrace: bool) -> Value {
     value
 }
 
-async fn journal(
-    state: web::Data<AppState>,
-    query: web::Query<JournalQuery>,
-) -> Result<HttpResponse, ApiError> {
+async fn journal(state: web::Data<AppState>, query: web::Query<JournalQuery>) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let entries = state.journal.entries(query.actor.as_deref());
     // Symbolizing backtraces reads debug info from disk: keep it off the worker thread.
-    let failures = web::block(move || {
-        entries
-            .iter()
-            .map(|entry| journal_json(entry, query.backtrace))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|_| ApiError::Unavailable("could not render the journal".into()))?;
+    let failures =
+        web::block(move || entries.iter().map(|entry| journal_json(entry, query.backtrace)).collect::<Vec<_>>())
+            .await
+            .map_err(|_| ApiError::Unavailable("could not render the journal".into()))?;
     Ok(HttpResponse::Ok().json(json!({ "failures": failures })))
 }
 
@@ -195,18 +177,12 @@ struct ChaosPanicRequest {
     actor: String,
 }
 
-async fn chaos_panic(
-    state: web::Data<AppState>,
-    body: web::Json<ChaosPanicRequest>,
-) -> Result<HttpResponse, ApiError> {
+async fn chaos_panic(state: web::Data<AppState>, body: web::Json<ChaosPanicRequest>) -> Result<HttpResponse, ApiError> {
     if !state.config.chaos.enabled {
         return Err(chaos_disabled());
     }
     let path = body.into_inner().actor;
-    let record = state
-        .registry
-        .get(&path)
-        .ok_or_else(|| ApiError::NotFound(format!("no actor at path {path}")))?;
+    let record = state.registry.get(&path).ok_or_else(|| ApiError::NotFound(format!("no actor at path {path}")))?;
     if !record.trigger_chaos_panic() {
         return Err(ApiError::Conflict(format!("actor {path} is stopped")));
     }

@@ -31,22 +31,16 @@ pub struct AppState {
 }
 
 /// Binds the listener and returns the (not yet polled) server and the bound address.
-pub fn bind(
-    config: &Config,
-    state: AppState,
-    drain_timeout: Duration,
-) -> std::io::Result<(Server, SocketAddr)> {
+pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::io::Result<(Server, SocketAddr)> {
     let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(
-                web::JsonConfig::default()
-                    .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
+                web::JsonConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
             )
             .app_data(
-                web::QueryConfig::default()
-                    .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
+                web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
             )
             .route("/health", web::get().to(health))
             .configure(admin::routes)

@@ -30,21 +30,13 @@ pub struct BackoffPolicy {
 
 impl Default for BackoffPolicy {
     fn default() -> Self {
-        Self {
-            base: Duration::from_millis(10),
-            max: Duration::from_secs(5),
-            reset_after: Duration::from_secs(30),
-        }
+        Self { base: Duration::from_millis(10), max: Duration::from_secs(5), reset_after: Duration::from_secs(30) }
     }
 }
 
 impl BackoffPolicy {
     /// No delay ever: every restart is immediate. Benchmarks and tests of restart latency use it.
-    pub const IMMEDIATE: Self = Self {
-        base: Duration::ZERO,
-        max: Duration::ZERO,
-        reset_after: Duration::ZERO,
-    };
+    pub const IMMEDIATE: Self = Self { base: Duration::ZERO, max: Duration::ZERO, reset_after: Duration::ZERO };
 
     /// Ceiling for the `consecutive`-th failure in a row (1-based).
     pub fn ceiling(&self, consecutive: u32) -> Duration {
@@ -73,20 +65,9 @@ pub struct BackoffDecision {
 
 impl BackoffState {
     /// Records a failure at `now` and draws the delay before the restart.
-    pub fn next(
-        &mut self,
-        policy: &BackoffPolicy,
-        now: Instant,
-        rng: &mut impl Rng,
-    ) -> BackoffDecision {
-        let quiet = self
-            .last_failure
-            .is_none_or(|last| now.saturating_duration_since(last) >= policy.reset_after);
-        self.consecutive = if quiet {
-            1
-        } else {
-            self.consecutive.saturating_add(1)
-        };
+    pub fn next(&mut self, policy: &BackoffPolicy, now: Instant, rng: &mut impl Rng) -> BackoffDecision {
+        let quiet = self.last_failure.is_none_or(|last| now.saturating_duration_since(last) >= policy.reset_after);
+        self.consecutive = if quiet { 1 } else { self.consecutive.saturating_add(1) };
         self.last_failure = Some(now);
         let ceiling = policy.ceiling(self.consecutive);
         let delay = if ceiling.is_zero() {
@@ -94,11 +75,7 @@ impl BackoffState {
         } else {
             Duration::from_nanos(rng.gen_range(0..=ceiling.as_nanos().min(u64::MAX as u128) as u64))
         };
-        BackoffDecision {
-            delay,
-            ceiling,
-            consecutive: self.consecutive,
-        }
+        BackoffDecision { delay, ceiling, consecutive: self.consecutive }
     }
 }
 
@@ -152,23 +129,14 @@ mod tests {
         let start = Instant::now();
         let delays: Vec<Duration> = (0..200)
             .map(|_| {
-                let mut state = BackoffState {
-                    consecutive: 4,
-                    last_failure: Some(start),
-                };
+                let mut state = BackoffState { consecutive: 4, last_failure: Some(start) };
                 state.next(&policy, start, &mut rng).delay
             })
             .collect();
         let ceiling = policy.ceiling(5);
         assert!(delays.iter().all(|d| *d <= ceiling));
-        assert!(
-            delays.iter().any(|d| *d < ceiling / 4),
-            "full jitter reaches low values"
-        );
-        assert!(
-            delays.iter().any(|d| *d > ceiling * 3 / 4),
-            "full jitter reaches high values"
-        );
+        assert!(delays.iter().any(|d| *d < ceiling / 4), "full jitter reaches low values");
+        assert!(delays.iter().any(|d| *d > ceiling * 3 / 4), "full jitter reaches high values");
     }
 
     #[test]
@@ -177,10 +145,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(9);
         let now = Instant::now();
         for _ in 0..10 {
-            assert_eq!(
-                state.next(&BackoffPolicy::IMMEDIATE, now, &mut rng).delay,
-                Duration::ZERO
-            );
+            assert_eq!(state.next(&BackoffPolicy::IMMEDIATE, now, &mut rng).delay, Duration::ZERO);
         }
     }
 }

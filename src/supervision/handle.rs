@@ -9,12 +9,15 @@
 use std::any::type_name;
 use std::fmt::Debug;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
 
-use actix::dev::{MessageResponse, OneshotSender, ToEnvelope};
+use actix::dev::{MessageResponse, OneshotSender, Request, ToEnvelope};
 use actix::{Actor, Addr, Context, Handler, MailboxError, Message};
+use pin_project_lite::pin_project;
 
 use super::quarantine::{QuarantineEvent, QuarantineRecord};
 use super::registry::{ActorRecord, ActorStatus};
@@ -34,20 +37,25 @@ pub trait SupervisedMessage: Message + Debug + Send + 'static {
 /// A message on its way through the supervision layer. Built only by [`ActorHandle`].
 pub struct Tracked<M> {
     pub(crate) message: M,
-    pub(crate) key: Option<String>,
-    /// Keyed messages only: set by `dispatch` when it diverts the message to quarantine, so the
-    /// sender can tell "quarantined" from "crashed" without racing the supervisor.
-    pub(crate) diverted: Option<Arc<AtomicBool>>,
+    /// Only for keyed messages, which may be quarantined. Unkeyed messages (the hot path) carry
+    /// nothing and cost nothing extra.
+    pub(crate) keyed: Option<Arc<KeyedDelivery>>,
+}
+
+/// What `dispatch` needs to quarantine a keyed message, shared with the sender.
+pub(crate) struct KeyedDelivery {
+    pub(crate) key: String,
+    pub(crate) record: Arc<ActorRecord>,
+    /// Set by `dispatch` when it diverts the message, so the sender can tell "quarantined" from
+    /// "crashed" without racing the supervisor.
+    pub(crate) diverted: AtomicBool,
 }
 
 impl<M> Tracked<M> {
-    pub(crate) fn new(message: M, key: Option<String>) -> Self {
-        let diverted = key.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
-        Self {
-            message,
-            key,
-            diverted,
-        }
+    pub(crate) fn new(message: M, key: Option<String>, record: &Arc<ActorRecord>) -> Self {
+        let keyed =
+            key.map(|key| Arc::new(KeyedDelivery { key, record: record.clone(), diverted: AtomicBool::new(false) }));
+        Self { message, keyed }
     }
 }
 
@@ -89,10 +97,7 @@ impl SupervisedMessage for ChaosPanic {}
 
 /// An actor that can run under a supervisor. Implemented by [`supervised!`](crate::supervised),
 /// never by hand: the macro also provides the fresh-state hook restarts rely on.
-pub trait SupervisedActor:
-    Actor<Context = Context<Self>> + actix::Supervised + Handler<Tracked<ChaosPanic>>
-{
-}
+pub trait SupervisedActor: Actor<Context = Context<Self>> + actix::Supervised + Handler<Tracked<ChaosPanic>> {}
 
 /// Wires an actor into the supervision layer: fresh state on restart, message tracking for the
 /// restart journal and quarantine, and the chaos panic handler.
@@ -124,14 +129,9 @@ macro_rules! supervised {
             M: $crate::supervision::SupervisedMessage,
             $actor: ::actix::Handler<M>,
         {
-            type Result =
-                $crate::supervision::TrackedResponse<<$actor as ::actix::Handler<M>>::Result>;
+            type Result = $crate::supervision::TrackedResponse<<$actor as ::actix::Handler<M>>::Result>;
 
-            fn handle(
-                &mut self,
-                msg: $crate::supervision::Tracked<M>,
-                ctx: &mut Self::Context,
-            ) -> Self::Result {
+            fn handle(&mut self, msg: $crate::supervision::Tracked<M>, ctx: &mut Self::Context) -> Self::Result {
                 $crate::supervision::dispatch(self, msg, ctx)
             }
         }
@@ -143,6 +143,7 @@ macro_rules! supervised {
 /// Delivers one tracked message: counts it off the backlog, diverts it if its key is quarantined,
 /// and records it as in flight while the handler's synchronous part runs.
 #[doc(hidden)]
+#[inline]
 pub fn dispatch<A, M>(
     actor: &mut A,
     tracked: Tracked<M>,
@@ -152,32 +153,24 @@ where
     A: Actor<Context = Context<A>> + Handler<M>,
     M: SupervisedMessage,
 {
-    let Tracked {
-        message,
-        key,
-        diverted,
-    } = tracked;
+    let Tracked { message, keyed } = tracked;
     let message_type = type_name::<M>();
-    let diverted = runner::with_current_record(|record| {
-        record.queued.fetch_sub(1, Ordering::Relaxed);
-        match &key {
-            Some(key) if record.quarantine.contains(message_type, key) => {
-                divert(record, message_type, key, &message);
-                if let Some(flag) = &diverted {
-                    flag.store(true, Ordering::Release);
-                }
-                true
+    let key = match keyed {
+        None => None,
+        Some(keyed) => {
+            if keyed.record.quarantine.contains(message_type, &keyed.key) {
+                runner::count_dispatched();
+                divert(&keyed.record, message_type, &keyed.key, &message);
+                keyed.diverted.store(true, Ordering::Release);
+                return TrackedResponse::Diverted;
             }
-            _ => false,
+            Some(keyed.key.clone())
         }
-    });
-    if diverted == Some(true) {
-        return TrackedResponse::Diverted;
-    }
-    runner::set_in_flight(message_type, key);
+    };
+    runner::begin_dispatch(message_type, key);
     let response = <A as Handler<M>>::handle(actor, message, ctx);
     // Not reached when the handler panics: the runner then finds the message still in flight.
-    runner::clear_in_flight();
+    runner::end_dispatch();
     TrackedResponse::Handled(response)
 }
 
@@ -200,6 +193,53 @@ fn divert<M: Debug>(record: &ActorRecord, message_type: &'static str, key: &str,
         at: SystemTime::now(),
         event: QuarantineEvent::Diverted { payload },
     });
+}
+
+pin_project! {
+    /// The reply to [`ActorHandle::send`]. A hand-written future rather than an `async` block:
+    /// actix's request future is large, and every extra move of it showed up in the round-trip
+    /// benchmark.
+    #[must_use = "the reply is lost unless the request is awaited"]
+    pub struct SendRequest<'a, A, M>
+    where
+        A: Actor,
+        M: Message,
+        A: Handler<Tracked<M>>,
+        A::Context: ToEnvelope<A, Tracked<M>>,
+        M: Send,
+        M: 'static,
+        M::Result: Send,
+    {
+        #[pin]
+        request: Option<Request<A, Tracked<M>>>,
+        refused: Option<Box<CallError>>,
+        keyed: Option<Arc<KeyedDelivery>>,
+        record: &'a ActorRecord,
+    }
+}
+
+impl<A, M> Future for SendRequest<'_, A, M>
+where
+    A: Actor + Handler<Tracked<M>>,
+    A::Context: ToEnvelope<A, Tracked<M>>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    type Output = Result<M::Result, CallError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(error) = this.refused.take() {
+            return Poll::Ready(Err(*error));
+        }
+        match this.request.as_pin_mut() {
+            Some(request) => {
+                request.poll(cx).map(|reply| reply.map_err(|error| classify(this.record, this.keyed.as_deref(), error)))
+            }
+            None => Poll::Ready(Err(CallError::Stopped { actor: this.record.path.clone() })),
+        }
+    }
 }
 
 /// Why a call through an [`ActorHandle`] produced no reply.
@@ -231,18 +271,13 @@ pub struct ActorHandle<A: Actor> {
 
 impl<A: Actor> Clone for ActorHandle<A> {
     fn clone(&self) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            record: self.record.clone(),
-        }
+        Self { addr: self.addr.clone(), record: self.record.clone() }
     }
 }
 
 impl<A: Actor> Debug for ActorHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActorHandle")
-            .field("path", &self.record.path)
-            .finish()
+        f.debug_struct("ActorHandle").field("path", &self.record.path).finish()
     }
 }
 
@@ -252,17 +287,25 @@ impl<A: SupervisedActor> ActorHandle<A> {
         &self.record.path
     }
 
+    /// The raw actix address. Messages sent through it bypass tracking: a panic they cause is
+    /// still contained and restarts the actor, but the journal cannot name the message and
+    /// keyed messages cannot be quarantined. For `Recipient`s and actix APIs that need an `Addr`.
+    pub fn addr(&self) -> &Addr<A> {
+        &self.addr
+    }
+
     /// Its registry record (status, restart count, last failure).
     pub fn record(&self) -> &Arc<ActorRecord> {
         &self.record
     }
 
-    /// Sends a request and waits for the reply. Waits while the mailbox is full; fails with
-    /// `CallError::Failed` if the actor panics while handling it.
-    pub fn send<M>(
-        &self,
-        message: M,
-    ) -> impl Future<Output = Result<M::Result, CallError>> + 'static
+    /// Sends a request and returns a future of the reply. The message is queued *now*, before
+    /// the future is first polled (like actix's `Addr::send`), so requests issued one after the
+    /// other are delivered in that order. Waits while the mailbox is full; fails with
+    /// `CallError::Failed` if the actor panics while handling it. The future borrows the handle:
+    /// clone the handle to move a pending request into a spawned task.
+    #[inline]
+    pub fn send<M>(&self, message: M) -> SendRequest<'_, A, M>
     where
         M: SupervisedMessage,
         M::Result: Send,
@@ -270,44 +313,26 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
         let key = message.key();
-        let rejected = key
-            .as_deref()
-            .and_then(|key| self.refuse_if_quarantined(key, &message));
-        let request = match rejected {
-            Some(error) => Err(error),
-            None => {
-                self.record.queued.fetch_add(1, Ordering::Relaxed);
-                let tracked = Tracked::new(message, key.clone());
-                let diverted = tracked.diverted.clone();
-                Ok((self.addr.send(tracked), diverted))
-            }
-        };
-        let record = self.record.clone();
-        async move {
-            let (request, diverted) = request?;
-            request.await.map_err(|error| {
-                let was_diverted = diverted.is_some_and(|flag| flag.load(Ordering::Acquire));
-                classify(&record, key, was_diverted, error)
-            })
+        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
+            return SendRequest { request: None, refused: Some(Box::new(error)), keyed: None, record: &self.record };
         }
+        self.record.sent.fetch_add(1, Ordering::Relaxed);
+        let tracked = Tracked::new(message, key, &self.record);
+        let keyed = tracked.keyed.clone();
+        SendRequest { request: Some(self.addr.send(tracked)), refused: None, keyed, record: &self.record }
     }
 
     /// Like [`send`](Self::send) with a deadline for the reply.
-    pub async fn send_timeout<M>(
-        &self,
-        message: M,
-        timeout: std::time::Duration,
-    ) -> Result<M::Result, CallError>
+    pub async fn send_timeout<M>(&self, message: M, timeout: std::time::Duration) -> Result<M::Result, CallError>
     where
         M: SupervisedMessage,
         M::Result: Send,
         A: Handler<Tracked<M>>,
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
-        let path = self.record.path.clone();
         tokio::time::timeout(timeout, self.send(message))
             .await
-            .map_err(|_| CallError::Timeout { actor: path })?
+            .map_err(|_| CallError::Timeout { actor: self.record.path.clone() })?
     }
 
     /// Sends without waiting for a reply, ignoring mailbox capacity.
@@ -319,19 +344,14 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
         let key = message.key();
-        if let Some(error) = key
-            .as_deref()
-            .and_then(|key| self.refuse_if_quarantined(key, &message))
-        {
+        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
             return Err(error);
         }
         if !self.addr.connected() {
-            return Err(CallError::Stopped {
-                actor: self.record.path.clone(),
-            });
+            return Err(CallError::Stopped { actor: self.record.path.clone() });
         }
-        self.record.queued.fetch_add(1, Ordering::Relaxed);
-        self.addr.do_send(Tracked::new(message, key));
+        self.record.sent.fetch_add(1, Ordering::Relaxed);
+        self.addr.do_send(Tracked::new(message, key, &self.record));
         Ok(())
     }
 
@@ -344,58 +364,38 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
         let key = message.key();
-        if let Some(error) = key
-            .as_deref()
-            .and_then(|key| self.refuse_if_quarantined(key, &message))
-        {
+        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
             return Err(error);
         }
-        self.record.queued.fetch_add(1, Ordering::Relaxed);
         self.addr
-            .try_send(Tracked::new(message, key))
-            .map_err(|error| {
-                self.record.queued.fetch_sub(1, Ordering::Relaxed);
-                match error {
-                    actix::prelude::SendError::Full(_) => CallError::MailboxFull {
-                        actor: self.record.path.clone(),
-                    },
-                    actix::prelude::SendError::Closed(_) => CallError::Stopped {
-                        actor: self.record.path.clone(),
-                    },
-                }
+            .try_send(Tracked::new(message, key, &self.record))
+            .map(|()| {
+                self.record.sent.fetch_add(1, Ordering::Relaxed);
+            })
+            .map_err(|error| match error {
+                actix::prelude::SendError::Full(_) => CallError::MailboxFull { actor: self.record.path.clone() },
+                actix::prelude::SendError::Closed(_) => CallError::Stopped { actor: self.record.path.clone() },
             })
     }
 
-    fn refuse_if_quarantined<M: SupervisedMessage>(
-        &self,
-        key: &str,
-        message: &M,
-    ) -> Option<CallError> {
+    fn refuse_if_quarantined<M: SupervisedMessage>(&self, key: &str, message: &M) -> Option<CallError> {
         let message_type = type_name::<M>();
         if !self.record.quarantine.contains(message_type, key) {
             return None;
         }
         divert(&self.record, message_type, key, message);
-        Some(CallError::Quarantined {
-            actor: self.record.path.clone(),
-            key: key.to_owned(),
-        })
+        Some(CallError::Quarantined { actor: self.record.path.clone(), key: key.to_owned() })
     }
 }
 
-fn classify(
-    record: &ActorRecord,
-    key: Option<String>,
-    diverted: bool,
-    error: MailboxError,
-) -> CallError {
+fn classify(record: &ActorRecord, keyed: Option<&KeyedDelivery>, error: MailboxError) -> CallError {
     let actor = record.path.clone();
-    match (error, key) {
+    match (error, keyed) {
         (MailboxError::Timeout, _) => CallError::Timeout { actor },
-        (MailboxError::Closed, Some(key)) if diverted => CallError::Quarantined { actor, key },
-        (MailboxError::Closed, _) if record.status() == ActorStatus::Stopped => {
-            CallError::Stopped { actor }
+        (MailboxError::Closed, Some(keyed)) if keyed.diverted.load(Ordering::Acquire) => {
+            CallError::Quarantined { actor, key: keyed.key.clone() }
         }
+        (MailboxError::Closed, _) if record.status() == ActorStatus::Stopped => CallError::Stopped { actor },
         (MailboxError::Closed, _) => CallError::Failed { actor },
     }
 }

@@ -75,10 +75,7 @@ impl RestartJournal {
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             capacity: capacity.max(1),
-            inner: Mutex::new(JournalInner {
-                next_id: 1,
-                entries: VecDeque::new(),
-            }),
+            inner: Mutex::new(JournalInner { next_id: 1, entries: VecDeque::new() }),
         })
     }
 
@@ -97,13 +94,7 @@ impl RestartJournal {
 
     /// Entries, oldest first, optionally only one actor's.
     pub fn entries(&self, actor: Option<&str>) -> Vec<JournalEntry> {
-        self.inner
-            .lock()
-            .entries
-            .iter()
-            .filter(|entry| actor.is_none_or(|path| entry.actor == path))
-            .cloned()
-            .collect()
+        self.inner.lock().entries.iter().filter(|entry| actor.is_none_or(|path| entry.actor == path)).cloned().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -144,10 +135,7 @@ mod tests {
         }
         let entries = journal.entries(None);
         assert_eq!(entries.len(), 3);
-        assert_eq!(
-            entries.iter().map(|e| e.id).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
+        assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(journal.entries(Some("/root/4")).len(), 1);
     }
 }

@@ -12,6 +12,7 @@
 
 mod backoff;
 mod config;
+mod control;
 mod handle;
 mod journal;
 mod panic_capture;
@@ -25,7 +26,7 @@ mod watchdog;
 pub use backoff::{BackoffDecision, BackoffPolicy, BackoffState};
 pub use config::SupervisionConfig;
 pub use handle::{
-    dispatch, ActorHandle, CallError, ChaosPanic, SupervisedActor, SupervisedMessage, Tracked,
+    dispatch, ActorHandle, CallError, ChaosPanic, SendRequest, SupervisedActor, SupervisedMessage, Tracked,
     TrackedResponse,
 };
 pub use journal::{FailureCause, JournalDecision, JournalEntry, RestartJournal};
@@ -34,9 +35,7 @@ pub use quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink, Quaranti
 pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, Registry};
 pub use runner::{install_fresh_state, InFlight};
 pub use spec::{ChildSpec, Factory, RestartType, Strategy, SupervisorSpec};
-pub use supervisor::{
-    SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle,
-};
+pub use supervisor::{SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle};
 pub use watchdog::Watchdog;
 
 /// `rampart::system_monitor::Sample` → `Sample`; generic arguments are shortened the same way.

@@ -63,9 +63,7 @@ pub fn install_panic_hook() {
 fn capture(info: &PanicHookInfo<'_>) -> CapturedPanic {
     CapturedPanic {
         message: payload_text(info.payload()),
-        location: info
-            .location()
-            .map(|location| format!("{}:{}", location.file(), location.line())),
+        location: info.location().map(|location| format!("{}:{}", location.file(), location.line())),
         thread: std::thread::current().name().map(str::to_owned),
         backtrace: Arc::new(Backtrace::force_capture()),
     }
@@ -84,13 +82,13 @@ pub fn payload_text(payload: &(dyn Any + Send)) -> String {
 
 /// Runs `f`, containing any panic it raises. This is the one catch in rampart's supervision
 /// layer; component authors never write their own.
+#[inline]
 pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, CapturedPanic> {
     CONTAINMENT_DEPTH.with(|depth| depth.set(depth.get() + 1));
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));
     CONTAINMENT_DEPTH.with(|depth| depth.set(depth.get() - 1));
     outcome.map_err(|payload| {
-        let captured =
-            LAST_PANIC.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
+        let captured = LAST_PANIC.with(|slot| slot.try_borrow_mut().ok().and_then(|mut s| s.take()));
         let captured = captured.unwrap_or_else(|| CapturedPanic {
             // The hook was not ours (someone replaced it) or could not record: fall back to
             // the payload, which still carries the message.
@@ -116,10 +114,7 @@ mod tests {
         let caught = contain(|| panic!("boom {}", 7)).unwrap_err();
         assert_eq!(caught.message, "boom 7");
         let location = caught.location.unwrap();
-        assert!(
-            location.starts_with("src/supervision/panic_capture.rs:"),
-            "{location}"
-        );
+        assert!(location.starts_with("src/supervision/panic_capture.rs:"), "{location}");
     }
 
     #[test]

@@ -27,11 +27,7 @@ pub struct QuarantineRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QuarantineEvent {
     /// The key crashed the actor `crashes` times and is now refused.
-    Quarantined {
-        crashes: u32,
-        last_panic: String,
-        location: Option<String>,
-    },
+    Quarantined { crashes: u32, last_panic: String, location: Option<String> },
     /// A message with a quarantined key arrived and was diverted here instead of delivered.
     Diverted { payload: String },
 }
@@ -52,11 +48,7 @@ impl QuarantineStore {
     pub const DEFAULT_CAPACITY: usize = 1000;
 
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self {
-            capacity: capacity.max(1),
-            records: Mutex::new(VecDeque::new()),
-            total: AtomicU64::new(0),
-        })
+        Arc::new(Self { capacity: capacity.max(1), records: Mutex::new(VecDeque::new()), total: AtomicU64::new(0) })
     }
 
     pub fn records(&self) -> Vec<QuarantineRecord> {
@@ -72,11 +64,7 @@ impl QuarantineStore {
 impl QuarantineSink for QuarantineStore {
     fn accept(&self, record: QuarantineRecord) {
         match &record.event {
-            QuarantineEvent::Quarantined {
-                crashes,
-                last_panic,
-                ..
-            } => tracing::error!(
+            QuarantineEvent::Quarantined { crashes, last_panic, .. } => tracing::error!(
                 actor = %record.actor,
                 message_type = %record.message_type,
                 key = %record.key,

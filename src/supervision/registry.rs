@@ -9,7 +9,7 @@
 //! an `.await`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -76,12 +76,14 @@ pub struct ActorRecord {
     pub(crate) restarts: AtomicU64,
     pub(crate) started_at: Mutex<SystemTime>,
     pub(crate) last_failure: Mutex<Option<FailureSummary>>,
-    /// Messages sent through the handle and not yet dequeued (the mailbox backlog).
-    pub(crate) queued: AtomicI64,
+    /// Messages sent through a handle (senders add; a locked add is unavoidable with many
+    /// senders).
+    pub(crate) sent: AtomicU64,
+    /// Tracked messages the runner dequeued. Only the runner writes it, with a plain store once
+    /// per poll, so the actor side pays no locked instruction per message.
+    pub(crate) dispatched: AtomicU64,
     /// Watchdog tick at which the current poll started; 0 while idle.
     pub(crate) busy_since: AtomicU64,
-    /// Watchdog tick since which the actor has been blocked on a `ctx.wait` future; 0 otherwise.
-    pub(crate) waiting_since: AtomicU64,
     pub(crate) stall_threshold: Duration,
     pub(crate) stalled: AtomicBool,
     pub(crate) stalls: AtomicU64,
@@ -108,16 +110,13 @@ const MAX_TRACKED_CRASH_KEYS: usize = 1024;
 
 impl Quarantined {
     pub(crate) fn contains(&self, message_type: &'static str, key: &str) -> bool {
-        self.any.load(Ordering::Acquire)
-            && self.keys.read().contains(&(message_type, key.to_owned()))
+        self.any.load(Ordering::Acquire) && self.keys.read().contains(&(message_type, key.to_owned()))
     }
 
     /// Counts one crash of `key`; returns the new count.
     pub(crate) fn count_crash(&self, message_type: &'static str, key: &str) -> u32 {
         let mut counts = self.crash_counts.lock();
-        if counts.len() >= MAX_TRACKED_CRASH_KEYS
-            && !counts.contains_key(&(message_type, key.to_owned()))
-        {
+        if counts.len() >= MAX_TRACKED_CRASH_KEYS && !counts.contains_key(&(message_type, key.to_owned())) {
             counts.clear();
         }
         let count = counts.entry((message_type, key.to_owned())).or_insert(0);
@@ -153,9 +152,9 @@ impl ActorRecord {
             restarts: AtomicU64::new(0),
             started_at: Mutex::new(SystemTime::now()),
             last_failure: Mutex::new(None),
-            queued: AtomicI64::new(0),
+            sent: AtomicU64::new(0),
+            dispatched: AtomicU64::new(0),
             busy_since: AtomicU64::new(0),
-            waiting_since: AtomicU64::new(0),
             stall_threshold,
             stalled: AtomicBool::new(false),
             stalls: AtomicU64::new(0),
@@ -196,7 +195,9 @@ impl ActorRecord {
 
     /// Messages waiting in the mailbox (sent through a handle, not yet dequeued).
     pub fn backlog(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed).max(0) as u64
+        // Approximate by design: read without a lock, and a sender may count just after the
+        // runner dequeued.
+        self.sent.load(Ordering::Relaxed).saturating_sub(self.dispatched.load(Ordering::Relaxed))
     }
 
     pub fn quarantined_keys(&self) -> usize {
@@ -212,9 +213,7 @@ impl ActorRecord {
     /// Waits until the runner reports `Stopped`, at most `timeout`. True if it stopped.
     pub(crate) async fn wait_stopped(&self, timeout: Duration) -> bool {
         let mut status = self.status.subscribe();
-        tokio::time::timeout(timeout, status.wait_for(|s| *s == ActorStatus::Stopped))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, status.wait_for(|s| *s == ActorStatus::Stopped)).await.is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -248,9 +247,7 @@ impl Registry {
     }
 
     pub(crate) fn mark_dynamic(&self, supervisor_path: &str) {
-        self.dynamic_groups
-            .write()
-            .insert(supervisor_path.to_owned());
+        self.dynamic_groups.write().insert(supervisor_path.to_owned());
     }
 
     pub fn is_dynamic_group(&self, supervisor_path: &str) -> bool {
@@ -268,19 +265,11 @@ impl Registry {
 
     /// Actors not stopped.
     pub fn live_count(&self) -> usize {
-        self.actors
-            .read()
-            .values()
-            .filter(|record| record.status() != ActorStatus::Stopped)
-            .count()
+        self.actors.read().values().filter(|record| record.status() != ActorStatus::Stopped).count()
     }
 
     /// Sum of every actor's mailbox backlog.
     pub fn total_backlog(&self) -> u64 {
-        self.actors
-            .read()
-            .values()
-            .map(|record| record.backlog())
-            .sum()
+        self.actors.read().values().map(|record| record.backlog()).sum()
     }
 }

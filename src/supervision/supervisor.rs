@@ -21,10 +21,11 @@ use actix::{Actor, Addr, Context, Handler, Message};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::backoff::{BackoffPolicy, BackoffState};
 use super::config::SupervisionConfig;
+use super::control::{control_channel, ControlReceiver, ControlSender};
 use super::handle::{ActorHandle, ChaosPanic, SupervisedActor, Tracked};
 use super::journal::{FailureCause, JournalDecision, JournalEntry, RestartJournal};
 use super::quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink};
@@ -46,11 +47,7 @@ pub struct SupervisionContext {
 impl SupervisionContext {
     /// Fresh in-memory registry, journal and quarantine store.
     pub fn new(quarantine: Arc<dyn QuarantineSink>) -> Self {
-        Self {
-            registry: Registry::new(),
-            journal: RestartJournal::new(RestartJournal::DEFAULT_CAPACITY),
-            quarantine,
-        }
+        Self { registry: Registry::new(), journal: RestartJournal::new(RestartJournal::DEFAULT_CAPACITY), quarantine }
     }
 }
 
@@ -88,7 +85,7 @@ impl ParentLink {
 /// One child slot of a supervisor. Lives as long as the child, across restarts of both.
 pub(crate) struct ChildSlot {
     pub(crate) record: Arc<ActorRecord>,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) control: ControlSender,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) backoff_policy: BackoffPolicy,
     pub(crate) backoff: Mutex<BackoffState>,
@@ -124,12 +121,7 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    fn new(
-        path: String,
-        spec: &SupervisorSpec,
-        defaults: &SupervisionConfig,
-        context: SupervisionContext,
-    ) -> Self {
+    fn new(path: String, spec: &SupervisorSpec, defaults: &SupervisionConfig, context: SupervisionContext) -> Self {
         let defaults = spec.defaults.clone().unwrap_or_else(|| defaults.clone());
         Self {
             path,
@@ -156,9 +148,7 @@ impl Group {
     }
 
     fn remove_slot(&self, record: &Arc<ActorRecord>) {
-        self.children
-            .lock()
-            .retain(|slot| !Arc::ptr_eq(&slot.record, record));
+        self.children.lock().retain(|slot| !Arc::ptr_eq(&slot.record, record));
         self.context.registry.remove(&record.path);
     }
 }
@@ -180,21 +170,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     fn new(group: Arc<Group>) -> Self {
-        Self {
-            group,
-            recent_restarts: VecDeque::new(),
-            rng: StdRng::from_entropy(),
-        }
+        Self { group, recent_restarts: VecDeque::new(), rng: StdRng::from_entropy() }
     }
 
     /// Records one restart in the intensity window; true when the window now holds too many.
     fn intensity_exceeded(&mut self, now: Instant) -> bool {
         self.recent_restarts.push_back(now);
-        while self
-            .recent_restarts
-            .front()
-            .is_some_and(|at| now.saturating_duration_since(*at) > self.group.within)
-        {
+        while self.recent_restarts.front().is_some_and(|at| now.saturating_duration_since(*at) > self.group.within) {
             self.recent_restarts.pop_front();
         }
         self.recent_restarts.len() > self.group.max_restarts as usize
@@ -207,12 +189,8 @@ impl Supervisor {
         let Some(key) = &in_flight.key else { return };
         let record = &report.record;
         let crashes = record.quarantine.count_crash(in_flight.message_type, key);
-        if crashes >= self.group.defaults.quarantine_after
-            && !record.quarantine.contains(in_flight.message_type, key)
-        {
-            record
-                .quarantine
-                .insert(in_flight.message_type, key.clone());
+        if crashes >= self.group.defaults.quarantine_after && !record.quarantine.contains(in_flight.message_type, key) {
+            record.quarantine.insert(in_flight.message_type, key.clone());
             telemetry::message_quarantined(&record.path);
             self.group.context.quarantine.accept(QuarantineRecord {
                 actor: record.path.clone(),
@@ -240,8 +218,7 @@ impl Supervisor {
             handling: report.in_flight.as_ref().map(|f| f.message_type),
             message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
             backtrace: report.panic.backtrace.clone(),
-            restart_count: report.record.restarts()
-                + u64::from(matches!(decision, JournalDecision::Restart { .. })),
+            restart_count: report.record.restarts() + u64::from(matches!(decision, JournalDecision::Restart { .. })),
             decision,
         };
         telemetry::actor_failed(&entry);
@@ -296,10 +273,7 @@ impl Supervisor {
             runner::escalate(reason);
             return;
         }
-        let backoff = slot
-            .backoff
-            .lock()
-            .next(&slot.backoff_policy, now, &mut self.rng);
+        let backoff = slot.backoff.lock().next(&slot.backoff_policy, now, &mut self.rng);
         self.journal(
             &report,
             JournalDecision::Restart {
@@ -307,19 +281,14 @@ impl Supervisor {
                 ceiling_ms: backoff.ceiling.as_millis() as u64,
             },
         );
-        let _ = report.reply.send(Decision::Restart {
-            delay: backoff.delay,
-        });
+        let _ = report.reply.send(Decision::Restart { delay: backoff.delay });
         let siblings: Vec<Arc<ChildSlot>> = {
             let children = self.group.children.lock();
             match self.group.strategy {
                 Strategy::OneForOne => Vec::new(),
-                Strategy::OneForAll => children
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != index)
-                    .map(|(_, s)| s.clone())
-                    .collect(),
+                Strategy::OneForAll => {
+                    children.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, s)| s.clone()).collect()
+                }
                 Strategy::RestForOne => children.iter().skip(index + 1).cloned().collect(),
             }
         };
@@ -388,10 +357,7 @@ impl TopLevel {
             let now = Instant::now();
             let mut recent = self.recent_restarts.lock();
             recent.push_back(now);
-            while recent
-                .front()
-                .is_some_and(|at| now.saturating_duration_since(*at) > self.within)
-            {
+            while recent.front().is_some_and(|at| now.saturating_duration_since(*at) > self.within) {
                 recent.pop_front();
             }
             if recent.len() > self.max_restarts as usize {
@@ -405,16 +371,11 @@ impl TopLevel {
                 ));
                 Decision::Hold
             } else {
-                Decision::Restart {
-                    delay: Duration::ZERO,
-                }
+                Decision::Restart { delay: Duration::ZERO }
             }
         };
         let journal_decision = match decision {
-            Decision::Restart { .. } => JournalDecision::Restart {
-                delay_ms: 0,
-                ceiling_ms: 0,
-            },
+            Decision::Restart { .. } => JournalDecision::Restart { delay_ms: 0, ceiling_ms: 0 },
             Decision::Stop => JournalDecision::Stop,
             Decision::Hold => JournalDecision::Escalate,
         };
@@ -429,8 +390,7 @@ impl TopLevel {
             handling: report.in_flight.as_ref().map(|f| f.message_type),
             message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
             backtrace: report.panic.backtrace.clone(),
-            restart_count: report.record.restarts()
-                + u64::from(matches!(decision, Decision::Restart { .. })),
+            restart_count: report.record.restarts() + u64::from(matches!(decision, Decision::Restart { .. })),
             decision: journal_decision,
         };
         telemetry::actor_failed(&entry);
@@ -474,10 +434,7 @@ impl SupervisorHandle {
     }
 
     /// Starts `spec` as the last child of this supervisor and returns its stable handle.
-    pub fn spawn<A: SupervisedActor>(
-        &self,
-        spec: ChildSpec<A>,
-    ) -> Result<ActorHandle<A>, SpawnError> {
+    pub fn spawn<A: SupervisedActor>(&self, spec: ChildSpec<A>) -> Result<ActorHandle<A>, SpawnError> {
         let parent = ParentLink::Supervisor(self.supervisor_addr());
         spawn_child(&self.group, parent, spec, None)
     }
@@ -502,9 +459,7 @@ impl SupervisorHandle {
 fn validate_name(name: &str) -> Result<(), SpawnError> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
     if valid {
         Ok(())
     } else {
@@ -519,18 +474,11 @@ fn spawn_supervisor_under(
 ) -> Result<SupervisorHandle, SpawnError> {
     validate_name(&spec.name)?;
     let path = format!("{}/{}", parent_group.path, spec.name);
-    let group = Arc::new(Group::new(
-        path,
-        &spec,
-        &parent_group.defaults,
-        parent_group.context.clone(),
-    ));
+    let group = Arc::new(Group::new(path, &spec, &parent_group.defaults, parent_group.context.clone()));
     let factory_group = group.clone();
-    let child_spec = ChildSpec::new(spec.name.clone(), move || {
-        Supervisor::new(factory_group.clone())
-    })
-    .restart(spec.restart)
-    .backoff(parent_group.defaults.backoff);
+    let child_spec = ChildSpec::new(spec.name.clone(), move || Supervisor::new(factory_group.clone()))
+        .restart(spec.restart)
+        .backoff(parent_group.defaults.backoff);
     let actor = spawn_child(parent_group, parent, child_spec, Some(group.clone()))?;
     let _ = group.addr.set(actor.addr.clone());
     if group.dynamic {
@@ -553,11 +501,7 @@ fn spawn_child<A: SupervisedActor>(
         return Err(SpawnError::ShuttingDown(parent_group.path.clone()));
     }
     let defaults = &parent_group.defaults;
-    let kind = if group.is_some() {
-        ActorKind::Supervisor
-    } else {
-        ActorKind::Worker
-    };
+    let kind = if group.is_some() { ActorKind::Supervisor } else { ActorKind::Worker };
     let record = Arc::new(ActorRecord::new(
         path.clone(),
         kind,
@@ -569,7 +513,7 @@ fn spawn_child<A: SupervisedActor>(
     if !parent_group.context.registry.insert(record.clone()) {
         return Err(SpawnError::NameTaken(path));
     }
-    let (control, control_receiver) = mpsc::unbounded_channel();
+    let (control, control_receiver) = control_channel();
     let slot = Arc::new(ChildSlot {
         record: record.clone(),
         control,
@@ -578,14 +522,8 @@ fn spawn_child<A: SupervisedActor>(
         backoff: Mutex::new(BackoffState::default()),
         group,
     });
-    let handle = start_runner(
-        spec,
-        record,
-        control_receiver,
-        parent,
-        defaults.mailbox_capacity,
-    )
-    .inspect_err(|_| parent_group.context.registry.remove(&path))?;
+    let handle = start_runner(spec, record, control_receiver, parent, defaults.mailbox_capacity)
+        .inspect_err(|_| parent_group.context.registry.remove(&path))?;
     parent_group.children.lock().push(slot);
     Ok(handle)
 }
@@ -593,7 +531,7 @@ fn spawn_child<A: SupervisedActor>(
 fn start_runner<A: SupervisedActor>(
     spec: ChildSpec<A>,
     record: Arc<ActorRecord>,
-    control_receiver: mpsc::UnboundedReceiver<Control>,
+    control_receiver: ControlReceiver,
     parent: ParentLink,
     default_capacity: usize,
 ) -> Result<ActorHandle<A>, SpawnError> {
@@ -606,14 +544,13 @@ fn start_runner<A: SupervisedActor>(
         if !chaos_addr.connected() {
             return false;
         }
-        chaos_record.queued.fetch_add(1, Ordering::Relaxed);
-        chaos_addr.do_send(Tracked::new(ChaosPanic, None));
+        chaos_record.sent.fetch_add(1, Ordering::Relaxed);
+        chaos_addr.do_send(Tracked::new(ChaosPanic, None, &chaos_record));
         true
     }));
     let factory = spec.factory.clone();
     let runner_record = record.clone();
-    let make_runner =
-        move || Runner::new(receiver, factory, runner_record, control_receiver, parent);
+    let make_runner = move || Runner::new(receiver, factory, runner_record, control_receiver, parent);
     match spec.arbiter {
         None => {
             actix_rt::spawn(make_runner());
@@ -675,12 +612,7 @@ impl SupervisionTree {
         let watchdog = Watchdog::start(context.registry.clone())?;
         let (fatal_sender, fatal) = watch::channel(None);
         let spec = SupervisorSpec::new("root");
-        let group = Arc::new(Group::new(
-            "/root".to_owned(),
-            &spec,
-            config,
-            context.clone(),
-        ));
+        let group = Arc::new(Group::new("/root".to_owned(), &spec, config, context.clone()));
         let top = Arc::new(TopLevel {
             root_path: group.path.clone(),
             max_restarts: group.max_restarts,
@@ -699,7 +631,7 @@ impl SupervisionTree {
             context.quarantine.clone(),
         ));
         context.registry.insert(record.clone());
-        let (control, control_receiver) = mpsc::unbounded_channel();
+        let (control, control_receiver) = control_channel();
         let factory_group = group.clone();
         let child_spec = ChildSpec::new("root", move || Supervisor::new(factory_group.clone()));
         let actor = start_runner(
@@ -719,14 +651,7 @@ impl SupervisionTree {
             backoff: Mutex::new(BackoffState::default()),
             group: Some(group.clone()),
         });
-        Ok(Self {
-            root: SupervisorHandle { group, actor },
-            root_slot,
-            top,
-            fatal,
-            context,
-            _watchdog: watchdog,
-        })
+        Ok(Self { root: SupervisorHandle { group, actor }, root_slot, top, fatal, context, _watchdog: watchdog })
     }
 
     pub fn root(&self) -> &SupervisorHandle {

@@ -18,11 +18,7 @@ pub struct SystemMonitorConfig {
 
 impl Default for SystemMonitorConfig {
     fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(30),
-            rss_warn_bytes: 500_000_000,
-            actors_warn: 1000,
-        }
+        Self { interval: Duration::from_secs(30), rss_warn_bytes: 500_000_000, actors_warn: 1000 }
     }
 }
 

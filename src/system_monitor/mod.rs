@@ -38,11 +38,7 @@ pub struct SystemMonitor {
 
 impl SystemMonitor {
     pub fn new(config: SystemMonitorConfig, registry: Arc<Registry>) -> Self {
-        Self {
-            config,
-            registry,
-            latest: None,
-        }
+        Self { config, registry, latest: None }
     }
 
     fn sample(&mut self) -> Sample {
@@ -61,10 +57,7 @@ impl SystemMonitor {
             mailbox_backlog = sample.mailbox_backlog,
             "system sample"
         );
-        if sample
-            .rss_bytes
-            .is_some_and(|rss| rss > self.config.rss_warn_bytes)
-        {
+        if sample.rss_bytes.is_some_and(|rss| rss > self.config.rss_warn_bytes) {
             tracing::warn!(
                 rss_bytes = sample.rss_bytes,
                 threshold = self.config.rss_warn_bytes,

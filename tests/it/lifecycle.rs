@@ -31,11 +31,7 @@ fn missing_or_invalid_config_file_exits_2() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rampart.toml");
-    std::fs::write(
-        &file,
-        "[http]\nbind = \"127.0.0.1:0\"\n[chaos]\nenable = true\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "[http]\nbind = \"127.0.0.1:0\"\n[chaos]\nenable = true\n").unwrap();
     let (status, output) = run_to_exit(&[], &["--config", file.to_str().unwrap()]);
     assert_eq!(status.code(), Some(2), "{output}");
     assert!(output.contains("enable"), "{output}");
@@ -43,13 +39,8 @@ fn missing_or_invalid_config_file_exits_2() {
 
 #[test]
 fn check_config_prints_effective_values_with_secrets_redacted() {
-    let (status, output) = run_to_exit(
-        &[
-            ("RAMPART__ADMIN__TOKEN", "s3cret"),
-            ("RAMPART__CHAOS__ENABLED", "true"),
-        ],
-        &["check-config"],
-    );
+    let (status, output) =
+        run_to_exit(&[("RAMPART__ADMIN__TOKEN", "s3cret"), ("RAMPART__CHAOS__ENABLED", "true")], &["check-config"]);
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(!output.contains("s3cret"));
     let config: serde_json::Value = serde_json::from_str(&output).unwrap();
@@ -85,13 +76,7 @@ async fn root_escalation_exits_non_zero_without_hanging() {
     ]);
     let http = Http::new();
     let panic_url = server.url("/admin/chaos/panic");
-    let (status, _) = http
-        .post(
-            &panic_url,
-            Some(token),
-            json!({"actor": "/root/system_monitor"}),
-        )
-        .await;
+    let (status, _) = http.post(&panic_url, Some(token), json!({"actor": "/root/system_monitor"})).await;
     assert_eq!(status, 202);
     let listing_url = server.url("/admin/actors");
     eventually("first restart", Duration::from_secs(10), || async {
@@ -100,13 +85,7 @@ async fn root_escalation_exits_non_zero_without_hanging() {
     })
     .await;
     // The second failure within the window exceeds max_restarts = 1 at the root.
-    let (status, _) = http
-        .post(
-            &panic_url,
-            Some(token),
-            json!({"actor": "/root/system_monitor"}),
-        )
-        .await;
+    let (status, _) = http.post(&panic_url, Some(token), json!({"actor": "/root/system_monitor"})).await;
     assert_eq!(status, 202);
     let status = server.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(70), "{}", server.output());
@@ -117,10 +96,7 @@ async fn root_escalation_exits_non_zero_without_hanging() {
 fn no_profile_aborts_on_panic() {
     // Supervision depends on unwinding; `panic = "abort"` anywhere would silently disable it.
     for manifest in ["Cargo.toml", "bench/Cargo.toml"] {
-        let text = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest),
-        )
-        .unwrap();
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(manifest)).unwrap();
         let offending: Vec<&str> = text
             .lines()
             .map(|line| line.split('#').next().unwrap_or("").trim())

@@ -16,10 +16,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn start_tree(config: SupervisionConfig) -> (SupervisionTree, Arc<QuarantineStore>) {
     let store = QuarantineStore::new(100);
     let context = SupervisionContext::new(store.clone());
-    (
-        SupervisionTree::start(&config, context).expect("tree starts"),
-        store,
-    )
+    (SupervisionTree::start(&config, context).expect("tree starts"), store)
 }
 
 fn tree() -> SupervisionTree {
@@ -29,32 +26,21 @@ fn tree() -> SupervisionTree {
 /// Waits until `handle`'s actor has been restarted `n` times and is running again.
 async fn restarted<A: SupervisedActor>(handle: &ActorHandle<A>, n: u64) {
     let record = handle.record().clone();
-    eventually(
-        &format!("{} restarted {n} times", record.path),
-        WAIT,
-        || {
-            let record = record.clone();
-            async move { record.restarts() >= n && record.status() == ActorStatus::Running }
-        },
-    )
+    eventually(&format!("{} restarted {n} times", record.path), WAIT, || {
+        let record = record.clone();
+        async move { record.restarts() >= n && record.status() == ActorStatus::Running }
+    })
     .await;
 }
 
 /// The newest journal entry for `path`.
 fn last_entry(tree: &SupervisionTree, path: &str) -> JournalEntry {
-    tree.context()
-        .journal
-        .entries(Some(path))
-        .pop()
-        .expect("journal entry")
+    tree.context().journal.entries(Some(path)).pop().expect("journal entry")
 }
 
 fn assert_located_here(entry: &JournalEntry) {
     let location = entry.location.as_deref().unwrap_or("");
-    assert!(
-        location.starts_with("tests/it/supervision.rs:"),
-        "location {location:?}"
-    );
+    assert!(location.starts_with("tests/it/supervision.rs:"), "location {location:?}");
     let line: u32 = location.rsplit(':').next().unwrap().parse().unwrap();
     assert!(line > 0);
 }
@@ -120,20 +106,14 @@ async fn yield_once() {
 impl Handler<PanicInResponseFuture> for Probe {
     type Result = ResponseActFuture<Self, u64>;
     fn handle(&mut self, _: PanicInResponseFuture, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(
-            fut::wrap_future::<_, Self>(yield_once())
-                .map(|(), _, _| -> u64 { panic!("response future panic") }),
-        )
+        Box::pin(fut::wrap_future::<_, Self>(yield_once()).map(|(), _, _| -> u64 { panic!("response future panic") }))
     }
 }
 
 impl Handler<PanicInSpawned> for Probe {
     type Result = ();
     fn handle(&mut self, _: PanicInSpawned, ctx: &mut Context<Self>) {
-        ctx.spawn(
-            fut::wrap_future::<_, Self>(yield_once())
-                .map(|(), _, _| panic!("spawned future panic")),
-        );
+        ctx.spawn(fut::wrap_future::<_, Self>(yield_once()).map(|(), _, _| panic!("spawned future panic")));
     }
 }
 
@@ -141,8 +121,7 @@ impl Handler<PanicInWait> for Probe {
     type Result = AtomicResponse<Self, u64>;
     fn handle(&mut self, _: PanicInWait, _: &mut Context<Self>) -> Self::Result {
         AtomicResponse::new(Box::pin(
-            fut::wrap_future::<_, Self>(yield_once())
-                .map(|(), _, _| -> u64 { panic!("wait future panic") }),
+            fut::wrap_future::<_, Self>(yield_once()).map(|(), _, _| -> u64 { panic!("wait future panic") }),
         ))
     }
 }
@@ -199,10 +178,7 @@ impl Handler<StopSelf> for Probe {
 
 /// Counts to 3 so a reset is visible, returns the probe.
 async fn counted_probe(tree: &SupervisionTree, name: &str) -> ActorHandle<Probe> {
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new(name, Probe::default))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new(name, Probe::default)).unwrap();
     for expected in 1..=3 {
         assert_eq!(probe.send(Increment).await, Ok(expected));
     }
@@ -220,11 +196,7 @@ async fn sync_handler_panic_restarts_with_fresh_state_behind_the_same_handle() {
     let queued_a = probe.send(Increment);
     let queued_b = probe.send(Increment);
     assert!(matches!(in_flight.await, Err(CallError::Failed { .. })));
-    assert_eq!(
-        queued_a.await,
-        Ok(1),
-        "queued message served by the fresh incarnation"
-    );
+    assert_eq!(queued_a.await, Ok(1), "queued message served by the fresh incarnation");
     assert_eq!(queued_b.await, Ok(2));
     assert_eq!(probe.record().restarts(), 1);
 
@@ -246,16 +218,9 @@ async fn sync_handler_panic_restarts_with_fresh_state_behind_the_same_handle() {
 async fn response_future_panic_fails_the_caller_and_resets_state() {
     let tree = tree();
     let probe = counted_probe(&tree, "probe").await;
-    assert!(matches!(
-        probe.send(PanicInResponseFuture).await,
-        Err(CallError::Failed { .. })
-    ));
+    assert!(matches!(probe.send(PanicInResponseFuture).await, Err(CallError::Failed { .. })));
     restarted(&probe, 1).await;
-    assert_eq!(
-        probe.send(Increment).await,
-        Ok(1),
-        "same handle, fresh state"
-    );
+    assert_eq!(probe.send(Increment).await, Ok(1), "same handle, fresh state");
     let entry = last_entry(&tree, probe.path());
     assert_eq!(entry.message, "response future panic");
     assert_located_here(&entry);
@@ -266,11 +231,7 @@ async fn response_future_panic_fails_the_caller_and_resets_state() {
 async fn spawned_future_panic_restarts_the_actor() {
     let tree = tree();
     let probe = counted_probe(&tree, "probe").await;
-    assert_eq!(
-        probe.send(PanicInSpawned).await,
-        Ok(()),
-        "the handler itself completed"
-    );
+    assert_eq!(probe.send(PanicInSpawned).await, Ok(()), "the handler itself completed");
     restarted(&probe, 1).await;
     assert_eq!(probe.send(Increment).await, Ok(1));
     let entry = last_entry(&tree, probe.path());
@@ -389,23 +350,15 @@ impl Handler<Increment> for Fragile {
 
 fn fragile_spec(name: &str, failures: u32) -> ChildSpec<Fragile> {
     let attempts = Arc::new(AtomicU32::new(0));
-    ChildSpec::new(name, move || Fragile {
-        count: 0,
-        attempt: attempts.fetch_add(1, Ordering::SeqCst),
-        failures,
-    })
-    .backoff(BackoffPolicy::IMMEDIATE)
+    ChildSpec::new(name, move || Fragile { count: 0, attempt: attempts.fetch_add(1, Ordering::SeqCst), failures })
+        .backoff(BackoffPolicy::IMMEDIATE)
 }
 
 #[actix_rt::test]
 async fn started_panic_is_retried_and_queued_messages_wait_for_a_good_start() {
     let tree = tree();
     let fragile = tree.root().spawn(fragile_spec("fragile", 2)).unwrap();
-    assert_eq!(
-        fragile.send(Increment).await,
-        Ok(1),
-        "served once started() succeeds"
-    );
+    assert_eq!(fragile.send(Increment).await, Ok(1), "served once started() succeeds");
     assert_eq!(fragile.record().restarts(), 2);
     let entry = last_entry(&tree, fragile.path());
     assert_eq!(entry.message, "started panic on attempt 1");
@@ -415,37 +368,19 @@ async fn started_panic_is_retried_and_queued_messages_wait_for_a_good_start() {
 
 #[actix_rt::test]
 async fn started_panic_loop_counts_toward_intensity_and_escalates_to_a_fatal_root() {
-    let config = SupervisionConfig {
-        max_restarts: 2,
-        backoff: BackoffPolicy::IMMEDIATE,
-        ..SupervisionConfig::default()
-    };
+    let config =
+        SupervisionConfig { max_restarts: 2, backoff: BackoffPolicy::IMMEDIATE, ..SupervisionConfig::default() };
     let (tree, _) = start_tree(config);
-    let group = tree
-        .root()
-        .spawn_supervisor(SupervisorSpec::new("group").intensity(3, Duration::from_secs(60)))
-        .unwrap();
+    let group =
+        tree.root().spawn_supervisor(SupervisorSpec::new("group").intensity(3, Duration::from_secs(60))).unwrap();
     let doomed = group.spawn(fragile_spec("doomed", u32::MAX)).unwrap();
-    let reason = tokio::time::timeout(WAIT, tree.fatal())
-        .await
-        .expect("tree gives up instead of spinning");
-    assert!(
-        reason.contains("restart intensity exceeded in /root"),
-        "{reason}"
-    );
+    let reason = tokio::time::timeout(WAIT, tree.fatal()).await.expect("tree gives up instead of spinning");
+    assert!(reason.contains("restart intensity exceeded in /root"), "{reason}");
 
     let journal = tree.context().journal.entries(None);
-    let escalations = journal
-        .iter()
-        .filter(|e| e.decision == JournalDecision::Escalate)
-        .count();
-    assert!(
-        escalations >= 2,
-        "group and then root escalated: {escalations}"
-    );
-    assert!(journal
-        .iter()
-        .any(|e| e.actor == "/root/group" && e.cause == FailureCause::Escalation));
+    let escalations = journal.iter().filter(|e| e.decision == JournalDecision::Escalate).count();
+    assert!(escalations >= 2, "group and then root escalated: {escalations}");
+    assert!(journal.iter().any(|e| e.actor == "/root/group" && e.cause == FailureCause::Escalation));
     // Bounded: the group escalated after 4 failed starts each time, the root after 3 group
     // restarts — no unbounded spinning.
     let doomed_failures = journal.iter().filter(|e| e.actor == doomed.path()).count();
@@ -470,10 +405,7 @@ async fn three_probes(group: &SupervisorHandle) -> Vec<ActorHandle<Probe>> {
 #[actix_rt::test]
 async fn one_for_all_restarts_every_sibling() {
     let tree = tree();
-    let group = tree
-        .root()
-        .spawn_supervisor(SupervisorSpec::new("all").strategy(Strategy::OneForAll))
-        .unwrap();
+    let group = tree.root().spawn_supervisor(SupervisorSpec::new("all").strategy(Strategy::OneForAll)).unwrap();
     let probes = three_probes(&group).await;
     assert!(probes[0].send(PanicSync).await.is_err());
     for probe in &probes {
@@ -486,21 +418,14 @@ async fn one_for_all_restarts_every_sibling() {
 #[actix_rt::test]
 async fn rest_for_one_restarts_the_failed_child_and_those_started_after_it() {
     let tree = tree();
-    let group = tree
-        .root()
-        .spawn_supervisor(SupervisorSpec::new("rest").strategy(Strategy::RestForOne))
-        .unwrap();
+    let group = tree.root().spawn_supervisor(SupervisorSpec::new("rest").strategy(Strategy::RestForOne)).unwrap();
     let probes = three_probes(&group).await;
     assert!(probes[1].send(PanicSync).await.is_err());
     restarted(&probes[1], 1).await;
     restarted(&probes[2], 1).await;
     assert_eq!(probes[1].send(Increment).await, Ok(1));
     assert_eq!(probes[2].send(Increment).await, Ok(1));
-    assert_eq!(
-        probes[0].send(Increment).await,
-        Ok(4),
-        "started before the failed child: untouched"
-    );
+    assert_eq!(probes[0].send(Increment).await, Ok(4), "started before the failed child: untouched");
     assert_eq!(probes[0].record().restarts(), 0);
     tree.shutdown().await;
 }
@@ -508,10 +433,7 @@ async fn rest_for_one_restarts_the_failed_child_and_those_started_after_it() {
 #[actix_rt::test]
 async fn one_for_one_leaves_siblings_alone() {
     let tree = tree();
-    let group = tree
-        .root()
-        .spawn_supervisor(SupervisorSpec::new("one"))
-        .unwrap();
+    let group = tree.root().spawn_supervisor(SupervisorSpec::new("one")).unwrap();
     let probes = three_probes(&group).await;
     assert!(probes[1].send(PanicSync).await.is_err());
     restarted(&probes[1], 1).await;
@@ -524,15 +446,10 @@ async fn one_for_one_leaves_siblings_alone() {
 
 #[actix_rt::test]
 async fn intensity_exceeded_escalates_and_the_parent_restarts_the_whole_subtree() {
-    let config = SupervisionConfig {
-        backoff: BackoffPolicy::IMMEDIATE,
-        ..SupervisionConfig::default()
-    };
+    let config = SupervisionConfig { backoff: BackoffPolicy::IMMEDIATE, ..SupervisionConfig::default() };
     let (tree, _) = start_tree(config);
-    let group = tree
-        .root()
-        .spawn_supervisor(SupervisorSpec::new("group").intensity(2, Duration::from_secs(60)))
-        .unwrap();
+    let group =
+        tree.root().spawn_supervisor(SupervisorSpec::new("group").intensity(2, Duration::from_secs(60))).unwrap();
     let probes = three_probes(&group).await;
     let failing = &probes[0];
     // Two restarts fit the intensity; the third failure exceeds it.
@@ -540,11 +457,7 @@ async fn intensity_exceeded_escalates_and_the_parent_restarts_the_whole_subtree(
         assert!(failing.send(PanicSync).await.is_err());
         restarted(failing, n).await;
     }
-    assert_eq!(
-        probes[1].send(Increment).await,
-        Ok(4),
-        "one_for_one so far: sibling untouched"
-    );
+    assert_eq!(probes[1].send(Increment).await, Ok(4), "one_for_one so far: sibling untouched");
     assert!(failing.send(PanicSync).await.is_err());
 
     // The group gave up, the root restarted it, and a restarted supervisor restarts its subtree.
@@ -556,57 +469,31 @@ async fn intensity_exceeded_escalates_and_the_parent_restarts_the_whole_subtree(
     .await;
     for probe in &probes[1..] {
         restarted(probe, 1).await;
-        assert_eq!(
-            probe.send(Increment).await,
-            Ok(1),
-            "{} restarted with the subtree",
-            probe.path()
-        );
+        assert_eq!(probe.send(Increment).await, Ok(1), "{} restarted with the subtree", probe.path());
     }
     restarted(failing, 3).await;
     assert_eq!(failing.send(Increment).await, Ok(1));
 
     let group_entry = last_entry(&tree, "/root/group");
     assert_eq!(group_entry.cause, FailureCause::Escalation);
-    assert!(
-        group_entry
-            .message
-            .contains("restart intensity exceeded in /root/group"),
-        "{}",
-        group_entry.message
-    );
+    assert!(group_entry.message.contains("restart intensity exceeded in /root/group"), "{}", group_entry.message);
     let escalated = tree.context().journal.entries(Some(failing.path()));
-    assert!(escalated
-        .iter()
-        .any(|e| e.decision == JournalDecision::Escalate));
+    assert!(escalated.iter().any(|e| e.decision == JournalDecision::Escalate));
     tree.shutdown().await;
 }
 
 #[actix_rt::test]
 async fn root_escalation_is_fatal_not_a_hang() {
-    let config = SupervisionConfig {
-        max_restarts: 1,
-        backoff: BackoffPolicy::IMMEDIATE,
-        ..SupervisionConfig::default()
-    };
+    let config =
+        SupervisionConfig { max_restarts: 1, backoff: BackoffPolicy::IMMEDIATE, ..SupervisionConfig::default() };
     let (tree, _) = start_tree(config);
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new("probe", Probe::default))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new("probe", Probe::default)).unwrap();
     assert!(probe.send(PanicSync).await.is_err());
     restarted(&probe, 1).await;
     assert!(probe.send(PanicSync).await.is_err());
-    let reason = tokio::time::timeout(WAIT, tree.fatal())
-        .await
-        .expect("fatal reported");
-    assert!(
-        reason.contains("restart intensity exceeded in /root"),
-        "{reason}"
-    );
-    tokio::time::timeout(WAIT, tree.shutdown())
-        .await
-        .expect("shutdown completes after a fatal error");
+    let reason = tokio::time::timeout(WAIT, tree.fatal()).await.expect("fatal reported");
+    assert!(reason.contains("restart intensity exceeded in /root"), "{reason}");
+    tokio::time::timeout(WAIT, tree.shutdown()).await.expect("shutdown completes after a fatal error");
     assert_eq!(probe.record().status(), ActorStatus::Stopped);
 }
 
@@ -636,10 +523,7 @@ async fn backoff_ceiling_doubles_between_consecutive_restarts() {
         max: Duration::from_secs(1),
         reset_after: Duration::from_secs(60),
     };
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new("probe", Probe::default).backoff(policy))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new("probe", Probe::default).backoff(policy)).unwrap();
     let mut waited = Vec::new();
     for n in 1..=4u64 {
         let panicked_at = Instant::now();
@@ -651,25 +535,15 @@ async fn backoff_ceiling_doubles_between_consecutive_restarts() {
     let decisions: Vec<(u64, u64)> = entries
         .iter()
         .map(|entry| match entry.decision {
-            JournalDecision::Restart {
-                delay_ms,
-                ceiling_ms,
-            } => (delay_ms, ceiling_ms),
+            JournalDecision::Restart { delay_ms, ceiling_ms } => (delay_ms, ceiling_ms),
             ref other => panic!("unexpected decision {other:?}"),
         })
         .collect();
     let ceilings: Vec<u64> = decisions.iter().map(|(_, ceiling)| *ceiling).collect();
-    assert_eq!(
-        ceilings,
-        vec![0, 40, 80, 160],
-        "first restart immediate, then doubling"
-    );
+    assert_eq!(ceilings, vec![0, 40, 80, 160], "first restart immediate, then doubling");
     for ((delay_ms, ceiling_ms), waited) in decisions.iter().zip(&waited) {
         assert!(delay_ms <= ceiling_ms);
-        assert!(
-            waited.as_millis() as u64 + 1 >= *delay_ms,
-            "restart waited {waited:?} < {delay_ms}ms"
-        );
+        assert!(waited.as_millis() as u64 + 1 >= *delay_ms, "restart waited {waited:?} < {delay_ms}ms");
     }
     tree.shutdown().await;
 }
@@ -700,58 +574,25 @@ impl Handler<Deliver> for Probe {
 
 #[actix_rt::test]
 async fn a_message_that_keeps_crashing_its_actor_is_quarantined() {
-    let config = SupervisionConfig {
-        backoff: BackoffPolicy::IMMEDIATE,
-        ..SupervisionConfig::default()
-    };
+    let config = SupervisionConfig { backoff: BackoffPolicy::IMMEDIATE, ..SupervisionConfig::default() };
     let (tree, store) = start_tree(config);
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new("probe", Probe::default))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new("probe", Probe::default)).unwrap();
     for n in 1..=3 {
-        let result = probe
-            .send(Deliver {
-                id: "poison".into(),
-            })
-            .await;
-        assert!(
-            matches!(result, Err(CallError::Failed { .. })),
-            "crash {n}: {result:?}"
-        );
+        let result = probe.send(Deliver { id: "poison".into() }).await;
+        assert!(matches!(result, Err(CallError::Failed { .. })), "crash {n}: {result:?}");
         restarted(&probe, n).await;
     }
-    let result = probe
-        .send(Deliver {
-            id: "poison".into(),
-        })
-        .await;
-    assert_eq!(
-        result,
-        Err(CallError::Quarantined {
-            actor: "/root/probe".into(),
-            key: "poison".into()
-        })
-    );
-    assert_eq!(
-        probe.record().restarts(),
-        3,
-        "the quarantined delivery did not crash the actor"
-    );
-    assert_eq!(
-        probe.send(Deliver { id: "fine".into() }).await,
-        Ok("delivered".to_owned()),
-        "other keys unaffected"
-    );
+    let result = probe.send(Deliver { id: "poison".into() }).await;
+    assert_eq!(result, Err(CallError::Quarantined { actor: "/root/probe".into(), key: "poison".into() }));
+    assert_eq!(probe.record().restarts(), 3, "the quarantined delivery did not crash the actor");
+    assert_eq!(probe.send(Deliver { id: "fine".into() }).await, Ok("delivered".to_owned()), "other keys unaffected");
 
     let records = store.records();
     assert!(
         matches!(&records[0].event, QuarantineEvent::Quarantined { crashes: 3, last_panic, .. } if last_panic == "cannot deliver poison")
     );
     assert_eq!(records[0].message_type, "Deliver");
-    assert!(
-        matches!(&records[1].event, QuarantineEvent::Diverted { payload } if payload.contains("poison"))
-    );
+    assert!(matches!(&records[1].event, QuarantineEvent::Diverted { payload } if payload.contains("poison")));
     assert_eq!(probe.record().quarantined_keys(), 1);
     let entry = last_entry(&tree, probe.path());
     assert_eq!(entry.message_key.as_deref(), Some("poison"));
@@ -820,15 +661,9 @@ async fn a_handler_blocking_past_the_threshold_is_reported_as_stalled() {
 async fn children_on_another_arbiter_are_supervised_the_same_way() {
     let tree = tree();
     let arbiter = Arbiter::new();
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new("remote", Probe::default).on_arbiter(arbiter.handle()))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new("remote", Probe::default).on_arbiter(arbiter.handle())).unwrap();
     assert_eq!(probe.send(Increment).await, Ok(1));
-    assert!(matches!(
-        probe.send(PanicSync).await,
-        Err(CallError::Failed { .. })
-    ));
+    assert!(matches!(probe.send(PanicSync).await, Err(CallError::Failed { .. })));
     assert_eq!(probe.send(Increment).await, Ok(1));
     let entry = last_entry(&tree, probe.path());
     assert_ne!(entry.thread.as_deref(), std::thread::current().name());
@@ -841,10 +676,7 @@ async fn children_on_another_arbiter_are_supervised_the_same_way() {
 #[actix_rt::test]
 async fn temporary_children_are_not_restarted_and_leave_the_tree() {
     let tree = tree();
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new("session", Probe::default).restart(RestartType::Temporary))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new("session", Probe::default).restart(RestartType::Temporary)).unwrap();
     assert!(probe.send(PanicSync).await.is_err());
     let record = probe.record().clone();
     eventually("temporary child stopped", WAIT, || {
@@ -853,16 +685,10 @@ async fn temporary_children_are_not_restarted_and_leave_the_tree() {
     })
     .await;
     assert!(tree.context().registry.get("/root/session").is_none());
-    assert!(matches!(
-        probe.send(Increment).await,
-        Err(CallError::Stopped { .. })
-    ));
+    assert!(matches!(probe.send(Increment).await, Err(CallError::Stopped { .. })));
     assert_eq!(record.restarts(), 0);
     // The name is free again for a new session.
-    let again = tree
-        .root()
-        .spawn(ChildSpec::new("session", Probe::default).restart(RestartType::Temporary))
-        .unwrap();
+    let again = tree.root().spawn(ChildSpec::new("session", Probe::default).restart(RestartType::Temporary)).unwrap();
     assert_eq!(again.send(Increment).await, Ok(1));
     tree.shutdown().await;
 }
@@ -870,16 +696,9 @@ async fn temporary_children_are_not_restarted_and_leave_the_tree() {
 #[actix_rt::test]
 async fn transient_children_stay_stopped_after_a_normal_stop_but_restart_after_a_panic() {
     let tree = tree();
-    let probe = tree
-        .root()
-        .spawn(ChildSpec::new("transient", Probe::default).restart(RestartType::Transient))
-        .unwrap();
+    let probe = tree.root().spawn(ChildSpec::new("transient", Probe::default).restart(RestartType::Transient)).unwrap();
     assert!(probe.send(PanicSync).await.is_err());
-    assert_eq!(
-        probe.send(Increment).await,
-        Ok(1),
-        "restarted after a panic"
-    );
+    assert_eq!(probe.send(Increment).await, Ok(1), "restarted after a panic");
     assert_eq!(probe.send(StopSelf).await, Ok(()));
     let record = probe.record().clone();
     eventually("transient child stopped", WAIT, || {
@@ -887,10 +706,7 @@ async fn transient_children_stay_stopped_after_a_normal_stop_but_restart_after_a
         async move { record.status() == ActorStatus::Stopped }
     })
     .await;
-    assert!(matches!(
-        probe.send(Increment).await,
-        Err(CallError::Stopped { .. })
-    ));
+    assert!(matches!(probe.send(Increment).await, Err(CallError::Stopped { .. })));
     tree.shutdown().await;
 }
 
@@ -935,12 +751,8 @@ async fn shutdown_stops_children_in_reverse_start_order_and_drops_stragglers() {
     let mut handles = Vec::new();
     for (name, refuse_to_stop) in [("first", false), ("stubborn", true), ("last", false)] {
         let stopped = stopped.clone();
-        let spec = ChildSpec::new(name, move || Recorder {
-            name,
-            stopped: stopped.clone(),
-            refuse_to_stop,
-        })
-        .shutdown_timeout(Duration::from_millis(200));
+        let spec = ChildSpec::new(name, move || Recorder { name, stopped: stopped.clone(), refuse_to_stop })
+            .shutdown_timeout(Duration::from_millis(200));
         handles.push(tree.root().spawn(spec).unwrap());
     }
     for handle in &handles {
@@ -952,16 +764,65 @@ async fn shutdown_stops_children_in_reverse_start_order_and_drops_stragglers() {
         .await;
     }
     let started = Instant::now();
-    tokio::time::timeout(WAIT, tree.shutdown())
-        .await
-        .expect("shutdown completes");
+    tokio::time::timeout(WAIT, tree.shutdown()).await.expect("shutdown completes");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(
-        *stopped.lock(),
-        vec!["last", "first"],
-        "reverse order; the stubborn one was dropped"
-    );
+    assert_eq!(*stopped.lock(), vec!["last", "first"], "reverse order; the stubborn one was dropped");
     for handle in &handles {
         assert_eq!(handle.record().status(), ActorStatus::Stopped);
     }
+}
+
+// Handle semantics ------------------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn send_queues_the_message_when_called_not_when_awaited() {
+    // Regression: a lazily-sending `send` reordered requests awaited out of order and made the
+    // "queued behind a panic" scenarios vacuous.
+    let tree = tree();
+    let probe = tree.root().spawn(ChildSpec::new("probe", Probe::default)).unwrap();
+    let first = probe.send(Increment);
+    let second = probe.send(Increment);
+    assert_eq!(second.await, Ok(2));
+    assert_eq!(first.await, Ok(1));
+    tree.shutdown().await;
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct WaitFor(Duration);
+impl SupervisedMessage for WaitFor {}
+
+impl Handler<WaitFor> for Sleeper {
+    type Result = ();
+    fn handle(&mut self, msg: WaitFor, ctx: &mut Context<Self>) {
+        // Does not block the thread, but blocks this actor's mailbox for the whole duration.
+        ctx.wait(fut::wrap_future::<_, Self>(tokio::time::sleep(msg.0)));
+    }
+}
+
+#[actix_rt::test]
+async fn a_mailbox_held_by_a_ctx_wait_future_past_the_threshold_is_reported_as_stalled() {
+    let tree = tree();
+    let sleeper =
+        tree.root().spawn(ChildSpec::new("waiter", || Sleeper).stall_threshold(Duration::from_millis(100))).unwrap();
+    assert_eq!(sleeper.send(WaitFor(Duration::from_millis(600))).await, Ok(()));
+    // A message now waits behind the ctx.wait future.
+    let queued = sleeper.send(BlockFor(Duration::ZERO));
+    let record = sleeper.record().clone();
+    let watched = record.clone();
+    eventually("stall flagged while ctx.wait blocks the mailbox", WAIT, || {
+        let record = watched.clone();
+        async move { record.is_stalled() }
+    })
+    .await;
+    // Served once the wait ends; the flag clears.
+    assert_eq!(queued.await, Ok(()));
+    let watched = record.clone();
+    eventually("stall flag cleared", WAIT, || {
+        let record = watched.clone();
+        async move { !record.is_stalled() }
+    })
+    .await;
+    assert_eq!(record.stalls(), 1);
+    tree.shutdown().await;
 }

@@ -59,9 +59,7 @@ pub fn rampart_command(data_dir: &std::path::Path, env: &[(&str, &str)], args: &
 fn collect(stream: impl std::io::Read + Send + 'static, output: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut output = output
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut output = output.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             output.push_str(&line);
             output.push('\n');
         }
@@ -72,18 +70,11 @@ impl RampartProcess {
     /// Starts the server and waits for its `listening on http://ADDR` line.
     pub fn start(env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut child = rampart_command(data_dir.path(), env, &[])
-            .spawn()
-            .expect("spawn rampart");
+        let mut child = rampart_command(data_dir.path(), env, &[]).spawn().expect("spawn rampart");
         let output = Arc::new(Mutex::new(String::new()));
         collect(child.stdout.take().expect("stdout"), output.clone());
         collect(child.stderr.take().expect("stderr"), output.clone());
-        let mut process = Self {
-            child,
-            base_url: String::new(),
-            output,
-            _data_dir: data_dir,
-        };
+        let mut process = Self { child, base_url: String::new(), output, _data_dir: data_dir };
         let started = std::time::Instant::now();
         loop {
             if let Some(address) = process.listening_address() {
@@ -103,16 +94,12 @@ impl RampartProcess {
     fn listening_address(&self) -> Option<String> {
         let output = self.output();
         let rest = &output[output.find("listening on http://")? + "listening on http://".len()..];
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))?;
+        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))?;
         Some(rest[..end].to_owned())
     }
 
     pub fn output(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.output.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -121,11 +108,7 @@ impl RampartProcess {
 
     /// Sends SIGTERM (through `kill`, so the tests need no unsafe code).
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success());
     }
 
@@ -137,10 +120,7 @@ impl RampartProcess {
                 return status;
             }
             if started.elapsed() > deadline {
-                panic!(
-                    "rampart did not exit within {deadline:?}:\n{}",
-                    self.output()
-                );
+                panic!("rampart did not exit within {deadline:?}:\n{}", self.output());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -158,14 +138,8 @@ impl Drop for RampartProcess {
 /// combined output.
 pub fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (ExitStatus, String) {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let output = rampart_command(data_dir.path(), env, args)
-        .output()
-        .expect("run rampart");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = rampart_command(data_dir.path(), env, args).output().expect("run rampart");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status, text)
 }
 
@@ -176,11 +150,7 @@ pub struct Http {
 
 impl Http {
     pub fn new() -> Self {
-        Self {
-            client: awc::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .finish(),
-        }
+        Self { client: awc::Client::builder().timeout(Duration::from_secs(10)).finish() }
     }
 
     pub async fn request(
@@ -200,11 +170,8 @@ impl Http {
         }
         .expect("request sent");
         let bytes = response.body().limit(8 << 20).await.expect("body");
-        let json = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("JSON body")
-        };
+        let json =
+            if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
         (response.status().as_u16(), json)
     }
 
@@ -212,13 +179,7 @@ impl Http {
         self.request(awc::http::Method::GET, url, token, None).await
     }
 
-    pub async fn post(
-        &self,
-        url: &str,
-        token: Option<&str>,
-        body: serde_json::Value,
-    ) -> (u16, serde_json::Value) {
-        self.request(awc::http::Method::POST, url, token, Some(body))
-            .await
+    pub async fn post(&self, url: &str, token: Option<&str>, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.request(awc::http::Method::POST, url, token, Some(body)).await
     }
 }
