@@ -43,6 +43,7 @@ pub fn install_panic_hook() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
+        #[allow(clippy::disallowed_methods, reason = "the one panic hook")]
         panic::set_hook(Box::new(move |info| {
             if CONTAINMENT_DEPTH.with(Cell::get) > 0 {
                 let captured = capture(info);

@@ -26,7 +26,9 @@ where
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// A `rampart` process started on 127.0.0.1:0 with a fresh data directory. Killed on drop.
 pub struct RampartProcess {
@@ -59,7 +61,7 @@ pub fn rampart_command(data_dir: &std::path::Path, env: &[(&str, &str)], args: &
 fn collect(stream: impl std::io::Read + Send + 'static, output: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut output = output.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut output = output.lock();
             output.push_str(&line);
             output.push('\n');
         }
@@ -99,7 +101,7 @@ impl RampartProcess {
     }
 
     pub fn output(&self) -> String {
-        self.output.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.output.lock().clone()
     }
 
     pub fn url(&self, path: &str) -> String {
