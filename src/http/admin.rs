@@ -2,8 +2,6 @@
 //!
 //! Every route here sits behind `require_admin_token`; with no token configured they answer 503.
 
-use std::collections::BTreeMap;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
@@ -16,7 +14,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 use crate::rfc3339;
-use crate::supervision::{short_type_name, ActorRecord, ActorStatus, JournalEntry};
+use crate::supervision::{short_type_name, ActorRecord, JournalEntry, ListingRow};
 use crate::system_monitor::GetSample;
 
 /// A dynamic group (sessions, peers) with more children than this is listed as one summary row.
@@ -83,36 +81,19 @@ fn actor_json(record: &ActorRecord) -> Value {
 }
 
 async fn list_actors(state: web::Data<AppState>) -> HttpResponse {
-    let records = state.registry.snapshot();
-    let mut group_sizes: BTreeMap<&str, usize> = BTreeMap::new();
-    for record in &records {
-        if let Some(parent) = record.parent.as_deref() {
-            if state.registry.is_dynamic_group(parent) {
-                *group_sizes.entry(parent).or_default() += 1;
+    let actors: Vec<Value> = state
+        .registry
+        .listing(DYNAMIC_GROUP_LIST_LIMIT)
+        .into_iter()
+        .map(|row| match row {
+            ListingRow::Actor(record) => actor_json(&record),
+            ListingRow::Group(summary) => {
+                let mut value = serde_json::to_value(summary).unwrap_or(Value::Null);
+                value["summary"] = Value::Bool(true);
+                value
             }
-        }
-    }
-    let summarized = |parent: Option<&str>| {
-        parent.is_some_and(|p| group_sizes.get(p).is_some_and(|n| *n > DYNAMIC_GROUP_LIST_LIMIT))
-    };
-    let mut actors: Vec<Value> = records
-        .iter()
-        .filter(|record| !summarized(record.parent.as_deref()))
-        .map(|record| actor_json(record))
+        })
         .collect();
-    for (group, size) in group_sizes.iter().filter(|(_, n)| **n > DYNAMIC_GROUP_LIST_LIMIT) {
-        let members: Vec<_> = records.iter().filter(|r| r.parent.as_deref() == Some(*group)).collect();
-        let count_status = |status: ActorStatus| members.iter().filter(|r| r.status() == status).count();
-        actors.push(json!({
-            "path": format!("{group}/*"),
-            "summary": true,
-            "count": size,
-            "running": count_status(ActorStatus::Running) + count_status(ActorStatus::Starting),
-            "restarting": count_status(ActorStatus::Restarting),
-            "stopped": count_status(ActorStatus::Stopped),
-            "restarts": members.iter().map(|r| r.restarts()).sum::<u64>(),
-        }));
-    }
     HttpResponse::Ok().json(json!({ "actors": actors }))
 }
 

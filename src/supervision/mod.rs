@@ -32,7 +32,7 @@ pub use handle::{
 pub use journal::{FailureCause, JournalDecision, JournalEntry, RestartJournal};
 pub use panic_capture::{contain, install_panic_hook, CapturedPanic};
 pub use quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink, QuarantineStore};
-pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, Registry};
+pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, GroupSummary, ListingRow, Registry};
 pub use runner::{install_fresh_state, InFlight};
 pub use spec::{ChildSpec, Factory, RestartType, Strategy, SupervisorSpec};
 pub use supervisor::{SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle};

@@ -217,6 +217,40 @@ impl ActorRecord {
     }
 }
 
+/// One row of [`Registry::listing`].
+pub enum ListingRow {
+    Actor(Arc<ActorRecord>),
+    Group(GroupSummary),
+}
+
+/// The children of one large dynamic group, counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSummary {
+    /// `<supervisor path>/*`
+    pub path: String,
+    pub count: usize,
+    pub running: usize,
+    pub restarting: usize,
+    pub stopped: usize,
+    pub restarts: u64,
+}
+
+impl GroupSummary {
+    fn new(supervisor: &str) -> Self {
+        Self { path: format!("{supervisor}/*"), count: 0, running: 0, restarting: 0, stopped: 0, restarts: 0 }
+    }
+
+    fn add(&mut self, record: &ActorRecord) {
+        self.count += 1;
+        self.restarts += record.restarts();
+        match record.status() {
+            ActorStatus::Starting | ActorStatus::Running => self.running += 1,
+            ActorStatus::Restarting => self.restarting += 1,
+            ActorStatus::Stopped => self.stopped += 1,
+        }
+    }
+}
+
 /// Every actor of the tree, by path.
 #[derive(Default)]
 pub struct Registry {
@@ -261,6 +295,28 @@ impl Registry {
     /// A snapshot of every record, in path order.
     pub fn snapshot(&self) -> Vec<Arc<ActorRecord>> {
         self.actors.read().values().cloned().collect()
+    }
+
+    /// Every actor for an operator's listing, in path order. The children of a dynamic group
+    /// (sessions, peers) with more than `expand_limit` members are folded into one summary row,
+    /// so the listing stays readable with thousands of connections.
+    pub fn listing(&self, expand_limit: usize) -> Vec<ListingRow> {
+        let records = self.snapshot();
+        let dynamic = self.dynamic_groups.read().clone();
+        let mut groups: BTreeMap<&str, GroupSummary> = BTreeMap::new();
+        for record in &records {
+            if let Some(parent) = record.parent.as_deref().filter(|parent| dynamic.contains(*parent)) {
+                groups.entry(parent).or_insert_with(|| GroupSummary::new(parent)).add(record);
+            }
+        }
+        groups.retain(|_, summary| summary.count > expand_limit);
+        let mut rows: Vec<ListingRow> = records
+            .iter()
+            .filter(|record| !record.parent.as_deref().is_some_and(|parent| groups.contains_key(parent)))
+            .map(|record| ListingRow::Actor(record.clone()))
+            .collect();
+        rows.extend(groups.into_values().map(ListingRow::Group));
+        rows
     }
 
     /// Actors not stopped.

@@ -826,3 +826,49 @@ async fn a_mailbox_held_by_a_ctx_wait_future_past_the_threshold_is_reported_as_s
     assert_eq!(record.stalls(), 1);
     tree.shutdown().await;
 }
+
+// Dynamic children ------------------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn dynamic_children_come_and_go_and_large_groups_are_summarized() {
+    let tree = tree();
+    let sessions = tree.root().spawn_supervisor(SupervisorSpec::new("sessions").dynamic()).unwrap();
+    let mut handles = Vec::new();
+    for i in 0..60 {
+        let spec = ChildSpec::new(format!("s{i}"), Probe::default).restart(RestartType::Temporary);
+        handles.push(sessions.spawn(spec).unwrap());
+    }
+    assert_eq!(handles[7].send(Increment).await, Ok(1));
+    let registry = &tree.context().registry;
+    let rows = registry.listing(50);
+    let summary = rows
+        .iter()
+        .find_map(|row| match row {
+            ListingRow::Group(summary) => Some(summary.clone()),
+            ListingRow::Actor(_) => None,
+        })
+        .expect("large dynamic group summarized");
+    assert_eq!(summary.path, "/root/sessions/*");
+    assert_eq!(summary.count, 60);
+    assert!(rows.iter().all(|row| !matches!(row, ListingRow::Actor(r) if r.path.starts_with("/root/sessions/"))));
+    assert!(rows.iter().any(|row| matches!(row, ListingRow::Actor(r) if r.path == "/root/sessions")));
+
+    // A temporary child that ends leaves the tree; the group shrinks below the limit and is
+    // listed child by child again.
+    for handle in handles.drain(..15) {
+        assert!(handle.send(PanicSync).await.is_err());
+    }
+    let watched = sessions.clone();
+    eventually("ended sessions removed", WAIT, || {
+        let sessions = watched.clone();
+        async move { sessions.child_count() == 45 }
+    })
+    .await;
+    let rows = registry.listing(50);
+    assert!(rows.iter().all(|row| matches!(row, ListingRow::Actor(_))));
+    assert_eq!(
+        rows.iter().filter(|row| matches!(row, ListingRow::Actor(r) if r.path.starts_with("/root/sessions/"))).count(),
+        45
+    );
+    tree.shutdown().await;
+}
