@@ -27,6 +27,18 @@ pub struct CapturedPanic {
     pub backtrace: Arc<Backtrace>,
 }
 
+impl CapturedPanic {
+    /// A failure report for something that was not a panic (an escalation, a normal stop).
+    pub fn without_panic(message: String) -> Self {
+        Self {
+            message,
+            location: None,
+            thread: std::thread::current().name().map(str::to_owned),
+            backtrace: Arc::new(Backtrace::disabled()),
+        }
+    }
+}
+
 thread_local! {
     /// Depth of containment boundaries on this thread's stack; the hook stays silent (the boundary
     /// reports) while it is above zero and defers to the default hook otherwise.

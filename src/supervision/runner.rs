@@ -251,16 +251,19 @@ impl<A: SupervisedActor> Runner<A> {
     }
 
     fn begin_stop(&mut self) {
-        match (&mut self.phase, self.instance.as_mut()) {
-            (Phase::Running, Some(instance)) => {
-                let stopped = contain(|| instance.ctx().stop());
-                self.phase = if stopped.is_ok() { Phase::Stopping } else { Phase::Done };
-                if matches!(self.phase, Phase::Done) {
-                    self.finish();
-                }
-            }
-            (Phase::Stopping | Phase::Done, _) => {}
-            _ => self.finish(),
+        if matches!(self.phase, Phase::Stopping | Phase::Done) {
+            return;
+        }
+        // Let `stopping`/`stopped` run; the runner ends when the actor does. An actor that is not
+        // running (never built, failed, backing off, held) has nothing to stop gracefully.
+        let stopping = match (&self.phase, self.instance.as_mut()) {
+            (Phase::Running, Some(instance)) => contain(|| instance.ctx().stop()).is_ok(),
+            _ => false,
+        };
+        if stopping {
+            self.phase = Phase::Stopping;
+        } else {
+            self.finish();
         }
     }
 
@@ -377,19 +380,11 @@ impl<A: SupervisedActor> Runner<A> {
         };
         match outcome {
             Err(panic) => Step::Failed { cause: FailureCause::Panic, panic, in_flight },
-            Ok(_) if escalation.is_some() => {
-                let reason = escalation.unwrap_or_default();
-                Step::Failed {
-                    cause: FailureCause::Escalation,
-                    panic: CapturedPanic {
-                        message: reason,
-                        location: None,
-                        thread: std::thread::current().name().map(str::to_owned),
-                        backtrace: Arc::new(std::backtrace::Backtrace::disabled()),
-                    },
-                    in_flight: None,
-                }
-            }
+            Ok(_) if escalation.is_some() => Step::Failed {
+                cause: FailureCause::Escalation,
+                panic: CapturedPanic::without_panic(escalation.unwrap_or_default()),
+                in_flight: None,
+            },
             Ok(Poll::Ready(())) => Step::Exited,
             Ok(Poll::Pending) => Step::Pending,
         }
@@ -431,13 +426,7 @@ impl<A: SupervisedActor> Future for Runner<A> {
                         Step::Pending => return Poll::Pending,
                         Step::Exited if stopping => this.finish(),
                         Step::Exited => {
-                            let panic = CapturedPanic {
-                                message: "actor stopped".to_owned(),
-                                location: None,
-                                thread: None,
-                                backtrace: Arc::new(std::backtrace::Backtrace::disabled()),
-                            };
-                            this.report(FailureCause::Exit, panic, None);
+                            this.report(FailureCause::Exit, CapturedPanic::without_panic("actor stopped".into()), None)
                         }
                         // A failure while stopping ends the actor: nothing to restart for.
                         Step::Failed { .. } if stopping => this.finish(),

@@ -522,10 +522,12 @@ fn spawn_child<A: SupervisedActor>(
         backoff: Mutex::new(BackoffState::default()),
         group,
     });
-    let handle = start_runner(spec, record, control_receiver, parent, defaults.mailbox_capacity)
-        .inspect_err(|_| parent_group.context.registry.remove(&path))?;
+    // The slot must exist before the runner starts: a child on another arbiter can fail at once,
+    // and its supervisor must find the slot to restart it.
     parent_group.children.lock().push(slot);
-    Ok(handle)
+    start_runner(spec, record.clone(), control_receiver, parent, defaults.mailbox_capacity).inspect_err(|_| {
+        parent_group.remove_slot(&record);
+    })
 }
 
 fn start_runner<A: SupervisedActor>(

@@ -872,3 +872,18 @@ async fn dynamic_children_come_and_go_and_large_groups_are_summarized() {
     );
     tree.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_child_on_another_arbiter_failing_at_once_is_still_restarted() {
+    // Regression: the slot was registered after the runner started, so a child on another
+    // thread could fail before its supervisor knew it and was stopped instead of restarted.
+    let (tree, _) = start_tree(SupervisionConfig { max_restarts: 100, ..SupervisionConfig::default() });
+    let arbiter = Arbiter::new();
+    for round in 0..20 {
+        let fragile = tree.root().spawn(fragile_spec(&format!("remote{round}"), 1).on_arbiter(arbiter.handle())).unwrap();
+        assert_eq!(fragile.send(Increment).await, Ok(1), "round {round}");
+        assert_eq!(fragile.record().restarts(), 1);
+    }
+    tree.shutdown().await;
+    arbiter.stop();
+}
