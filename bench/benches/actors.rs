@@ -13,43 +13,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use criterion::{criterion_group, Criterion};
 use rampart::supervision::{
-    BackoffPolicy, CallError, ChildSpec, QuarantineStore, SupervisedMessage, SupervisionConfig, SupervisionContext,
-    SupervisionTree,
+    BackoffPolicy, CallError, ChildSpec, QuarantineStore, SupervisionConfig, SupervisionContext, SupervisionTree,
 };
-
-// ---------------------------------------------------------------------------------------------
-// actix (bare and supervised share the actor)
-
-struct Echo;
-
-impl Actor for Echo {
-    type Context = Context<Self>;
-}
-rampart::supervised!(Echo);
-
-#[derive(Debug, Message)]
-#[rtype(result = "u64")]
-struct Ping(u64);
-impl SupervisedMessage for Ping {}
-
-impl Handler<Ping> for Echo {
-    type Result = u64;
-    fn handle(&mut self, msg: Ping, _: &mut Context<Self>) -> u64 {
-        msg.0 + 1
-    }
-}
-
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct Crash;
-impl SupervisedMessage for Crash {}
-
-impl Handler<Crash> for Echo {
-    type Result = ();
-    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
-        panic!("benchmark crash");
-    }
-}
+use rampart_bench::{Crash, Echo, Ping};
 
 fn bench_tree() -> SupervisionTree {
     // Restart-latency runs panic tens of thousands of times: no intensity limit to hit, no backoff.

@@ -1,30 +1,16 @@
 //! Profiling aid: the same round trips as the benchmark, for `valgrind --tool=callgrind`.
-//! `cargo build -p rampart-bench --release --example roundtrip_profile` then run it under callgrind.
+//!
+//! ```sh
+//! cargo build -p rampart-bench --release --example roundtrip_profile
+//! valgrind --tool=callgrind target/release/examples/roundtrip_profile bare        # or: supervised
+//! target/release/examples/roundtrip_profile timed   # wall clock: bare, runner-only, full handle
+//! ```
 
 use std::hint::black_box;
 
 use actix::prelude::*;
-use rampart::supervision::{
-    ChildSpec, QuarantineStore, SupervisedMessage, SupervisionConfig, SupervisionContext, SupervisionTree,
-};
-
-struct Echo;
-impl Actor for Echo {
-    type Context = Context<Self>;
-}
-rampart::supervised!(Echo);
-
-#[derive(Debug, Message)]
-#[rtype(result = "u64")]
-struct Ping(u64);
-impl SupervisedMessage for Ping {}
-
-impl Handler<Ping> for Echo {
-    type Result = u64;
-    fn handle(&mut self, msg: Ping, _: &mut Context<Self>) -> u64 {
-        msg.0 + 1
-    }
-}
+use rampart::supervision::{ChildSpec, QuarantineStore, SupervisionConfig, SupervisionContext, SupervisionTree};
+use rampart_bench::{Echo, Ping};
 
 const ROUNDS: u64 = 100_000;
 

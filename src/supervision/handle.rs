@@ -312,14 +312,16 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A: Handler<Tracked<M>>,
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
-        let key = message.key();
-        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
-            return SendRequest { request: None, refused: Some(Box::new(error)), keyed: None, record: &self.record };
+        match self.track(message) {
+            Err(error) => {
+                SendRequest { request: None, refused: Some(Box::new(error)), keyed: None, record: &self.record }
+            }
+            Ok(tracked) => {
+                self.record.sent.fetch_add(1, Ordering::Relaxed);
+                let keyed = tracked.keyed.clone();
+                SendRequest { request: Some(self.addr.send(tracked)), refused: None, keyed, record: &self.record }
+            }
         }
-        self.record.sent.fetch_add(1, Ordering::Relaxed);
-        let tracked = Tracked::new(message, key, &self.record);
-        let keyed = tracked.keyed.clone();
-        SendRequest { request: Some(self.addr.send(tracked)), refused: None, keyed, record: &self.record }
     }
 
     /// Like [`send`](Self::send) with a deadline for the reply.
@@ -343,15 +345,12 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A: Handler<Tracked<M>>,
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
-        let key = message.key();
-        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
-            return Err(error);
-        }
+        let tracked = self.track(message)?;
         if !self.addr.connected() {
             return Err(CallError::Stopped { actor: self.record.path.clone() });
         }
         self.record.sent.fetch_add(1, Ordering::Relaxed);
-        self.addr.do_send(Tracked::new(message, key, &self.record));
+        self.addr.do_send(tracked);
         Ok(())
     }
 
@@ -363,12 +362,8 @@ impl<A: SupervisedActor> ActorHandle<A> {
         A: Handler<Tracked<M>>,
         A::Context: ToEnvelope<A, Tracked<M>>,
     {
-        let key = message.key();
-        if let Some(error) = key.as_deref().and_then(|key| self.refuse_if_quarantined(key, &message)) {
-            return Err(error);
-        }
         self.addr
-            .try_send(Tracked::new(message, key, &self.record))
+            .try_send(self.track(message)?)
             .map(|()| {
                 self.record.sent.fetch_add(1, Ordering::Relaxed);
             })
@@ -378,13 +373,19 @@ impl<A: SupervisedActor> ActorHandle<A> {
             })
     }
 
-    fn refuse_if_quarantined<M: SupervisedMessage>(&self, key: &str, message: &M) -> Option<CallError> {
-        let message_type = type_name::<M>();
-        if !self.record.quarantine.contains(message_type, key) {
-            return None;
+    /// Wraps `message` for delivery, or refuses it (handing it to the quarantine sink) when its
+    /// key is quarantined for this actor.
+    #[inline]
+    fn track<M: SupervisedMessage>(&self, message: M) -> Result<Tracked<M>, CallError> {
+        let key = message.key();
+        if let Some(key) = key.as_deref() {
+            let message_type = type_name::<M>();
+            if self.record.quarantine.contains(message_type, key) {
+                divert(&self.record, message_type, key, &message);
+                return Err(CallError::Quarantined { actor: self.record.path.clone(), key: key.to_owned() });
+            }
         }
-        divert(&self.record, message_type, key, message);
-        Some(CallError::Quarantined { actor: self.record.path.clone(), key: key.to_owned() })
+        Ok(Tracked::new(message, key, &self.record))
     }
 }
 

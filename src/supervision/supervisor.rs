@@ -207,22 +207,7 @@ impl Supervisor {
     }
 
     fn journal(&self, report: &FailureReport, decision: JournalDecision) {
-        let entry = JournalEntry {
-            id: 0,
-            actor: report.record.path.clone(),
-            at: SystemTime::now(),
-            cause: report.cause.clone(),
-            message: report.panic.message.clone(),
-            location: report.panic.location.clone(),
-            thread: report.panic.thread.clone(),
-            handling: report.in_flight.as_ref().map(|f| f.message_type),
-            message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
-            backtrace: report.panic.backtrace.clone(),
-            restart_count: report.record.restarts() + u64::from(matches!(decision, JournalDecision::Restart { .. })),
-            decision,
-        };
-        telemetry::actor_failed(&entry);
-        self.group.context.journal.record(entry);
+        record_failure(&self.group.context.journal, report, decision);
     }
 
     fn decide(&mut self, report: FailureReport) {
@@ -297,6 +282,27 @@ impl Supervisor {
             sibling.order_restart();
         }
     }
+}
+
+/// Logs a failure and what was decided about it, and appends it to the restart journal.
+fn record_failure(journal: &RestartJournal, report: &FailureReport, decision: JournalDecision) {
+    let restarting = matches!(decision, JournalDecision::Restart { .. });
+    let entry = JournalEntry {
+        id: 0,
+        actor: report.record.path.clone(),
+        at: SystemTime::now(),
+        cause: report.cause.clone(),
+        message: report.panic.message.clone(),
+        location: report.panic.location.clone(),
+        thread: report.panic.thread.clone(),
+        handling: report.in_flight.as_ref().map(|f| f.message_type),
+        message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
+        backtrace: report.panic.backtrace.clone(),
+        restart_count: report.record.restarts() + u64::from(restarting),
+        decision,
+    };
+    telemetry::actor_failed(&entry);
+    journal.record(entry);
 }
 
 impl FailureReport {
@@ -379,22 +385,7 @@ impl TopLevel {
             Decision::Stop => JournalDecision::Stop,
             Decision::Hold => JournalDecision::Escalate,
         };
-        let entry = JournalEntry {
-            id: 0,
-            actor: report.record.path.clone(),
-            at: SystemTime::now(),
-            cause: report.cause.clone(),
-            message: report.panic.message.clone(),
-            location: report.panic.location.clone(),
-            thread: report.panic.thread.clone(),
-            handling: report.in_flight.as_ref().map(|f| f.message_type),
-            message_key: report.in_flight.as_ref().and_then(|f| f.key.clone()),
-            backtrace: report.panic.backtrace.clone(),
-            restart_count: report.record.restarts() + u64::from(matches!(decision, Decision::Restart { .. })),
-            decision: journal_decision,
-        };
-        telemetry::actor_failed(&entry);
-        self.journal.record(entry);
+        record_failure(&self.journal, &report, journal_decision);
         let _ = report.reply.send(decision);
     }
 

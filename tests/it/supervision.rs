@@ -880,7 +880,8 @@ async fn a_child_on_another_arbiter_failing_at_once_is_still_restarted() {
     let (tree, _) = start_tree(SupervisionConfig { max_restarts: 100, ..SupervisionConfig::default() });
     let arbiter = Arbiter::new();
     for round in 0..20 {
-        let fragile = tree.root().spawn(fragile_spec(&format!("remote{round}"), 1).on_arbiter(arbiter.handle())).unwrap();
+        let fragile =
+            tree.root().spawn(fragile_spec(&format!("remote{round}"), 1).on_arbiter(arbiter.handle())).unwrap();
         assert_eq!(fragile.send(Increment).await, Ok(1), "round {round}");
         assert_eq!(fragile.record().restarts(), 1);
     }
