@@ -61,7 +61,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         quarantine,
         system_monitor,
     };
-    let (server, address) = match http::bind(&config, state, config.shutdown.timeout) {
+    // In-flight requests may use half the shutdown budget, so actors always keep the other half
+    // to stop gracefully.
+    let http_drain = (config.shutdown.timeout / 2).max(std::time::Duration::from_secs(1));
+    let (server, address) = match http::bind(&config, state, http_drain) {
         Ok(bound) => bound,
         Err(error) => {
             tree.shutdown().await;
