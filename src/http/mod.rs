@@ -43,6 +43,7 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
                 web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
             )
             .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics))
             .configure(admin::routes)
             .default_service(web::to(not_found))
     })
@@ -58,6 +59,13 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
 
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "pass" }))
+}
+
+/// Prometheus scrape endpoint (no auth: it carries no secrets, and scrapers rarely do bearer auth).
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(crate::telemetry::metrics().render())
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -71,6 +71,9 @@ pub struct ActorRecord {
     pub restart: RestartType,
     /// Path of the supervisor; `None` for the root.
     pub parent: Option<String>,
+    /// The `actor` label of this actor's metrics: its path, or `<group>/*` for members of a
+    /// dynamic group (one series per group, not per session).
+    pub metric_label: String,
     /// Written by the runner; `watch` so shutdown can wait for `Stopped`.
     pub(crate) status: watch::Sender<ActorStatus>,
     pub(crate) restarts: AtomicU64,
@@ -140,14 +143,21 @@ impl ActorRecord {
         kind: ActorKind,
         restart: RestartType,
         parent: Option<String>,
+        dynamic_member: bool,
         stall_threshold: Duration,
         sink: Arc<dyn QuarantineSink>,
     ) -> Self {
+        let metric_label = match (&parent, dynamic_member) {
+            (Some(parent), true) => format!("{parent}/*"),
+            _ => path.clone(),
+        };
+        crate::telemetry::actor_spawned(&metric_label);
         Self {
             path,
             kind,
             restart,
             parent,
+            metric_label,
             status: watch::Sender::new(ActorStatus::Starting),
             restarts: AtomicU64::new(0),
             started_at: Mutex::new(SystemTime::now()),

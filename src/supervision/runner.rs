@@ -324,12 +324,16 @@ impl<A: SupervisedActor> Runner<A> {
             }
         }
         self.record.restarts.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::actor_restarted(&self.record.metric_label);
         *self.record.started_at.lock() = SystemTime::now();
         self.record.set_status(ActorStatus::Running);
         self.phase = Phase::Running;
     }
 
     fn report(&mut self, cause: FailureCause, panic: CapturedPanic, in_flight: Option<InFlight>) {
+        if cause == FailureCause::Panic {
+            crate::telemetry::actor_panicked();
+        }
         self.record.set_status(ActorStatus::Restarting);
         *self.record.last_failure.lock() = Some(FailureSummary {
             at: SystemTime::now(),

@@ -498,6 +498,7 @@ fn spawn_child<A: SupervisedActor>(
         kind,
         spec.restart,
         Some(parent_group.path.clone()),
+        parent_group.dynamic,
         spec.stall_threshold.unwrap_or(defaults.stall_threshold),
         parent_group.context.quarantine.clone(),
     ));
@@ -620,6 +621,7 @@ impl SupervisionTree {
             ActorKind::Supervisor,
             RestartType::Permanent,
             None,
+            false,
             config.stall_threshold,
             context.quarantine.clone(),
         ));

@@ -117,7 +117,7 @@ fn scan(registry: &Registry, mailboxes: &mut MailboxProgress, now: u64) {
             Some((kind, stuck_for)) => {
                 if !record.stalled.swap(true, Ordering::Relaxed) {
                     record.stalls.fetch_add(1, Ordering::Relaxed);
-                    telemetry::actor_stalled(&record.path, stuck_for, kind);
+                    telemetry::actor_stalled(&record.path, &record.metric_label, stuck_for, kind);
                 }
             }
             None => {

@@ -71,6 +71,11 @@ impl SystemMonitor {
                 "live actor count above threshold"
             );
         }
+        let metrics = crate::telemetry::metrics();
+        metrics.resident_memory.set(sample.rss_bytes.map_or(0, |rss| rss as i64));
+        metrics.threads.set(sample.threads.map_or(0, |threads| threads as i64));
+        metrics.live_actors.set(sample.live_actors as i64);
+        metrics.mailbox_backlog.set(sample.mailbox_backlog as i64);
         self.latest = Some(sample.clone());
         sample
     }
@@ -80,6 +85,8 @@ impl Actor for SystemMonitor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // Sample at once so the gauges are meaningful from the start, not after one interval.
+        self.sample();
         ctx.run_interval(self.config.interval, |monitor, _| {
             monitor.sample();
         });

@@ -2,5 +2,6 @@
 
 mod admin_api;
 mod lifecycle;
+mod metrics;
 mod supervision;
 mod support;

@@ -1,12 +1,31 @@
 //! Everything rampart reports about itself, as named events in one place.
 //!
-//! Owns: the log lines (and, as they are added, the metrics) for supervision, stalls,
-//! quarantine and shutdown, so the full list of what an operator can see is readable here.
+//! Owns: the log lines and metric updates for supervision, stalls, quarantine and shutdown, so
+//! the full list of what an operator can see is readable here (metric families: `metrics.rs`).
 //! Must never: block or panic; it is called from actor threads and the watchdog.
+
+mod metrics;
 
 use std::time::Duration;
 
+pub use metrics::{metrics, ActorLabels, Metrics, PanicSource, SourceLabels};
+
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
+
+/// A supervised actor came into existence: its series start at 0.
+pub fn actor_spawned(metric_label: &str) {
+    metrics().register_actor(metric_label);
+}
+
+/// A supervised actor panicked (contained at its mailbox boundary).
+pub fn actor_panicked() {
+    metrics().panics.get_or_create(&SourceLabels { source: PanicSource::actor }).inc();
+}
+
+/// A supervised actor was restarted with fresh state.
+pub fn actor_restarted(metric_label: &str) {
+    metrics().actor_restarts.get_or_create(&ActorLabels { actor: metric_label.to_owned() }).inc();
+}
 
 pub fn actor_failed(entry: &JournalEntry) {
     let handling = entry.handling.map(short_type_name).unwrap_or("-");
@@ -58,6 +77,7 @@ pub fn fatal(reason: &str) {
 }
 
 pub fn message_quarantined(actor: &str) {
+    metrics().actor_quarantined.inc();
     tracing::debug!(actor, "quarantine threshold reached");
 }
 
@@ -70,7 +90,8 @@ pub enum StallKind {
     MailboxNotDraining,
 }
 
-pub fn actor_stalled(actor: &str, stuck_for: Duration, kind: StallKind) {
+pub fn actor_stalled(actor: &str, metric_label: &str, stuck_for: Duration, kind: StallKind) {
+    metrics().actor_stalls.get_or_create(&ActorLabels { actor: metric_label.to_owned() }).inc();
     tracing::warn!(
         actor,
         stuck_for_ms = stuck_for.as_millis() as u64,

@@ -1,0 +1,49 @@
+//! `GET /metrics` on the real binary: every series present from start, restarts visible.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{eventually, Http, RampartProcess};
+
+async fn scrape(server: &RampartProcess) -> String {
+    let response = awc::Client::new().get(server.url("/metrics")).send().await;
+    let mut response = response.expect("scrape");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    String::from_utf8(response.body().await.expect("body").to_vec()).expect("utf-8")
+}
+
+#[actix_rt::test]
+async fn metrics_are_served_without_auth_with_every_series_from_start() {
+    let server = RampartProcess::start(&[]);
+    let text = scrape(&server).await;
+    for line in [
+        "rampart_actor_restarts_total{actor=\"/root\"} 0",
+        "rampart_actor_restarts_total{actor=\"/root/system_monitor\"} 0",
+        "rampart_actor_stalls_total{actor=\"/root/system_monitor\"} 0",
+        "rampart_panics_total{source=\"actor\"} 0",
+        "rampart_panics_total{source=\"http\"} 0",
+        "rampart_actor_quarantined_total 0",
+        "rampart_build_info{version=",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // The system monitor samples at start: the gauges are real values, not placeholders.
+    assert!(text.contains("rampart_actors_live 2"), "{text}");
+}
+
+#[actix_rt::test]
+async fn an_actor_restart_is_counted() {
+    let server = RampartProcess::start(&[("RAMPART__ADMIN__TOKEN", "t"), ("RAMPART__CHAOS__ENABLED", "true")]);
+    let (status, _) =
+        Http::new().post(&server.url("/admin/chaos/panic"), Some("t"), json!({"actor": "/root/system_monitor"})).await;
+    assert_eq!(status, 202);
+    eventually("restart counted", Duration::from_secs(10), || async {
+        let text = scrape(&server).await;
+        text.contains("rampart_actor_restarts_total{actor=\"/root/system_monitor\"} 1")
+            && text.contains("rampart_panics_total{source=\"actor\"} 1")
+    })
+    .await;
+}
