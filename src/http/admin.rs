@@ -29,6 +29,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/quarantine", web::get().to(quarantine))
             .route("/system", web::get().to(system))
             .route("/chaos/panic", web::post().to(chaos_panic))
+            .route("/chaos/http-panic", web::get().to(chaos_http_panic))
             .route("/chaos/{rest:.*}", web::route().to(chaos_unknown)),
     );
 }
@@ -169,6 +170,14 @@ async fn chaos_panic(state: web::Data<AppState>, body: web::Json<ChaosPanicReque
     }
     tracing::warn!(actor = %path, "chaos: panic requested through the admin API");
     Ok(HttpResponse::Accepted().json(json!({ "actor": path, "requested": "panic" })))
+}
+
+/// Panics inside the handler: how operators check the HTTP panic boundary live.
+async fn chaos_http_panic(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    panic!("chaos: HTTP handler panic requested by an operator or a test");
 }
 
 async fn chaos_unknown() -> Result<HttpResponse, ApiError> {

@@ -5,6 +5,7 @@
 //! `ActorHandle`s and map `CallError`s to `ApiError`s.
 
 mod admin;
+mod boundary;
 mod error;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
+pub use boundary::{RequestId, REQUEST_ID_HEADER};
 pub use error::ApiError;
 
 use crate::config::Config;
@@ -46,6 +48,8 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .route("/metrics", web::get().to(metrics))
             .configure(admin::routes)
             .default_service(web::to(not_found))
+            // Outermost (registered last): sees every request, every error and every panic.
+            .wrap(actix_web::middleware::from_fn(boundary::boundary))
     })
     .disable_signals()
     .shutdown_timeout(drain_timeout.as_secs().max(1));

@@ -10,8 +10,11 @@
 use std::any::Any;
 use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
+use std::pin::Pin;
 use std::sync::{Arc, Once};
+use std::task::{Context, Poll};
 
 /// What the hook captured about one panic.
 #[derive(Debug, Clone)]
@@ -115,6 +118,34 @@ pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, CapturedPanic> {
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
         captured
     })
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose every poll runs inside [`contain`]; see [`contain_future`].
+    pub struct Contained<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+/// Runs `future`, containing a panic raised while polling it: resolves to `Err` with what the
+/// hook captured instead of unwinding into the executor. For boundaries that are not actors
+/// (HTTP handlers, owned tasks).
+pub fn contain_future<F: Future>(future: F) -> Contained<F> {
+    Contained { inner: future }
+}
+
+impl<F: Future> Future for Contained<F> {
+    type Output = Result<F::Output, CapturedPanic>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.project().inner;
+        match contain(|| inner.as_mut().poll(cx)) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 #[cfg(test)]

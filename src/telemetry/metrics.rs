@@ -14,8 +14,12 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+/// Latency buckets for HTTP requests: 1 ms to 10 s.
+const HTTP_DURATION_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Where a panic happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -30,6 +34,29 @@ pub enum PanicSource {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: PanicSource,
+    /// Route template for HTTP panics; empty for other sources (in PromQL an empty label value
+    /// is the same as no label, so `rampart_panics_total{source="actor"}` matches).
+    pub route: String,
+}
+
+impl SourceLabels {
+    pub fn of(source: PanicSource) -> Self {
+        Self { source, route: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The route template (`/admin/actors`), never the raw path; `unmatched` for 404s.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpRouteLabels {
+    pub method: String,
+    pub route: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -65,6 +92,12 @@ pub struct Metrics {
     pub alerts_dropped: Counter,
     /// Circuit breaker state by name: 0 closed, 1 half-open, 2 open.
     pub circuit_state: Family<NameLabels, Gauge>,
+    /// HTTP requests answered, by method, route template and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Time to answer, by method and route template.
+    pub http_duration: Family<HttpRouteLabels, Histogram>,
+    /// Requests being handled right now.
+    pub http_in_flight: Gauge,
     /// Latest system monitor sample.
     pub resident_memory: Gauge,
     pub threads: Gauge,
@@ -84,6 +117,9 @@ impl Metrics {
             alerts_sent: Counter::default(),
             alerts_dropped: Counter::default(),
             circuit_state: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(|| Histogram::new(HTTP_DURATION_BUCKETS.iter().copied())),
+            http_in_flight: Gauge::default(),
             resident_memory: Gauge::default(),
             threads: Gauge::default(),
             live_actors: Gauge::default(),
@@ -110,6 +146,14 @@ impl Metrics {
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
             metrics.circuit_state.clone(),
         );
+        registry.register("http_requests", "HTTP requests answered", metrics.http_requests.clone());
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request",
+            Unit::Seconds,
+            metrics.http_duration.clone(),
+        );
+        registry.register("http_requests_in_flight", "HTTP requests being handled", metrics.http_in_flight.clone());
         registry.register_with_unit(
             "process_resident_memory",
             "Resident memory at the latest system monitor sample",
@@ -129,7 +173,7 @@ impl Metrics {
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }),
         );
         for source in [PanicSource::actor, PanicSource::http, PanicSource::task, PanicSource::thread] {
-            drop(metrics.panics.get_or_create(&SourceLabels { source }));
+            drop(metrics.panics.get_or_create(&SourceLabels::of(source)));
         }
         Self { registry, ..metrics }
     }
@@ -166,8 +210,8 @@ mod tests {
         // Per-actor families appear with the first actor (see tests/it/metrics.rs).
         let text = metrics().render();
         for line in [
-            "rampart_panics_total{source=\"actor\"} 0",
-            "rampart_panics_total{source=\"http\"} 0",
+            "rampart_panics_total{source=\"actor\",route=\"\"} 0",
+            "rampart_panics_total{source=\"http\",route=\"\"} 0",
             "rampart_actor_quarantined_total 0",
             "rampart_log_dropped_total 0",
             "rampart_alerts_sent_total 0",

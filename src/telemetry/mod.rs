@@ -8,7 +8,7 @@ mod metrics;
 
 use std::time::Duration;
 
-pub use metrics::{metrics, ActorLabels, Metrics, PanicSource, SourceLabels};
+pub use metrics::{metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, PanicSource, SourceLabels};
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
 
@@ -19,7 +19,7 @@ pub fn actor_spawned(metric_label: &str) {
 
 /// A supervised actor panicked (contained at its mailbox boundary).
 pub fn actor_panicked() {
-    metrics().panics.get_or_create(&SourceLabels { source: PanicSource::actor }).inc();
+    metrics().panics.get_or_create(&SourceLabels::of(PanicSource::actor)).inc();
 }
 
 /// A supervised actor was restarted with fresh state.

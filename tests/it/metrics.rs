@@ -23,8 +23,8 @@ async fn metrics_are_served_without_auth_with_every_series_from_start() {
         "rampart_actor_restarts_total{actor=\"/root\"} 0",
         "rampart_actor_restarts_total{actor=\"/root/system_monitor\"} 0",
         "rampart_actor_stalls_total{actor=\"/root/system_monitor\"} 0",
-        "rampart_panics_total{source=\"actor\"} 0",
-        "rampart_panics_total{source=\"http\"} 0",
+        "rampart_panics_total{source=\"actor\",route=\"\"} 0",
+        "rampart_panics_total{source=\"http\",route=\"\"} 0",
         "rampart_actor_quarantined_total 0",
         "rampart_build_info{version=",
     ] {
@@ -43,7 +43,7 @@ async fn an_actor_restart_is_counted() {
     eventually("restart counted", Duration::from_secs(10), || async {
         let text = scrape(&server).await;
         text.contains("rampart_actor_restarts_total{actor=\"/root/system_monitor\"} 1")
-            && text.contains("rampart_panics_total{source=\"actor\"} 1")
+            && text.contains("rampart_panics_total{source=\"actor\",route=\"\"} 1")
     })
     .await;
 }
