@@ -5,6 +5,7 @@
 //! without running the shutdown sequence, whatever ended the run.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -54,7 +55,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }))
         .context("starting the system monitor")?;
 
+    let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
+        shutting_down: shutting_down.clone(),
         config: config.clone(),
         registry: context.registry.clone(),
         journal: context.journal.clone(),
@@ -93,7 +96,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let budget = config.shutdown.timeout;
+    shutting_down.store(true, Ordering::Release);
     let orderly = async {
+        // Fail readiness but keep serving for a moment, so load balancers stop routing here; a
+        // fatal error skips the courtesy.
+        if outcome == Outcome::Clean && !config.shutdown.readiness_delay.is_zero() {
+            tracing::info!(
+                delay_ms = config.shutdown.readiness_delay.as_millis() as u64,
+                "readiness failing; draining"
+            );
+            tokio::time::sleep(config.shutdown.readiness_delay).await;
+        }
         // Stop accepting, let in-flight requests finish, then stop the actors they talk to.
         server_handle.stop(true).await;
         tree.shutdown().await;

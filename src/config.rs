@@ -34,6 +34,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,11 +110,29 @@ pub struct ShutdownConfig {
     /// order. Keep it under the orchestrator's grace period (Kubernetes: 30s).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// After SIGTERM, `/ready` fails at once but rampart keeps serving this long before it stops
+    /// accepting, so load balancers take it out of rotation first.
+    #[serde(with = "humantime_serde")]
+    pub readiness_delay: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(25) }
+        Self { timeout: Duration::from_secs(25), readiness_delay: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Each readiness check must answer within this; a slower check counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { check_timeout: Duration::from_secs(2) }
     }
 }
 
@@ -151,6 +170,12 @@ impl Config {
         self.system_monitor.validate()?;
         if self.shutdown.timeout.is_zero() {
             return Err("shutdown.timeout must be longer than 0s".into());
+        }
+        if self.shutdown.readiness_delay >= self.shutdown.timeout {
+            return Err("shutdown.readiness_delay must be shorter than shutdown.timeout".into());
+        }
+        if self.health.check_timeout.is_zero() {
+            return Err("health.check_timeout must be longer than 0s".into());
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err("storage.data_dir must not be empty".into());

@@ -7,14 +7,15 @@
 mod admin;
 mod boundary;
 mod error;
+mod health;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use serde_json::json;
 
 pub use boundary::{RequestId, REQUEST_ID_HEADER};
 pub use error::ApiError;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub journal: Arc<RestartJournal>,
     pub quarantine: Arc<QuarantineStore>,
     pub system_monitor: ActorHandle<SystemMonitor>,
+    /// Set by `app::run` the moment shutdown begins; `/ready` fails from then on.
+    pub shutting_down: Arc<AtomicBool>,
 }
 
 /// Binds the listener and returns the (not yet polled) server and the bound address.
@@ -44,7 +47,8 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .app_data(
                 web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
             )
-            .route("/health", web::get().to(health))
+            .route("/health", web::get().to(health::live))
+            .route("/ready", web::get().to(health::ready))
             .route("/metrics", web::get().to(metrics))
             .configure(admin::routes)
             .default_service(web::to(not_found))
@@ -59,10 +63,6 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
     let server = server.bind(config.http.bind)?;
     let address = server.addrs().first().copied().unwrap_or(config.http.bind);
     Ok((server.run(), address))
-}
-
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "pass" }))
 }
 
 /// Prometheus scrape endpoint (no auth: it carries no secrets, and scrapers rarely do bearer auth).

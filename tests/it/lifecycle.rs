@@ -105,3 +105,38 @@ fn no_profile_aborts_on_panic() {
         assert!(offending.is_empty(), "{manifest} sets {offending:?}");
     }
 }
+
+async fn ready(server: &RampartProcess) -> (u16, String, serde_json::Value) {
+    let mut response = awc::Client::new().get(server.url("/ready")).send().await.expect("ready");
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body = serde_json::from_slice(&response.body().await.expect("body")).expect("json");
+    (response.status().as_u16(), content_type, body)
+}
+
+#[actix_rt::test]
+async fn ready_passes_with_component_checks_in_health_json() {
+    let server = RampartProcess::start(&[]);
+    let (status, content_type, body) = ready(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "application/health+json");
+    assert_eq!(body["status"], "pass", "{body}");
+    assert_eq!(body["checks"]["supervision:root"][0]["status"], "pass");
+    assert_eq!(body["checks"]["actor:system_monitor"][0]["status"], "pass");
+    assert_eq!(body["checks"]["supervision:restarting"][0]["observedValue"], 0);
+}
+
+#[actix_rt::test]
+async fn readiness_fails_at_once_on_sigterm_while_requests_are_still_served() {
+    let mut server = RampartProcess::start(&[("RAMPART__SHUTDOWN__READINESS_DELAY", "3s")]);
+    assert_eq!(ready(&server).await.0, 200);
+    server.terminate();
+    // The signal is handled asynchronously: poll, within the readiness delay.
+    eventually("readiness fails after SIGTERM", Duration::from_secs(2), || async { ready(&server).await.0 == 503 }).await;
+    let (status, _, body) = ready(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "fail");
+    assert_eq!(body["checks"]["shutdown"][0]["status"], "fail");
+    let (status, _) = Http::new().get(&server.url("/health"), None).await;
+    assert_eq!(status, 200, "still serving during the readiness delay");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)).code(), Some(0), "{}", server.output());
+}

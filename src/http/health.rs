@@ -1,0 +1,102 @@
+//! `GET /health` (liveness) and `GET /ready` (readiness), in the IETF health-check format
+//! (`application/health+json`).
+//!
+//! Liveness checks nothing external: the process answers, so it is alive. Readiness runs each
+//! component check with `health.check_timeout`, concurrently, never blocking a worker, and fails
+//! (503) when a required component fails or once shutdown has begun. Degraded but serving
+//! (an actor restarting or stalled) is `warn` with 200.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::AppState;
+use crate::supervision::ActorStatus;
+use crate::system_monitor::GetSample;
+
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/health+json").json(json!({ "status": "pass" }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    status: Status,
+    #[serde(rename = "observedValue", skip_serializing_if = "Option::is_none")]
+    observed_value: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+}
+
+impl Check {
+    fn new(status: Status, observed_value: impl Into<Option<Value>>, output: impl Into<Option<String>>) -> Self {
+        Self { status, observed_value: observed_value.into(), output: output.into() }
+    }
+}
+
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let mut checks: Vec<(&str, Check)> = Vec::new();
+    if state.shutting_down.load(Ordering::Acquire) {
+        checks.push(("shutdown", Check::new(Status::Fail, None, "shutting down".to_owned())));
+        return render(checks);
+    }
+
+    let records = state.registry.snapshot();
+    let root_running = records.iter().any(|r| r.parent.is_none() && r.status() == ActorStatus::Running);
+    checks.push((
+        "supervision:root",
+        if root_running {
+            Check::new(Status::Pass, None, None)
+        } else {
+            Check::new(Status::Fail, None, "the root supervisor is not running".to_owned())
+        },
+    ));
+    let restarting: Vec<&str> =
+        records.iter().filter(|r| r.status() == ActorStatus::Restarting).map(|r| r.path.as_str()).collect();
+    checks.push((
+        "supervision:restarting",
+        match restarting.as_slice() {
+            [] => Check::new(Status::Pass, json!(0), None),
+            paths => Check::new(Status::Warn, json!(paths.len()), format!("restarting: {}", paths.join(", "))),
+        },
+    ));
+    let stalled: Vec<&str> = records.iter().filter(|r| r.is_stalled()).map(|r| r.path.as_str()).collect();
+    checks.push((
+        "supervision:stalled",
+        match stalled.as_slice() {
+            [] => Check::new(Status::Pass, json!(0), None),
+            paths => Check::new(Status::Warn, json!(paths.len()), format!("stalled: {}", paths.join(", "))),
+        },
+    ));
+    let monitor = state.system_monitor.send_timeout(GetSample, state.config.health.check_timeout).await;
+    checks.push((
+        "actor:system_monitor",
+        match monitor {
+            Ok(sample) => Check::new(Status::Pass, json!(sample.live_actors), None),
+            Err(error) => Check::new(Status::Warn, None, error.to_string()),
+        },
+    ));
+    render(checks)
+}
+
+fn render(checks: Vec<(&str, Check)>) -> HttpResponse {
+    let overall = checks.iter().map(|(_, check)| check.status).max().unwrap_or(Status::Pass);
+    let mut by_component = Map::new();
+    for (component, check) in checks {
+        by_component.insert(component.to_owned(), json!([check]));
+    }
+    let status = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    HttpResponse::build(status)
+        .content_type("application/health+json")
+        .json(json!({ "status": overall, "checks": by_component }))
+}
