@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::resilience::CircuitBreakers;
 use crate::supervision::{ChildSpec, QuarantineStore, SupervisionContext, SupervisionTree};
 use crate::system_monitor::SystemMonitor;
 
@@ -57,6 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
+        circuit_breakers: CircuitBreakers::new(),
         shutting_down: shutting_down.clone(),
         config: config.clone(),
         registry: context.registry.clone(),

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod resilience;
 pub mod rfc3339;
 pub mod supervision;
 pub mod system_monitor;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::AppState;
+use crate::resilience::CircuitState;
 use crate::supervision::ActorStatus;
 use crate::system_monitor::GetSample;
 
@@ -45,16 +46,16 @@ impl Check {
 }
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let mut checks: Vec<(&str, Check)> = Vec::new();
+    let mut checks: Vec<(String, Check)> = Vec::new();
     if state.shutting_down.load(Ordering::Acquire) {
-        checks.push(("shutdown", Check::new(Status::Fail, None, "shutting down".to_owned())));
+        checks.push(("shutdown".to_owned(), Check::new(Status::Fail, None, "shutting down".to_owned())));
         return render(checks);
     }
 
     let records = state.registry.snapshot();
     let root_running = records.iter().any(|r| r.parent.is_none() && r.status() == ActorStatus::Running);
     checks.push((
-        "supervision:root",
+        "supervision:root".to_owned(),
         if root_running {
             Check::new(Status::Pass, None, None)
         } else {
@@ -64,7 +65,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let restarting: Vec<&str> =
         records.iter().filter(|r| r.status() == ActorStatus::Restarting).map(|r| r.path.as_str()).collect();
     checks.push((
-        "supervision:restarting",
+        "supervision:restarting".to_owned(),
         match restarting.as_slice() {
             [] => Check::new(Status::Pass, json!(0), None),
             paths => Check::new(Status::Warn, json!(paths.len()), format!("restarting: {}", paths.join(", "))),
@@ -72,15 +73,26 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     ));
     let stalled: Vec<&str> = records.iter().filter(|r| r.is_stalled()).map(|r| r.path.as_str()).collect();
     checks.push((
-        "supervision:stalled",
+        "supervision:stalled".to_owned(),
         match stalled.as_slice() {
             [] => Check::new(Status::Pass, json!(0), None),
             paths => Check::new(Status::Warn, json!(paths.len()), format!("stalled: {}", paths.join(", "))),
         },
     ));
+    for breaker in state.circuit_breakers.all() {
+        let component = format!("circuit:{}", breaker.name());
+        let check = match breaker.state() {
+            CircuitState::Closed => Check::new(Status::Pass, json!("closed"), None),
+            CircuitState::HalfOpen => {
+                Check::new(Status::Warn, json!("half_open"), "trial calls in progress".to_owned())
+            }
+            CircuitState::Open => Check::new(Status::Warn, json!("open"), "calls are being rejected".to_owned()),
+        };
+        checks.push((component, check));
+    }
     let monitor = state.system_monitor.send_timeout(GetSample, state.config.health.check_timeout).await;
     checks.push((
-        "actor:system_monitor",
+        "actor:system_monitor".to_owned(),
         match monitor {
             Ok(sample) => Check::new(Status::Pass, json!(sample.live_actors), None),
             Err(error) => Check::new(Status::Warn, None, error.to_string()),
@@ -89,11 +101,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     render(checks)
 }
 
-fn render(checks: Vec<(&str, Check)>) -> HttpResponse {
+fn render(checks: Vec<(String, Check)>) -> HttpResponse {
     let overall = checks.iter().map(|(_, check)| check.status).max().unwrap_or(Status::Pass);
     let mut by_component = Map::new();
     for (component, check) in checks {
-        by_component.insert(component.to_owned(), json!([check]));
+        by_component.insert(component, json!([check]));
     }
     let status = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     HttpResponse::build(status)

@@ -8,7 +8,7 @@ mod metrics;
 
 use std::time::Duration;
 
-pub use metrics::{metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, PanicSource, SourceLabels};
+pub use metrics::{metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, NameLabels, PanicSource, SourceLabels};
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
 

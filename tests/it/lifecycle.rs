@@ -131,7 +131,8 @@ async fn readiness_fails_at_once_on_sigterm_while_requests_are_still_served() {
     assert_eq!(ready(&server).await.0, 200);
     server.terminate();
     // The signal is handled asynchronously: poll, within the readiness delay.
-    eventually("readiness fails after SIGTERM", Duration::from_secs(2), || async { ready(&server).await.0 == 503 }).await;
+    eventually("readiness fails after SIGTERM", Duration::from_secs(2), || async { ready(&server).await.0 == 503 })
+        .await;
     let (status, _, body) = ready(&server).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "fail");
