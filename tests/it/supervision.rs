@@ -288,6 +288,7 @@ async fn interval_panic_restarts_and_cancels_the_old_interval() {
     let restarts = probe.record().restarts();
     for _ in 0..5 {
         assert_eq!(probe.send(Increment).await.map(|_| ()), Ok(()));
+        // Not a wait for a condition: time must pass for a leftover interval (5 ms) to fire.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(probe.record().restarts(), restarts);

@@ -17,7 +17,7 @@ where
         if started.elapsed() > deadline {
             panic!("condition not met within {deadline:?}: {what}");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
     }
 }
 
@@ -89,7 +89,7 @@ impl RampartProcess {
             if started.elapsed() > Duration::from_secs(30) {
                 panic!("rampart did not start listening:\n{}", process.output());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10)); // poll interval, deadline above
         }
     }
 
@@ -124,7 +124,7 @@ impl RampartProcess {
             if started.elapsed() > deadline {
                 panic!("rampart did not exit within {deadline:?}:\n{}", self.output());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10)); // poll interval, deadline above
         }
     }
 }
