@@ -40,13 +40,9 @@ pub use watchdog::Watchdog;
 
 /// `rampart::system_monitor::Sample` → `Sample`; generic arguments are shortened the same way.
 pub fn short_type_name(full: &str) -> &str {
-    let generics = full.find('<').unwrap_or(full.len());
-    let head = &full[..generics];
-    match head.rfind("::") {
-        Some(cut) if generics == full.len() => &full[cut + 2..],
-        Some(cut) => &full[cut + 2..],
-        None => full,
-    }
+    // Only `::` before the first `<` separates modules; later ones belong to generic arguments.
+    let head = &full[..full.find('<').unwrap_or(full.len())];
+    head.rfind("::").map_or(full, |cut| &full[cut + 2..])
 }
 
 #[cfg(test)]
