@@ -12,6 +12,7 @@ use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::logging::{LogWriter, LogWriterStats};
 use crate::resilience::CircuitBreakers;
 use crate::supervision::{ChildSpec, QuarantineStore, SupervisionContext, SupervisionTree};
 use crate::system_monitor::SystemMonitor;
@@ -46,6 +47,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let quarantine = QuarantineStore::new(QuarantineStore::DEFAULT_CAPACITY);
     let context = SupervisionContext::new(quarantine.clone());
     let tree = SupervisionTree::start(&config.supervisor, context.clone()).context("starting the supervision tree")?;
+
+    // First child, so it stops last and records everything else's shutdown. Its own thread:
+    // a blocked stdout (full pipe) or slow disk then stalls only the writer.
+    let log_arbiter = actix_rt::Arbiter::new();
+    if let Some(pipe) = crate::logging::pipe() {
+        let log_config = config.log.clone();
+        let stats = Arc::new(LogWriterStats::default());
+        tree.root()
+            .spawn(
+                ChildSpec::new("log_writer", move || LogWriter::new(pipe.clone(), stats.clone(), log_config.clone()))
+                    .on_arbiter(log_arbiter.handle()),
+            )
+            .context("starting the log writer")?;
+    }
 
     let monitor_config = config.system_monitor.clone();
     let monitor_registry = context.registry.clone();
@@ -120,6 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         server_task.abort();
     }
     tracing::info!(exit_code = outcome.exit_code(), "stopped");
+    log_arbiter.stop();
     Ok(outcome)
 }
 

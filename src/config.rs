@@ -95,11 +95,31 @@ pub struct LogConfig {
     pub filter: String,
     /// `json` (one object per line) or `pretty` (for people at a terminal).
     pub format: LogFormat,
+    /// Also append to this file (rotated by size); unset: stdout only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Rotate the file when the next line would take it past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept (`<file>.1` newest … `<file>.<keep>` oldest).
+    pub keep: u32,
+    /// Events waiting for the writer; beyond this, new events are dropped and counted.
+    pub queue_capacity: usize,
+    /// How often a line reports events dropped since the last report (only when there were any).
+    #[serde(with = "humantime_serde")]
+    pub drop_report_interval: Duration,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into(), format: LogFormat::Json }
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Json,
+            file: None,
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+            queue_capacity: 16384,
+            drop_report_interval: Duration::from_secs(10),
+        }
     }
 }
 

@@ -39,15 +39,20 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("rampart: cannot set up logging: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let log_config = config.log.clone();
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         let shutdown = app::shutdown_signal()?;
         app::run(config, shutdown).await
     });
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "rampart failed to start");
+    }
+    // Whatever the writer actor did not get to (the last lines, or everything if start-up failed).
+    rampart::logging::flush_remaining(&log_config);
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "rampart failed to start");
             eprintln!("rampart: {error:#}");
             ExitCode::FAILURE
         }

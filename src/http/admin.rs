@@ -30,6 +30,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/system", web::get().to(system))
             .route("/chaos/panic", web::post().to(chaos_panic))
             .route("/chaos/http-panic", web::get().to(chaos_http_panic))
+            .route("/chaos/log-flood", web::post().to(chaos_log_flood))
             .route("/chaos/{rest:.*}", web::route().to(chaos_unknown)),
     );
 }
@@ -178,6 +179,46 @@ async fn chaos_http_panic(state: web::Data<AppState>) -> Result<HttpResponse, Ap
         return Err(chaos_disabled());
     }
     panic!("chaos: HTTP handler panic requested by an operator or a test");
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFloodRequest {
+    count: u32,
+    #[serde(default = "default_flood_message")]
+    message: String,
+}
+
+fn default_flood_message() -> String {
+    "chaos: log flood".into()
+}
+
+/// Logs `count` events from this HTTP worker as fast as it can: how operators (and tests) check
+/// that logging never blocks request handling, whatever state the log writer is in.
+async fn chaos_log_flood(
+    state: web::Data<AppState>,
+    body: web::Json<LogFloodRequest>,
+) -> Result<HttpResponse, ApiError> {
+    const MAX_FLOOD: u32 = 1_000_000;
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    let LogFloodRequest { count, message } = body.into_inner();
+    if count > MAX_FLOOD {
+        return Err(ApiError::BadRequest(format!("count must be at most {MAX_FLOOD}")));
+    }
+    let dropped_before = crate::logging::pipe().map_or(0, |pipe| pipe.dropped());
+    let started = std::time::Instant::now();
+    for seq in 0..count {
+        tracing::info!(target: "rampart::chaos", seq, "{message}");
+    }
+    let elapsed = started.elapsed();
+    let dropped = crate::logging::pipe().map_or(0, |pipe| pipe.dropped()) - dropped_before;
+    Ok(HttpResponse::Ok().json(json!({
+        "logged": count,
+        "dropped": dropped,
+        "elapsed_ms": elapsed.as_secs_f64() * 1000.0,
+    })))
 }
 
 async fn chaos_unknown() -> Result<HttpResponse, ApiError> {

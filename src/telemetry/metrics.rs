@@ -46,6 +46,12 @@ impl SourceLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// `stdout` or `file` for the log writer; `log`, `slack`, `webhook` for alerts.
+    pub sink: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     /// The route template (`/admin/actors`), never the raw path; `unmatched` for 404s.
@@ -87,6 +93,10 @@ pub struct Metrics {
     pub actor_stalls: Family<ActorLabels, Counter>,
     /// Log events dropped because the log writer could not keep up.
     pub log_dropped: Counter,
+    /// Write failures of a log destination (the other one keeps working).
+    pub log_sink_errors: Family<SinkLabels, Counter>,
+    /// Crash records written (every panic, whatever its source).
+    pub crash_records: Counter,
     /// Alerts delivered to / dropped before a sink.
     pub alerts_sent: Counter,
     pub alerts_dropped: Counter,
@@ -114,6 +124,8 @@ impl Metrics {
             actor_quarantined: Counter::default(),
             actor_stalls: Family::default(),
             log_dropped: Counter::default(),
+            log_sink_errors: Family::default(),
+            crash_records: Counter::default(),
             alerts_sent: Counter::default(),
             alerts_dropped: Counter::default(),
             circuit_state: Family::default(),
@@ -139,6 +151,12 @@ impl Metrics {
             "Log events dropped because the writer could not keep up",
             metrics.log_dropped.clone(),
         );
+        registry.register(
+            "log_sink_errors",
+            "Write failures of a log destination, by sink",
+            metrics.log_sink_errors.clone(),
+        );
+        registry.register("crash_records", "Crash records captured", metrics.crash_records.clone());
         registry.register("alerts_sent", "Alerts delivered to a sink", metrics.alerts_sent.clone());
         registry.register("alerts_dropped", "Alerts dropped before delivery", metrics.alerts_dropped.clone());
         registry.register(
@@ -172,6 +190,9 @@ impl Metrics {
             "Build information",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }),
         );
+        for sink in ["stdout", "file"] {
+            drop(metrics.log_sink_errors.get_or_create(&SinkLabels { sink: sink.into() }));
+        }
         for source in [PanicSource::actor, PanicSource::http, PanicSource::task, PanicSource::thread] {
             drop(metrics.panics.get_or_create(&SourceLabels::of(source)));
         }
@@ -213,7 +234,8 @@ mod tests {
             "rampart_panics_total{source=\"actor\",route=\"\"} 0",
             "rampart_panics_total{source=\"http\",route=\"\"} 0",
             "rampart_actor_quarantined_total 0",
-            "rampart_log_dropped_total 0",
+            "rampart_log_dropped_total ",
+            "rampart_crash_records_total 0",
             "rampart_alerts_sent_total 0",
             "rampart_alerts_dropped_total 0",
             "# TYPE rampart_process_resident_memory_bytes gauge",

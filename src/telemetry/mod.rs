@@ -8,7 +8,9 @@ mod metrics;
 
 use std::time::Duration;
 
-pub use metrics::{metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, NameLabels, PanicSource, SourceLabels};
+pub use metrics::{
+    metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, NameLabels, PanicSource, SinkLabels, SourceLabels,
+};
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
 

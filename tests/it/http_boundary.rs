@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{eventually, RampartProcess};
+use crate::support::{eventually, scrape, RampartProcess};
 
 const TOKEN: &str = "t";
 
@@ -22,11 +22,6 @@ async fn get(url: &str, request_id: Option<&str>) -> (u16, String, serde_json::V
     let body = response.body().await.expect("body");
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (response.status().as_u16(), id, json)
-}
-
-async fn scrape(server: &RampartProcess) -> String {
-    let mut response = awc::Client::new().get(server.url("/metrics")).send().await.expect("scrape");
-    String::from_utf8(response.body().await.expect("body").to_vec()).expect("utf-8")
 }
 
 #[actix_rt::test]

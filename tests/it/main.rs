@@ -3,6 +3,7 @@
 mod admin_api;
 mod http_boundary;
 mod lifecycle;
+mod logging;
 mod metrics;
 mod supervision;
 mod support;

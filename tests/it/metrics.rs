@@ -4,16 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{eventually, Http, RampartProcess};
-
-async fn scrape(server: &RampartProcess) -> String {
-    let response = awc::Client::new().get(server.url("/metrics")).send().await;
-    let mut response = response.expect("scrape");
-    assert_eq!(response.status().as_u16(), 200);
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
-    String::from_utf8(response.body().await.expect("body").to_vec()).expect("utf-8")
-}
+use crate::support::{eventually, scrape, Http, RampartProcess};
 
 #[actix_rt::test]
 async fn metrics_are_served_without_auth_with_every_series_from_start() {
@@ -31,7 +22,7 @@ async fn metrics_are_served_without_auth_with_every_series_from_start() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     // The system monitor samples at start: the gauges are real values, not placeholders.
-    assert!(text.contains("rampart_actors_live 2"), "{text}");
+    assert!(text.contains("rampart_actors_live 3"), "{text}");
 }
 
 #[actix_rt::test]

@@ -35,7 +35,18 @@ pub struct RampartProcess {
     child: Child,
     pub base_url: String,
     output: Arc<Mutex<String>>,
+    /// stdout while a test deliberately leaves it unread (a stalled pipe).
+    held_stdout: Option<std::process::ChildStdout>,
     _data_dir: tempfile::TempDir,
+}
+
+/// What the test does with the server's stdout.
+pub enum Stdout {
+    /// Read continuously into `output()`.
+    Collect,
+    /// Never read until `release_stdout`: the pipe fills and stalls the log writer. The server
+    /// must log to a file (`RAMPART__LOG__FILE`), where the listening line is looked for.
+    Hold,
 }
 
 /// A command for the binary with a clean `RAMPART__*` environment, loopback port 0 and `data_dir`.
@@ -71,15 +82,32 @@ fn collect(stream: impl std::io::Read + Send + 'static, output: Arc<Mutex<String
 impl RampartProcess {
     /// Starts the server and waits for its `listening on http://ADDR` line.
     pub fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, Stdout::Collect)
+    }
+
+    pub fn start_with(env: &[(&str, &str)], stdout: Stdout) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut child = rampart_command(data_dir.path(), env, &[]).spawn().expect("spawn rampart");
         let output = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().expect("stdout"), output.clone());
+        let child_stdout = child.stdout.take().expect("stdout");
+        let held_stdout = match stdout {
+            Stdout::Collect => {
+                collect(child_stdout, output.clone());
+                None
+            }
+            Stdout::Hold => Some(child_stdout),
+        };
+        // Only for a held stdout (never read e.g. /dev/full: it never ends).
+        let log_file = held_stdout
+            .as_ref()
+            .and_then(|_| env.iter().find(|(key, _)| *key == "RAMPART__LOG__FILE"))
+            .map(|(_, path)| path.to_string());
         collect(child.stderr.take().expect("stderr"), output.clone());
-        let mut process = Self { child, base_url: String::new(), output, _data_dir: data_dir };
+        let mut process = Self { child, base_url: String::new(), output, held_stdout, _data_dir: data_dir };
         let started = std::time::Instant::now();
         loop {
-            if let Some(address) = process.listening_address() {
+            let from_file = log_file.as_ref().and_then(|path| std::fs::read_to_string(path).ok());
+            if let Some(address) = process.listening_address().or_else(|| from_file.as_deref().and_then(listening_in)) {
                 process.base_url = format!("http://{address}");
                 return process;
             }
@@ -94,10 +122,19 @@ impl RampartProcess {
     }
 
     fn listening_address(&self) -> Option<String> {
-        let output = self.output();
-        let rest = &output[output.find("listening on http://")? + "listening on http://".len()..];
-        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))?;
-        Some(rest[..end].to_owned())
+        listening_in(&self.output())
+    }
+
+    /// Starts reading a held stdout (see [`Stdout::Hold`]) into `output()`.
+    pub fn release_stdout(&mut self) {
+        if let Some(stdout) = self.held_stdout.take() {
+            collect(stdout, self.output.clone());
+        }
+    }
+
+    /// Closes a held stdout: the server's next write to it fails (EPIPE).
+    pub fn close_stdout(&mut self) {
+        drop(self.held_stdout.take());
     }
 
     pub fn output(&self) -> String {
@@ -127,6 +164,27 @@ impl RampartProcess {
             std::thread::sleep(Duration::from_millis(10)); // poll interval, deadline above
         }
     }
+}
+
+fn listening_in(output: &str) -> Option<String> {
+    let rest = &output[output.find("listening on http://")? + "listening on http://".len()..];
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))?;
+    Some(rest[..end].to_owned())
+}
+
+/// `GET /metrics` as text.
+pub async fn scrape(server: &RampartProcess) -> String {
+    let response = awc::Client::new().get(server.url("/metrics")).send().await;
+    let mut response = response.expect("scrape");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    String::from_utf8(response.body().limit(8 << 20).await.expect("body").to_vec()).expect("utf-8")
+}
+
+/// The value of one series (`name{labels}` exactly as exposed), if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 impl Drop for RampartProcess {

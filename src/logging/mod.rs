@@ -1,0 +1,213 @@
+//! Process logging: `tracing` events are formatted on the caller's thread, handed to a bounded
+//! non-blocking queue, and written by the supervised log-writer actor (`writer.rs`) to stdout and
+//! an optional size-rotated file (`sink.rs`).
+//!
+//! Owns: the global subscriber, the queue between every thread that logs and the writer, and the
+//! count of events dropped because the queue was full.
+//!
+//! Must never: block or panic the thread that logs. A log call formats into memory and makes one
+//! `try_send`; when the queue is full the event is dropped and counted, never waited for. No lock
+//! is taken on the logging path, so a panic raised while logging (and the panic hook logging about
+//! it) cannot deadlock; `tracing` itself drops events raised re-entrantly from inside this layer.
+
+mod sink;
+mod writer;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::Notify;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+pub use sink::{LogSink, RotatingFile};
+pub use writer::{LogWriter, LogWriterStats};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// The queue between the threads that log and the writer actor. One per process.
+pub struct LogPipe {
+    sender: Sender<Vec<u8>>,
+    receiver: Receiver<Vec<u8>>,
+    /// Woken after each enqueue; the writer waits on it when the queue is empty.
+    wake: Notify,
+    /// Events dropped because the queue was full.
+    dropped: AtomicU64,
+}
+
+impl LogPipe {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded(capacity.max(1));
+        Arc::new(Self { sender, receiver, wake: Notify::new(), dropped: AtomicU64::new(0) })
+    }
+
+    /// Enqueues one formatted line; never blocks. Returns false (and counts) when it was dropped.
+    pub fn push(&self, line: Vec<u8>) -> bool {
+        match self.sender.try_send(line) {
+            Ok(()) => {
+                self.wake.notify_one();
+                true
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics().log_dropped.inc();
+                false
+            }
+        }
+    }
+
+    /// Takes up to `max` queued lines, appending them to `out`; returns how many.
+    pub fn drain_into(&self, out: &mut Vec<u8>, max: usize) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            match self.receiver.try_recv() {
+                Ok(line) => {
+                    out.extend_from_slice(&line);
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        taken
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.receiver.is_empty()
+    }
+
+    /// Total events dropped because the queue was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// `MakeWriter` for the fmt layer: each event's formatted text becomes one queued line.
+#[derive(Clone)]
+pub struct QueueMakeWriter {
+    pipe: Arc<LogPipe>,
+}
+
+impl QueueMakeWriter {
+    pub fn new(pipe: Arc<LogPipe>) -> Self {
+        Self { pipe }
+    }
+}
+
+/// Collects one event's text; enqueues it when dropped (the fmt layer writes each event once,
+/// but collecting keeps an event whole even if a formatter wrote it in pieces).
+pub struct QueueWriter {
+    pipe: Arc<LogPipe>,
+    line: Vec<u8>,
+}
+
+impl io::Write for QueueWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for QueueWriter {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.pipe.push(std::mem::take(&mut self.line));
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for QueueMakeWriter {
+    type Writer = QueueWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        QueueWriter { pipe: self.pipe.clone(), line: Vec::new() }
+    }
+}
+
+static PIPE: OnceLock<Arc<LogPipe>> = OnceLock::new();
+
+/// The process's log queue, once [`init`] ran.
+pub fn pipe() -> Option<Arc<LogPipe>> {
+    PIPE.get().cloned()
+}
+
+/// Installs the global subscriber: `log.filter`, `log.format`, events into the log queue. Call
+/// once, before anything logs; events queue up until the writer actor starts (see `app::run`).
+pub fn init(config: &LogConfig) -> Result<(), String> {
+    let filter = EnvFilter::try_new(&config.filter).map_err(|error| format!("log.filter: {error}"))?;
+    let pipe = LogPipe::new(config.queue_capacity);
+    PIPE.set(pipe.clone()).map_err(|_| "logging is already initialized".to_owned())?;
+    let writer = QueueMakeWriter::new(pipe);
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match config.format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_thread_names(true)
+                    .with_writer(writer),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(writer)).try_init(),
+    };
+    installed.map_err(|error| error.to_string())
+}
+
+/// Writes whatever is still queued straight to the sink, on the calling thread. For the very end
+/// of the process (after the writer actor stopped) and for runs that failed before it started.
+pub fn flush_remaining(config: &LogConfig) {
+    let Some(pipe) = pipe() else { return };
+    let mut sink = LogSink::open(config);
+    let mut batch = Vec::new();
+    while pipe.drain_into(&mut batch, 1024) > 0 {
+        sink.write_batch(&batch);
+        batch.clear();
+    }
+    sink.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let pipe = LogPipe::new(2);
+        assert!(pipe.push(b"a\n".to_vec()));
+        assert!(pipe.push(b"b\n".to_vec()));
+        assert!(!pipe.push(b"c\n".to_vec()));
+        assert_eq!(pipe.dropped(), 1);
+        let mut out = Vec::new();
+        assert_eq!(pipe.drain_into(&mut out, 10), 2);
+        assert_eq!(out, b"a\nb\n");
+        assert!(pipe.push(b"d\n".to_vec()), "space again after draining");
+    }
+
+    #[test]
+    fn one_event_is_one_line_even_when_written_in_pieces() {
+        use std::io::Write;
+        let pipe = LogPipe::new(4);
+        {
+            let mut writer = QueueMakeWriter::new(pipe.clone()).make_writer();
+            writer.write_all(b"{\"a\":").unwrap();
+            writer.write_all(b"1}\n").unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(pipe.drain_into(&mut out, 10), 1);
+        assert_eq!(out, b"{\"a\":1}\n");
+    }
+}
