@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::config::Config;
+use crate::crash::{CrashRecorder, CrashStore};
 use crate::http::{self, AppState};
 use crate::logging::{LogWriter, LogWriterStats};
 use crate::resilience::CircuitBreakers;
@@ -48,6 +49,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let context = SupervisionContext::new(quarantine.clone());
     let tree = SupervisionTree::start(&config.supervisor, context.clone()).context("starting the supervision tree")?;
 
+    crate::crash::actions::configure(config.crash.recent_actions);
     // First child, so it stops last and records everything else's shutdown. Its own thread:
     // a blocked stdout (full pipe) or slow disk then stalls only the writer.
     let log_arbiter = actix_rt::Arbiter::new();
@@ -61,6 +63,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             )
             .context("starting the log writer")?;
     }
+
+    // Its own thread too: symbolizing backtraces and writing files block.
+    let crash_arbiter = actix_rt::Arbiter::new();
+    let crashes = CrashStore::new(config.crash.keep);
+    let crash_store = crashes.clone();
+    let data_dir = config.storage.data_dir.clone();
+    tree.root()
+        .spawn(
+            ChildSpec::new("crash_recorder", move || CrashRecorder::new(crash_store.clone(), &data_dir))
+                .on_arbiter(crash_arbiter.handle()),
+        )
+        .context("starting the crash recorder")?;
 
     let monitor_config = config.system_monitor.clone();
     let monitor_registry = context.registry.clone();
@@ -80,6 +94,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         journal: context.journal.clone(),
         quarantine,
         system_monitor,
+        crashes,
     };
     // In-flight requests may use half the shutdown budget, so actors always keep the other half
     // to stop gracefully.
@@ -93,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     tracing::info!(address = %address, "listening on http://{address}");
     let server_handle = server.handle();
-    let mut server_task = actix_rt::spawn(server);
+    let mut server_task = crate::tasks::spawn_owned("http.server", server);
 
     let outcome = tokio::select! {
         () = shutdown => {
@@ -105,7 +120,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let reason = match result {
                 Ok(Ok(())) => "http server stopped unexpectedly".to_owned(),
                 Ok(Err(error)) => format!("http server failed: {error}"),
-                Err(error) => format!("http server task failed: {error}"),
+                Err(error) => format!("{error}"),
             };
             tracing::error!(reason, "http server ended");
             Outcome::Fatal(reason)
@@ -136,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!(exit_code = outcome.exit_code(), "stopped");
     log_arbiter.stop();
+    crash_arbiter.stop();
     Ok(outcome)
 }
 

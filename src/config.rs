@@ -33,8 +33,24 @@ pub struct Config {
     pub system_monitor: SystemMonitorConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub crash: CrashConfig,
     pub shutdown: ShutdownConfig,
     pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrashConfig {
+    /// Size of the recent-actions ring snapshotted into every crash record.
+    pub recent_actions: usize,
+    /// Crash records kept (in memory and as files under `<data_dir>/crashes`); oldest pruned.
+    pub keep: usize,
+}
+
+impl Default for CrashConfig {
+    fn default() -> Self {
+        Self { recent_actions: 50, keep: 100 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,10 +8,12 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod http;
 pub mod logging;
 pub mod resilience;
 pub mod rfc3339;
 pub mod supervision;
 pub mod system_monitor;
+pub mod tasks;
 pub mod telemetry;

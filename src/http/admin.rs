@@ -28,9 +28,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/journal", web::get().to(journal))
             .route("/quarantine", web::get().to(quarantine))
             .route("/system", web::get().to(system))
+            .route("/crashes", web::get().to(list_crashes))
+            .route("/crashes/{id}", web::get().to(crash_detail))
             .route("/chaos/panic", web::post().to(chaos_panic))
             .route("/chaos/http-panic", web::get().to(chaos_http_panic))
             .route("/chaos/log-flood", web::post().to(chaos_log_flood))
+            .route("/chaos/task-panic", web::post().to(chaos_task_panic))
+            .route("/chaos/thread-panic", web::post().to(chaos_thread_panic))
             .route("/chaos/{rest:.*}", web::route().to(chaos_unknown)),
     );
 }
@@ -145,6 +149,16 @@ async fn quarantine(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
+async fn list_crashes(state: web::Data<AppState>) -> HttpResponse {
+    let crashes: Vec<Value> = state.crashes.list().iter().map(|crash| crash.summary()).collect();
+    HttpResponse::Ok().json(json!({ "crashes": crashes }))
+}
+
+async fn crash_detail(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let crash = state.crashes.get(&id).ok_or_else(|| ApiError::NotFound(format!("no crash record with id {id}")))?;
+    Ok(HttpResponse::Ok().json(&*crash))
+}
+
 async fn system(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let sample = state
         .system_monitor
@@ -166,6 +180,8 @@ async fn chaos_panic(state: web::Data<AppState>, body: web::Json<ChaosPanicReque
     }
     let path = body.into_inner().actor;
     let record = state.registry.get(&path).ok_or_else(|| ApiError::NotFound(format!("no actor at path {path}")))?;
+    // Recorded before the panic is triggered, so the crash record's recent actions contain it.
+    crate::action!("admin", "chaos panic requested", actor = path);
     if !record.trigger_chaos_panic() {
         return Err(ApiError::Conflict(format!("actor {path} is stopped")));
     }
@@ -179,6 +195,37 @@ async fn chaos_http_panic(state: web::Data<AppState>) -> Result<HttpResponse, Ap
         return Err(chaos_disabled());
     }
     panic!("chaos: HTTP handler panic requested by an operator or a test");
+}
+
+/// Panics inside an owned task: checks task panic capture live.
+async fn chaos_task_panic(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    crate::action!("admin", "chaos task panic requested");
+    let task = crate::tasks::spawn_owned("chaos.task_panic", async {
+        panic!("chaos: owned task panic requested by an operator or a test");
+    });
+    let outcome: Result<(), _> = task.await;
+    let outcome = outcome.err().map(|failed| failed.to_string()).unwrap_or_default();
+    Ok(HttpResponse::Accepted().json(json!({ "task": "chaos.task_panic", "outcome": outcome })))
+}
+
+/// Panics on a plain thread that no boundary covers: checks that the panic hook records it.
+async fn chaos_thread_panic(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    crate::action!("admin", "chaos thread panic requested");
+    let spawned = std::thread::Builder::new().name("chaos-thread".into()).spawn(|| {
+        panic!("chaos: thread panic requested by an operator or a test");
+    });
+    let thread = spawned.map_err(|error| ApiError::Unavailable(format!("cannot start a thread: {error}")))?;
+    // Joining blocks (briefly): off the worker thread.
+    let joined = web::block(move || thread.join().is_err())
+        .await
+        .map_err(|_| ApiError::Unavailable("could not join the chaos thread".into()))?;
+    Ok(HttpResponse::Accepted().json(json!({ "thread": "chaos-thread", "panicked": joined })))
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::crash::CrashRecord;
 use crate::supervision::contain_future;
 use crate::telemetry::{self, HttpLabels, HttpRouteLabels, PanicSource, SourceLabels};
 
@@ -100,6 +101,7 @@ pub async fn boundary(
     let method = request.method().to_string();
     let peer = request.peer_addr();
     let user_agent = request.headers().get(USER_AGENT).cloned();
+    crate::action!("http", format!("{method} {route}"), request = request_id);
     let metrics = telemetry::metrics();
     metrics.http_in_flight.inc();
     let started = Instant::now();
@@ -121,6 +123,11 @@ pub async fn boundary(
         }
         Err(panic) => {
             metrics.panics.get_or_create(&SourceLabels { source: PanicSource::http, route: route.clone() }).inc();
+            let mut crash = CrashRecord::new(PanicSource::http, &panic);
+            crash.route = Some(route.clone());
+            crash.method = Some(method.clone());
+            crash.request_id = Some(request_id.clone());
+            crate::crash::report(crash);
             tracing::error!(
                 method = %method,
                 route = %route,

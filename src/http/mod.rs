@@ -21,6 +21,7 @@ pub use boundary::{RequestId, REQUEST_ID_HEADER};
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::crash::CrashStore;
 use crate::resilience::CircuitBreakers;
 use crate::supervision::{ActorHandle, QuarantineStore, Registry, RestartJournal};
 use crate::system_monitor::SystemMonitor;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub journal: Arc<RestartJournal>,
     pub quarantine: Arc<QuarantineStore>,
+    /// Crash records, newest last (`/admin/crashes`).
+    pub crashes: Arc<CrashStore>,
     pub system_monitor: ActorHandle<SystemMonitor>,
     /// Every circuit breaker; `/ready` warns while one is open.
     pub circuit_breakers: Arc<CircuitBreakers>,

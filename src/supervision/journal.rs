@@ -40,6 +40,17 @@ pub enum JournalDecision {
     Ignore,
 }
 
+impl JournalDecision {
+    pub fn label(&self) -> &'static str {
+        match self {
+            JournalDecision::Restart { .. } => "restart",
+            JournalDecision::Stop => "stop",
+            JournalDecision::Escalate => "escalate",
+            JournalDecision::Ignore => "ignore",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
     pub id: u64,

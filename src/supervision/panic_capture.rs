@@ -16,6 +16,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
+use crate::crash::{Action, CrashRecord};
+use crate::telemetry::{PanicSource, SourceLabels};
+
 /// What the hook captured about one panic.
 #[derive(Debug, Clone)]
 pub struct CapturedPanic {
@@ -28,6 +31,10 @@ pub struct CapturedPanic {
     pub thread: Option<String>,
     /// Captured unresolved; resolving symbols is slow and happens only when someone renders it.
     pub backtrace: Arc<Backtrace>,
+    /// The action log at the moment of the panic, oldest first.
+    pub recent_actions: Arc<[Action]>,
+    /// The trace the panicking code was part of, when tracing export is on.
+    pub trace_id: Option<String>,
 }
 
 impl CapturedPanic {
@@ -38,6 +45,8 @@ impl CapturedPanic {
             location: None,
             thread: std::thread::current().name().map(str::to_owned),
             backtrace: Arc::new(Backtrace::disabled()),
+            recent_actions: Arc::from([]),
+            trace_id: None,
         }
     }
 }
@@ -70,6 +79,11 @@ pub fn install_panic_hook() {
                     }
                 });
             } else {
+                // No boundary will report this one (a plain thread, or code outside any actor,
+                // handler or owned task): record it here, then let the default hook print it.
+                let captured = capture(info);
+                crate::crash::report(CrashRecord::new(PanicSource::thread, &captured));
+                crate::telemetry::metrics().panics.get_or_create(&SourceLabels::of(PanicSource::thread)).inc();
                 previous(info);
             }
         }));
@@ -82,6 +96,8 @@ fn capture(info: &PanicHookInfo<'_>) -> CapturedPanic {
         location: info.location().map(|location| format!("{}:{}", location.file(), location.line())),
         thread: std::thread::current().name().map(str::to_owned),
         backtrace: Arc::new(Backtrace::force_capture()),
+        recent_actions: crate::crash::actions::snapshot().into(),
+        trace_id: crate::telemetry::current_trace_id(),
     }
 }
 
@@ -112,6 +128,8 @@ pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, CapturedPanic> {
             location: None,
             thread: std::thread::current().name().map(str::to_owned),
             backtrace: Arc::new(Backtrace::disabled()),
+            recent_actions: crate::crash::actions::snapshot().into(),
+            trace_id: None,
         });
         // Dropping a payload runs arbitrary Drop code; contain that too so it cannot unwind
         // out of the boundary.

@@ -333,6 +333,10 @@ impl<A: SupervisedActor> Runner<A> {
     fn report(&mut self, cause: FailureCause, panic: CapturedPanic, in_flight: Option<InFlight>) {
         if cause == FailureCause::Panic {
             crate::telemetry::actor_panicked();
+            let mut crash = crate::crash::CrashRecord::new(crate::telemetry::PanicSource::actor, &panic);
+            crash.actor = Some(self.record.path.clone());
+            crash.handling = in_flight.as_ref().map(|f| short_type_name(f.message_type).to_owned());
+            crate::crash::report(crash);
         }
         self.record.set_status(ActorStatus::Restarting);
         *self.record.last_failure.lock() = Some(FailureSummary {

@@ -302,6 +302,7 @@ fn record_failure(journal: &RestartJournal, report: &FailureReport, decision: Jo
         decision,
     };
     telemetry::actor_failed(&entry);
+    crate::action!("supervisor", "child failed", actor = entry.actor, decision = entry.decision.label());
     journal.record(entry);
 }
 
@@ -545,14 +546,14 @@ fn start_runner<A: SupervisedActor>(
     let factory = spec.factory.clone();
     let runner_record = record.clone();
     let make_runner = move || Runner::new(receiver, factory, runner_record, control_receiver, parent);
+    // Not fire-and-forget: the runner is owned through its control channel (stop, kill) and
+    // reports its own end to the parent; it contains every panic of the actor it runs.
+    #[allow(clippy::disallowed_methods, reason = "runners are owned by the supervision tree")]
+    let start = move || drop(actix_rt::spawn(make_runner()));
     match spec.arbiter {
-        None => {
-            actix_rt::spawn(make_runner());
-        }
+        None => start(),
         Some(arbiter) => {
-            if !arbiter.spawn_fn(move || {
-                actix_rt::spawn(make_runner());
-            }) {
+            if !arbiter.spawn_fn(start) {
                 return Err(SpawnError::ArbiterGone(record.path.clone()));
             }
         }

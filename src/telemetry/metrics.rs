@@ -235,7 +235,7 @@ mod tests {
             "rampart_panics_total{source=\"http\",route=\"\"} 0",
             "rampart_actor_quarantined_total 0",
             "rampart_log_dropped_total ",
-            "rampart_crash_records_total 0",
+            "# TYPE rampart_crash_records counter",
             "rampart_alerts_sent_total 0",
             "rampart_alerts_dropped_total 0",
             "# TYPE rampart_process_resident_memory_bytes gauge",

@@ -112,3 +112,8 @@ pub fn actor_recovered_from_stall(actor: &str) {
 pub fn child_killed_on_shutdown(actor: &str, timeout: Duration) {
     tracing::warn!(actor, timeout_ms = timeout.as_millis() as u64, "actor did not stop in time; dropped");
 }
+
+/// The current trace id (hex), when OpenTelemetry export is compiled in and active.
+pub fn current_trace_id() -> Option<String> {
+    None
+}

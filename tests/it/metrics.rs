@@ -17,12 +17,17 @@ async fn metrics_are_served_without_auth_with_every_series_from_start() {
         "rampart_panics_total{source=\"actor\",route=\"\"} 0",
         "rampart_panics_total{source=\"http\",route=\"\"} 0",
         "rampart_actor_quarantined_total 0",
+        "rampart_log_dropped_total 0",
+        "rampart_log_sink_errors_total{sink=\"stdout\"} 0",
+        "rampart_crash_records_total 0",
+        "rampart_panics_total{source=\"task\",route=\"\"} 0",
+        "rampart_panics_total{source=\"thread\",route=\"\"} 0",
         "rampart_build_info{version=",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     // The system monitor samples at start: the gauges are real values, not placeholders.
-    assert!(text.contains("rampart_actors_live 3"), "{text}");
+    assert!(text.contains("rampart_actors_live 4"), "{text}");
 }
 
 #[actix_rt::test]

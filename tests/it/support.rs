@@ -70,6 +70,7 @@ pub fn rampart_command(data_dir: &std::path::Path, env: &[(&str, &str)], args: &
 }
 
 fn collect(stream: impl std::io::Read + Send + 'static, output: Arc<Mutex<String>>) {
+    #[allow(clippy::disallowed_methods, reason = "test helper: ends when the child closes the pipe")]
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             let mut output = output.lock();

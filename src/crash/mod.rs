@@ -1,0 +1,106 @@
+//! Crash records: every panic, wherever it happened, as a record an operator can read later.
+//!
+//! Owns: the recent-actions ring (`actions`), the queue from the place a panic was caught to the
+//! `CrashRecorder` actor (`recorder.rs`), and the in-memory index `/admin/crashes` reads.
+//!
+//! Flow: the panic hook captures message, location, thread, backtrace (unresolved) and a snapshot
+//! of the recent actions. The boundary that caught the panic — actor runner, HTTP boundary, owned
+//! task — adds where it happened (actor path, route and request id, task name) and calls
+//! [`report`]; a panic no boundary catches is reported by the hook itself with source `thread`.
+//! `report` only enqueues (never blocks, never locks); the recorder symbolizes the backtrace,
+//! writes `<data_dir>/crashes/<id>.json` (oldest pruned beyond `crash.keep`) and indexes it.
+
+pub mod actions;
+mod recorder;
+
+use std::backtrace::Backtrace;
+use std::sync::{Arc, LazyLock};
+use std::time::SystemTime;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::Notify;
+
+pub use actions::Action;
+pub use recorder::{CrashRecorder, CrashStore, StoredCrash};
+
+use crate::supervision::CapturedPanic;
+use crate::telemetry::PanicSource;
+
+/// Records waiting for the recorder; beyond this a storm of panics drops records (never blocks).
+const QUEUE_CAPACITY: usize = 256;
+
+/// One panic, as captured; rendered to a [`StoredCrash`] by the recorder.
+#[derive(Debug, Clone)]
+pub struct CrashRecord {
+    pub id: String,
+    pub at: SystemTime,
+    pub source: PanicSource,
+    /// Actor path (`source = actor`).
+    pub actor: Option<String>,
+    /// Route template (`source = http`).
+    pub route: Option<String>,
+    /// HTTP method (`source = http`).
+    pub method: Option<String>,
+    /// Owned task name (`source = task`).
+    pub task: Option<String>,
+    /// Type of the message being handled when an actor panicked, if known.
+    pub handling: Option<String>,
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub message: String,
+    pub location: Option<String>,
+    pub thread: Option<String>,
+    pub backtrace: Arc<Backtrace>,
+    pub recent_actions: Arc<[Action]>,
+}
+
+impl CrashRecord {
+    /// A record of `panic` caught at `source`; the caller fills in where.
+    pub fn new(source: PanicSource, panic: &CapturedPanic) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: SystemTime::now(),
+            source,
+            actor: None,
+            route: None,
+            method: None,
+            task: None,
+            handling: None,
+            request_id: None,
+            trace_id: panic.trace_id.clone(),
+            message: panic.message.clone(),
+            location: panic.location.clone(),
+            thread: panic.thread.clone(),
+            backtrace: panic.backtrace.clone(),
+            recent_actions: panic.recent_actions.clone(),
+        }
+    }
+}
+
+struct Queue {
+    sender: Sender<CrashRecord>,
+    receiver: Receiver<CrashRecord>,
+    wake: Notify,
+}
+
+static QUEUE: LazyLock<Queue> = LazyLock::new(|| {
+    let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+    Queue { sender, receiver, wake: Notify::new() }
+});
+
+/// Hands a record to the recorder. Never blocks: if the queue is full (a storm of panics faster
+/// than files can be written) the record is dropped; the panic itself is still logged, counted
+/// and alerted by the caller.
+pub fn report(record: CrashRecord) {
+    if QUEUE.sender.try_send(record).is_ok() {
+        QUEUE.wake.notify_one();
+    }
+}
+
+pub(crate) fn take_queued() -> Option<CrashRecord> {
+    QUEUE.receiver.try_recv().ok()
+}
+
+pub(crate) async fn queued() {
+    QUEUE.wake.notified().await;
+}
