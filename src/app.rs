@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::alerts::AlertSender;
 use crate::config::Config;
 use crate::crash::{CrashRecorder, CrashStore};
 use crate::http::{self, AppState};
@@ -75,6 +76,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .on_arbiter(crash_arbiter.handle()),
         )
         .context("starting the crash recorder")?;
+
+    // Its own thread: delivering to Slack and webhooks is network I/O with retries.
+    let alerts_arbiter = actix_rt::Arbiter::new();
+    let alerts_config = config.alerts.clone();
+    tree.root()
+        .spawn(
+            ChildSpec::new("alert_sender", move || AlertSender::new(alerts_config.clone()))
+                .on_arbiter(alerts_arbiter.handle()),
+        )
+        .context("starting the alert sender")?;
 
     let monitor_config = config.system_monitor.clone();
     let monitor_registry = context.registry.clone();
@@ -152,6 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(exit_code = outcome.exit_code(), "stopped");
     log_arbiter.stop();
     crash_arbiter.stop();
+    alerts_arbiter.stop();
     Ok(outcome)
 }
 

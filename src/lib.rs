@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -21,8 +21,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             let mut shown = config.clone();
-            if !shown.admin.token.is_empty() {
-                shown.admin.token = "<redacted>".into();
+            for secret in [&mut shown.admin.token, &mut shown.alerts.slack_webhook_url, &mut shown.alerts.webhook_url] {
+                if !secret.is_empty() {
+                    *secret = "<redacted>".into();
+                }
             }
             match serde_json::to_string_pretty(&shown) {
                 Ok(text) => println!("{text}"),

@@ -92,6 +92,7 @@ static QUEUE: LazyLock<Queue> = LazyLock::new(|| {
 /// than files can be written) the record is dropped; the panic itself is still logged, counted
 /// and alerted by the caller.
 pub fn report(record: CrashRecord) {
+    crate::alerts::panic_caught(&record);
     if QUEUE.sender.try_send(record).is_ok() {
         QUEUE.wake.notify_one();
     }

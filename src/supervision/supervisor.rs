@@ -191,7 +191,7 @@ impl Supervisor {
         let crashes = record.quarantine.count_crash(in_flight.message_type, key);
         if crashes >= self.group.defaults.quarantine_after && !record.quarantine.contains(in_flight.message_type, key) {
             record.quarantine.insert(in_flight.message_type, key.clone());
-            telemetry::message_quarantined(&record.path);
+            telemetry::message_quarantined(&record.path, short_type_name(in_flight.message_type));
             self.group.context.quarantine.accept(QuarantineRecord {
                 actor: record.path.clone(),
                 message_type: short_type_name(in_flight.message_type).to_owned(),

@@ -52,6 +52,11 @@ pub struct SinkLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: String,
     /// The route template (`/admin/actors`), never the raw path; `unmatched` for 404s.
@@ -98,8 +103,8 @@ pub struct Metrics {
     /// Crash records written (every panic, whatever its source).
     pub crash_records: Counter,
     /// Alerts delivered to / dropped before a sink.
-    pub alerts_sent: Counter,
-    pub alerts_dropped: Counter,
+    pub alerts_sent: Family<SinkLabels, Counter>,
+    pub alerts_dropped: Family<ReasonLabels, Counter>,
     /// Circuit breaker state by name: 0 closed, 1 half-open, 2 open.
     pub circuit_state: Family<NameLabels, Gauge>,
     /// HTTP requests answered, by method, route template and status.
@@ -126,8 +131,8 @@ impl Metrics {
             log_dropped: Counter::default(),
             log_sink_errors: Family::default(),
             crash_records: Counter::default(),
-            alerts_sent: Counter::default(),
-            alerts_dropped: Counter::default(),
+            alerts_sent: Family::default(),
+            alerts_dropped: Family::default(),
             circuit_state: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(|| Histogram::new(HTTP_DURATION_BUCKETS.iter().copied())),
@@ -157,8 +162,12 @@ impl Metrics {
             metrics.log_sink_errors.clone(),
         );
         registry.register("crash_records", "Crash records captured", metrics.crash_records.clone());
-        registry.register("alerts_sent", "Alerts delivered to a sink", metrics.alerts_sent.clone());
-        registry.register("alerts_dropped", "Alerts dropped before delivery", metrics.alerts_dropped.clone());
+        registry.register("alerts_sent", "Alert notifications delivered, by sink", metrics.alerts_sent.clone());
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped before delivery, by reason",
+            metrics.alerts_dropped.clone(),
+        );
         registry.register(
             "circuit_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
@@ -190,6 +199,12 @@ impl Metrics {
             "Build information",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }),
         );
+        for sink in ["log", "slack", "webhook"] {
+            drop(metrics.alerts_sent.get_or_create(&SinkLabels { sink: sink.into() }));
+        }
+        for reason in ["queue_full", "outbox_full", "failed", "too_many_groups"] {
+            drop(metrics.alerts_dropped.get_or_create(&ReasonLabels { reason: reason.into() }));
+        }
         for sink in ["stdout", "file"] {
             drop(metrics.log_sink_errors.get_or_create(&SinkLabels { sink: sink.into() }));
         }
@@ -236,8 +251,8 @@ mod tests {
             "rampart_actor_quarantined_total 0",
             "rampart_log_dropped_total ",
             "# TYPE rampart_crash_records counter",
-            "rampart_alerts_sent_total 0",
-            "rampart_alerts_dropped_total 0",
+            "rampart_alerts_sent_total{sink=\"slack\"} 0",
+            "rampart_alerts_dropped_total{reason=\"queue_full\"} 0",
             "# TYPE rampart_process_resident_memory_bytes gauge",
             "rampart_build_info{version=",
             "# EOF",

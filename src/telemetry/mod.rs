@@ -9,7 +9,8 @@ mod metrics;
 use std::time::Duration;
 
 pub use metrics::{
-    metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, NameLabels, PanicSource, SinkLabels, SourceLabels,
+    metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, NameLabels, PanicSource, ReasonLabels, SinkLabels,
+    SourceLabels,
 };
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
@@ -72,15 +73,18 @@ pub fn sibling_restarted(actor: &str, because_of: &str) {
 
 pub fn supervisor_escalated(supervisor: &str, reason: &str) {
     tracing::error!(supervisor, reason, "supervisor gave up; escalating to its parent");
+    crate::alerts::supervisor_escalated(supervisor, reason);
 }
 
 pub fn fatal(reason: &str) {
     tracing::error!(reason, "FATAL: supervision tree gave up; shutting down");
+    crate::alerts::fatal(reason);
 }
 
-pub fn message_quarantined(actor: &str) {
+pub fn message_quarantined(actor: &str, message_type: &str) {
     metrics().actor_quarantined.inc();
-    tracing::debug!(actor, "quarantine threshold reached");
+    tracing::debug!(actor, message_type, "quarantine threshold reached");
+    crate::alerts::message_quarantined(actor, message_type);
 }
 
 /// What a stalled actor is stuck on.
@@ -103,6 +107,11 @@ pub fn actor_stalled(actor: &str, metric_label: &str, stuck_for: Duration, kind:
         },
         "actor stalled longer than its stall threshold"
     );
+    let detail = match kind {
+        StallKind::BlockingThread => "a poll has not returned (blocking its thread)",
+        StallKind::MailboxNotDraining => "its mailbox is not draining",
+    };
+    crate::alerts::actor_stalled(actor, &format!("{detail} for {} ms", stuck_for.as_millis()));
 }
 
 pub fn actor_recovered_from_stall(actor: &str) {

@@ -1,6 +1,7 @@
 //! One integration-test binary (linked once): scenario files by behaviour.
 
 mod admin_api;
+mod alerts;
 mod crashes;
 mod http_boundary;
 mod lifecycle;

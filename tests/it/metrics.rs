@@ -27,7 +27,7 @@ async fn metrics_are_served_without_auth_with_every_series_from_start() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     // The system monitor samples at start: the gauges are real values, not placeholders.
-    assert!(text.contains("rampart_actors_live 4"), "{text}");
+    assert!(text.contains("rampart_actors_live 5"), "{text}");
 }
 
 #[actix_rt::test]
