@@ -314,6 +314,15 @@ mod tests {
 
     use super::*;
 
+    /// Slack is HTTPS: the TLS connector (rustls on ring) must build without a panic. Port 1 on
+    /// loopback refuses the connection, so this never leaves the machine.
+    #[actix_rt::test]
+    async fn https_requests_fail_cleanly_rather_than_panic() {
+        let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
+        let result = client.post("https://127.0.0.1:1/hook").send_json(&json!({"text": "x"})).await;
+        assert!(result.is_err());
+    }
+
     #[test]
     fn slack_text_carries_the_count() {
         let notification = Notification {

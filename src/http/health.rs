@@ -107,6 +107,11 @@ fn render(checks: Vec<(String, Check)>) -> HttpResponse {
     for (component, check) in checks {
         by_component.insert(component, json!([check]));
     }
+    crate::telemetry::metrics().readiness.set(match overall {
+        Status::Pass => 2,
+        Status::Warn => 1,
+        Status::Fail => 0,
+    });
     let status = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     HttpResponse::build(status)
         .content_type("application/health+json")

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub http_duration: Family<HttpRouteLabels, Histogram>,
     /// Requests being handled right now.
     pub http_in_flight: Gauge,
+    /// Outcome of the latest `/ready` evaluation: 2 pass, 1 warn, 0 fail (-1 before the first).
+    pub readiness: Gauge,
     /// Latest system monitor sample.
     pub resident_memory: Gauge,
     pub threads: Gauge,
@@ -137,6 +139,7 @@ impl Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(|| Histogram::new(HTTP_DURATION_BUCKETS.iter().copied())),
             http_in_flight: Gauge::default(),
+            readiness: Gauge::default(),
             resident_memory: Gauge::default(),
             threads: Gauge::default(),
             live_actors: Gauge::default(),
@@ -179,6 +182,12 @@ impl Metrics {
             "Time to answer an HTTP request",
             Unit::Seconds,
             metrics.http_duration.clone(),
+        );
+        metrics.readiness.set(-1);
+        registry.register(
+            "readiness_status",
+            "Latest /ready outcome (updated on each probe): 2 pass, 1 warn, 0 fail, -1 not yet probed",
+            metrics.readiness.clone(),
         );
         registry.register("http_requests_in_flight", "HTTP requests being handled", metrics.http_in_flight.clone());
         registry.register_with_unit(

@@ -3,9 +3,11 @@
 mod admin_api;
 mod alerts;
 mod crashes;
+mod deployment;
 mod http_boundary;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod prometheus_rules;
 mod supervision;
 mod support;
