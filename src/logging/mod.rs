@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::Notify;
+use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -145,14 +146,21 @@ pub fn pipe() -> Option<Arc<LogPipe>> {
 /// Installs the global subscriber: `log.filter`, `log.format`, events into the log queue. Call
 /// once, before anything logs; events queue up until the writer actor starts (see `app::run`).
 pub fn init(config: &LogConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&config.filter).map_err(|error| format!("log.filter: {error}"))?;
     let pipe = LogPipe::new(config.queue_capacity);
-    PIPE.set(pipe.clone()).map_err(|_| "logging is already initialized".to_owned())?;
+    let subscriber = subscriber(config, pipe.clone())?;
+    PIPE.set(pipe).map_err(|_| "logging is already initialized".to_owned())?;
+    // `try_init` also routes the `log` crate's records (actix-server's) into the subscriber.
+    subscriber.try_init().map_err(|error| error.to_string())
+}
+
+/// The subscriber `init` installs, writing into `pipe` (public for the logging benchmark).
+pub fn subscriber(config: &LogConfig, pipe: Arc<LogPipe>) -> Result<Box<dyn Subscriber + Send + Sync>, String> {
+    let filter = EnvFilter::try_new(&config.filter).map_err(|error| format!("log.filter: {error}"))?;
     let writer = QueueMakeWriter::new(pipe);
     let registry = tracing_subscriber::registry().with(filter);
-    let installed = match config.format {
-        LogFormat::Json => registry
-            .with(
+    Ok(match config.format {
+        LogFormat::Json => Box::new(
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
@@ -160,11 +168,10 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
                     .with_span_list(false)
                     .with_thread_names(true)
                     .with_writer(writer),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(writer)).try_init(),
-    };
-    installed.map_err(|error| error.to_string())
+            ),
+        ),
+        LogFormat::Pretty => Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer))),
+    })
 }
 
 /// Writes whatever is still queued straight to the sink, on the calling thread. For the very end
