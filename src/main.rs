@@ -51,7 +51,7 @@ fn serve(config: Config) -> ExitCode {
         tracing::error!(error = format!("{error:#}"), "rampart failed to start");
     }
     // Whatever the writer actor did not get to (the last lines, or everything if start-up failed).
-    rampart::logging::flush_remaining(&log_config);
+    rampart::logging::shutdown(&log_config);
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(error) => {

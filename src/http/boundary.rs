@@ -105,7 +105,10 @@ pub async fn boundary(
     let metrics = telemetry::metrics();
     metrics.http_in_flight.inc();
     let started = Instant::now();
-    let outcome = contain_future(next.call(request)).await;
+    let span = request_span(&method, &route, &request_id);
+    let outcome = tracing::Instrument::instrument(contain_future(next.call(request)), span.clone()).await;
+    // What is logged about the outcome belongs to the request's trace too.
+    let _in_request_span = span.enter();
     metrics.http_in_flight.dec();
 
     let (result, status) = match outcome {
@@ -147,6 +150,25 @@ pub async fn boundary(
         .inc();
     metrics.http_duration.get_or_create(&HttpRouteLabels { method, route }).observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// The request's span while spans are exported (`otel`), else a no-op span (no cost).
+fn request_span(method: &str, route: &str, request_id: &str) -> tracing::Span {
+    if !telemetry::tracing_exported() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{method} {route}"),
+        http.request.method = method,
+        http.route = route,
+        request_id,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(trace_id) = span.in_scope(telemetry::current_trace_id) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
 #[cfg(test)]

@@ -153,18 +153,27 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
     subscriber.try_init().map_err(|error| error.to_string())
 }
 
-/// The subscriber `init` installs, writing into `pipe` (public for the logging benchmark).
+/// The subscriber `init` installs, writing into `pipe` (public for the logging benchmark). With
+/// the `otel` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set it also exports spans, and JSON lines
+/// carry their current span (with its `trace_id`).
 pub fn subscriber(config: &LogConfig, pipe: Arc<LogPipe>) -> Result<Box<dyn Subscriber + Send + Sync>, String> {
     let filter = EnvFilter::try_new(&config.filter).map_err(|error| format!("log.filter: {error}"))?;
     let writer = QueueMakeWriter::new(pipe);
     let registry = tracing_subscriber::registry().with(filter);
+    #[cfg(feature = "otel")]
+    let registry = {
+        let (layer, guard) = crate::telemetry::otel::layer()?.unzip();
+        *OTEL_GUARD.lock() = guard;
+        registry.with(layer)
+    };
+    let with_span = crate::telemetry::tracing_exported();
     Ok(match config.format {
         LogFormat::Json => Box::new(
             registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    .with_current_span(with_span)
                     .with_span_list(false)
                     .with_thread_names(true)
                     .with_writer(writer),
@@ -172,6 +181,17 @@ pub fn subscriber(config: &LogConfig, pipe: Arc<LogPipe>) -> Result<Box<dyn Subs
         ),
         LogFormat::Pretty => Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer))),
     })
+}
+
+#[cfg(feature = "otel")]
+static OTEL_GUARD: parking_lot::Mutex<Option<crate::telemetry::otel::OtelGuard>> = parking_lot::Mutex::new(None);
+
+/// End of the process: writes what is still queued (see [`flush_remaining`]) and flushes
+/// exported spans.
+pub fn shutdown(config: &LogConfig) {
+    flush_remaining(config);
+    #[cfg(feature = "otel")]
+    drop(OTEL_GUARD.lock().take());
 }
 
 /// Writes whatever is still queued straight to the sink, on the calling thread. For the very end

@@ -40,6 +40,9 @@ pub struct Tracked<M> {
     /// Only for keyed messages, which may be quarantined. Unkeyed messages (the hot path) carry
     /// nothing and cost nothing extra.
     pub(crate) keyed: Option<Arc<KeyedDelivery>>,
+    /// The sender's span, so the handling span continues its trace (only while exporting).
+    #[cfg(feature = "otel")]
+    pub(crate) parent: Option<tracing::Span>,
 }
 
 /// What `dispatch` needs to quarantine a keyed message, shared with the sender.
@@ -55,7 +58,12 @@ impl<M> Tracked<M> {
     pub(crate) fn new(message: M, key: Option<String>, record: &Arc<ActorRecord>) -> Self {
         let keyed =
             key.map(|key| Arc::new(KeyedDelivery { key, record: record.clone(), diverted: AtomicBool::new(false) }));
-        Self { message, keyed }
+        Self {
+            message,
+            keyed,
+            #[cfg(feature = "otel")]
+            parent: crate::telemetry::tracing_exported().then(tracing::Span::current),
+        }
     }
 }
 
@@ -153,8 +161,17 @@ where
     A: Actor<Context = Context<A>> + Handler<M>,
     M: SupervisedMessage,
 {
+    #[cfg(feature = "otel")]
+    let Tracked { message, keyed, parent } = tracked;
+    #[cfg(not(feature = "otel"))]
     let Tracked { message, keyed } = tracked;
     let message_type = type_name::<M>();
+    #[cfg(feature = "otel")]
+    let _span = parent.map(|parent| {
+        let actor = crate::supervision::short_type_name(type_name::<A>());
+        let message = crate::supervision::short_type_name(message_type);
+        tracing::info_span!(parent: &parent, "actor.handle", actor, message).entered()
+    });
     let key = match keyed {
         None => None,
         Some(keyed) => {

@@ -5,6 +5,8 @@
 //! Must never: block or panic; it is called from actor threads and the watchdog.
 
 mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 
 use std::time::Duration;
 
@@ -124,5 +126,25 @@ pub fn child_killed_on_shutdown(actor: &str, timeout: Duration) {
 
 /// The current trace id (hex), when OpenTelemetry export is compiled in and active.
 pub fn current_trace_id() -> Option<String> {
-    None
+    #[cfg(feature = "otel")]
+    {
+        otel::current_trace_id()
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        None
+    }
+}
+
+/// Whether spans are exported (feature `otel` and `OTEL_EXPORTER_OTLP_ENDPOINT` set).
+#[inline]
+pub fn tracing_exported() -> bool {
+    #[cfg(feature = "otel")]
+    {
+        otel::active()
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        false
+    }
 }

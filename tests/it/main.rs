@@ -8,6 +8,8 @@ mod http_boundary;
 mod lifecycle;
 mod logging;
 mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 mod prometheus_rules;
 mod supervision;
 mod support;
