@@ -14,7 +14,7 @@ use crate::alerts::AlertSender;
 use crate::config::Config;
 use crate::crash::{CrashRecorder, CrashStore};
 use crate::http::{self, AppState};
-use crate::logging::{LogWriter, LogWriterStats};
+use crate::logging::LogWriter;
 use crate::resilience::CircuitBreakers;
 use crate::supervision::{ChildSpec, QuarantineStore, SupervisionContext, SupervisionTree};
 use crate::system_monitor::SystemMonitor;
@@ -56,10 +56,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let log_arbiter = actix_rt::Arbiter::new();
     if let Some(pipe) = crate::logging::pipe() {
         let log_config = config.log.clone();
-        let stats = Arc::new(LogWriterStats::default());
         tree.root()
             .spawn(
-                ChildSpec::new("log_writer", move || LogWriter::new(pipe.clone(), stats.clone(), log_config.clone()))
+                ChildSpec::new("log_writer", move || LogWriter::new(pipe, log_config.clone()))
                     .on_arbiter(log_arbiter.handle()),
             )
             .context("starting the log writer")?;

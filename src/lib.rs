@@ -12,6 +12,7 @@ pub mod config;
 pub mod crash;
 pub mod http;
 pub mod logging;
+pub mod queue;
 pub mod resilience;
 pub mod rfc3339;
 pub mod supervision;

@@ -11,61 +11,53 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use rampart::config::LogConfig;
 use rampart::logging::LogPipe;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 fn log_one(seq: u64) {
     tracing::info!(seq, user = "alice", conversation = "c-42", "message committed");
 }
 
-fn bench_log_event(c: &mut Criterion) {
-    let mut group = c.benchmark_group("log_event");
-
-    let fmt_sink = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_thread_names(true)
-        .with_writer(std::io::sink)
-        .finish();
-    tracing::subscriber::with_default(fmt_sink, || {
+/// Times `log_one` with `subscriber` as this thread's default.
+fn bench_with(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, subscriber: impl Subscriber + Send + Sync) {
+    tracing::subscriber::with_default(subscriber, || {
         let mut seq = 0;
-        group.bench_function("fmt layer -> io::sink (caller writes)", |b| {
+        group.bench_function(name, |b| {
             b.iter(|| {
                 seq += 1;
                 log_one(seq);
             })
         });
     });
+}
+
+/// The fmt layer writing on the caller's thread, in the binary's JSON format (same constructor).
+fn direct<W>(writer: W) -> impl Subscriber + Send + Sync
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::registry().with(rampart::logging::json_layer(writer, false))
+}
+
+fn bench_log_event(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log_event");
+    bench_with(&mut group, "fmt layer -> io::sink (caller writes)", direct(std::io::sink));
 
     // The realistic direct case: one write(2) per event, here to /dev/null (a pipe or a terminal
     // costs more, and blocks the caller when the reader stalls).
     let dev_null = Arc::new(std::fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null"));
-    let fmt_dev_null = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_thread_names(true)
-        .with_writer(dev_null)
-        .finish();
-    tracing::subscriber::with_default(fmt_dev_null, || {
-        let mut seq = 0;
-        group.bench_function("fmt layer -> /dev/null (caller writes, one syscall)", |b| {
-            b.iter(|| {
-                seq += 1;
-                log_one(seq);
-            })
-        });
-    });
+    bench_with(&mut group, "fmt layer -> /dev/null (caller writes, one syscall)", direct(dev_null));
 
     let config = LogConfig { queue_capacity: 65536, ..LogConfig::default() };
-    let pipe = LogPipe::new(config.queue_capacity);
+    let pipe: &'static LogPipe = Box::leak(Box::new(LogPipe::new(config.queue_capacity)));
     let stop = Arc::new(AtomicBool::new(false));
     let drainer = {
-        let (pipe, stop) = (pipe.clone(), stop.clone());
+        let stop = stop.clone();
         std::thread::Builder::new()
             .name("bench-log-drain".into())
             .spawn(move || {
@@ -81,16 +73,8 @@ fn bench_log_event(c: &mut Criterion) {
             })
             .expect("drain thread")
     };
-    let subscriber = rampart::logging::subscriber(&config, pipe.clone()).expect("subscriber");
-    tracing::subscriber::with_default(subscriber, || {
-        let mut seq = 0;
-        group.bench_function("rampart queue -> log writer (caller enqueues)", |b| {
-            b.iter(|| {
-                seq += 1;
-                log_one(seq);
-            })
-        });
-    });
+    let subscriber = rampart::logging::subscriber(&config, pipe).expect("subscriber");
+    bench_with(&mut group, "rampart queue -> log writer (caller enqueues)", subscriber);
     stop.store(true, Ordering::Relaxed);
     drainer.join().expect("drain thread");
     println!("events dropped during the rampart run (queue full): {}", pipe.dropped());

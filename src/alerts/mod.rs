@@ -20,14 +20,13 @@ mod sender;
 use std::sync::LazyLock;
 use std::time::SystemTime;
 
-use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
-use tokio::sync::Notify;
 
 pub use grouping::{Grouper, Notification};
 pub use sender::AlertSender;
 
 use crate::crash::CrashRecord;
+use crate::queue::WakeQueue;
 use crate::telemetry::{metrics, PanicSource, ReasonLabels};
 
 /// Alerts waiting for the sender; beyond this they are dropped and counted.
@@ -66,32 +65,17 @@ pub struct Alert {
     pub at: SystemTime,
 }
 
-struct Queue {
-    sender: Sender<Alert>,
-    receiver: Receiver<Alert>,
-    wake: Notify,
-}
-
-static QUEUE: LazyLock<Queue> = LazyLock::new(|| {
-    let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
-    Queue { sender, receiver, wake: Notify::new() }
-});
+static QUEUE: LazyLock<WakeQueue<Alert>> = LazyLock::new(|| WakeQueue::new(QUEUE_CAPACITY));
 
 /// Queues an alert for the sender. Never blocks; drops (and counts) when the queue is full.
 pub fn raise(alert: Alert) {
-    if QUEUE.sender.try_send(alert).is_ok() {
-        QUEUE.wake.notify_one();
-    } else {
+    if !QUEUE.try_push(alert) {
         metrics().alerts_dropped.get_or_create(&ReasonLabels { reason: "queue_full".into() }).inc();
     }
 }
 
-pub(crate) fn take_queued() -> Option<Alert> {
-    QUEUE.receiver.try_recv().ok()
-}
-
-pub(crate) async fn queued() {
-    QUEUE.wake.notified().await;
+pub(crate) fn queue() -> &'static WakeQueue<Alert> {
+    &QUEUE
 }
 
 /// A panic was caught somewhere (called by `crash::report`).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::json;
 
-use super::{queued, take_queued, Grouper, Level, Notification};
+use super::{queue, Grouper, Level, Notification};
 use crate::config::AlertsConfig;
 use crate::telemetry::{metrics, ReasonLabels, SinkLabels};
 
@@ -112,7 +112,7 @@ impl AlertSender {
 
     fn take_alerts(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        while let Some(alert) = take_queued() {
+        while let Some(alert) = queue().try_pop() {
             match self.grouper.observe(alert, now) {
                 Ok(Some(notification)) => self.dispatch(notification),
                 Ok(None) => {}
@@ -267,11 +267,7 @@ impl Actor for AlertSender {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let wakeups = futures_util::stream::unfold((), |()| async {
-            queued().await;
-            Some(((), ()))
-        });
-        ctx.add_stream(wakeups);
+        ctx.add_stream(queue().wakeups());
         ctx.run_interval(TICK, |sender, ctx| sender.tick(ctx));
         self.take_alerts(ctx);
     }

@@ -17,12 +17,10 @@ use std::backtrace::Backtrace;
 use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
-use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::Notify;
-
 pub use actions::Action;
 pub use recorder::{CrashRecorder, CrashStore, StoredCrash};
 
+use crate::queue::WakeQueue;
 use crate::supervision::CapturedPanic;
 use crate::telemetry::PanicSource;
 
@@ -77,31 +75,16 @@ impl CrashRecord {
     }
 }
 
-struct Queue {
-    sender: Sender<CrashRecord>,
-    receiver: Receiver<CrashRecord>,
-    wake: Notify,
-}
+static QUEUE: LazyLock<WakeQueue<CrashRecord>> = LazyLock::new(|| WakeQueue::new(QUEUE_CAPACITY));
 
-static QUEUE: LazyLock<Queue> = LazyLock::new(|| {
-    let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
-    Queue { sender, receiver, wake: Notify::new() }
-});
-
-/// Hands a record to the recorder. Never blocks: if the queue is full (a storm of panics faster
-/// than files can be written) the record is dropped; the panic itself is still logged, counted
-/// and alerted by the caller.
+/// Hands a record to the recorder (and raises its alert). Never blocks: if the queue is full (a
+/// storm of panics faster than files can be written) the record is dropped; the panic itself is
+/// still logged, counted and alerted.
 pub fn report(record: CrashRecord) {
     crate::alerts::panic_caught(&record);
-    if QUEUE.sender.try_send(record).is_ok() {
-        QUEUE.wake.notify_one();
-    }
+    QUEUE.try_push(record);
 }
 
-pub(crate) fn take_queued() -> Option<CrashRecord> {
-    QUEUE.receiver.try_recv().ok()
-}
-
-pub(crate) async fn queued() {
-    QUEUE.wake.notified().await;
+pub(crate) fn queue() -> &'static WakeQueue<CrashRecord> {
+    &QUEUE
 }

@@ -15,7 +15,7 @@ use actix::prelude::*;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::{queued, take_queued, CrashRecord};
+use super::{queue, CrashRecord};
 
 /// A crash as stored on disk and served by `/admin/crashes/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,7 +188,7 @@ impl CrashRecorder {
     }
 
     fn drain(&mut self) {
-        while let Some(record) = take_queued() {
+        while let Some(record) = queue().try_pop() {
             self.record(&record);
         }
     }
@@ -199,11 +199,7 @@ impl Actor for CrashRecorder {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.load();
-        let wakeups = futures_util::stream::unfold((), |()| async {
-            queued().await;
-            Some(((), ()))
-        });
-        ctx.add_stream(wakeups);
+        ctx.add_stream(queue().wakeups());
         self.drain();
     }
 }

@@ -15,69 +15,60 @@ mod writer;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tokio::sync::Notify;
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 pub use sink::{LogSink, RotatingFile};
-pub use writer::{LogWriter, LogWriterStats};
+pub use writer::LogWriter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::queue::WakeQueue;
 
-/// The queue between the threads that log and the writer actor. One per process.
+/// The queue between the threads that log and the writer actor. One per process, `'static`
+/// so it outlives every writer incarnation.
 pub struct LogPipe {
-    sender: Sender<Vec<u8>>,
-    receiver: Receiver<Vec<u8>>,
-    /// Woken after each enqueue; the writer waits on it when the queue is empty.
-    wake: Notify,
+    queue: WakeQueue<Vec<u8>>,
     /// Events dropped because the queue was full.
     dropped: AtomicU64,
+    /// `dropped` at the writer's last report, so a restart neither repeats nor skips a report.
+    reported: AtomicU64,
 }
 
 impl LogPipe {
-    pub fn new(capacity: usize) -> Arc<Self> {
-        let (sender, receiver) = crossbeam_channel::bounded(capacity.max(1));
-        Arc::new(Self { sender, receiver, wake: Notify::new(), dropped: AtomicU64::new(0) })
+    pub fn new(capacity: usize) -> Self {
+        Self { queue: WakeQueue::new(capacity), dropped: AtomicU64::new(0), reported: AtomicU64::new(0) }
     }
 
     /// Enqueues one formatted line; never blocks. Returns false (and counts) when it was dropped.
     pub fn push(&self, line: Vec<u8>) -> bool {
-        match self.sender.try_send(line) {
-            Ok(()) => {
-                self.wake.notify_one();
-                true
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::metrics().log_dropped.inc();
-                false
-            }
+        let queued = self.queue.try_push(line);
+        if !queued {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics().log_dropped.inc();
         }
+        queued
     }
 
     /// Takes up to `max` queued lines, appending them to `out`; returns how many.
     pub fn drain_into(&self, out: &mut Vec<u8>, max: usize) -> usize {
         let mut taken = 0;
         while taken < max {
-            match self.receiver.try_recv() {
-                Ok(line) => {
-                    out.extend_from_slice(&line);
-                    taken += 1;
-                }
-                Err(_) => break,
-            }
+            let Some(line) = self.queue.try_pop() else { break };
+            out.extend_from_slice(&line);
+            taken += 1;
         }
         taken
     }
 
     pub fn is_empty(&self) -> bool {
-        self.receiver.is_empty()
+        self.queue.is_empty()
     }
 
     /// Total events dropped because the queue was full, since start.
@@ -85,19 +76,26 @@ impl LogPipe {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    pub(crate) async fn woken(&self) {
-        self.wake.notified().await;
+    /// Drops since the previous call, and the total: what the periodic report says.
+    pub fn unreported_drops(&self) -> (u64, u64) {
+        let total = self.dropped();
+        let reported = self.reported.swap(total, Ordering::Relaxed);
+        (total.saturating_sub(reported), total)
+    }
+
+    pub(crate) fn wakeups(&'static self) -> impl futures_util::Stream<Item = ()> + 'static {
+        self.queue.wakeups()
     }
 }
 
 /// `MakeWriter` for the fmt layer: each event's formatted text becomes one queued line.
 #[derive(Clone)]
 pub struct QueueMakeWriter {
-    pipe: Arc<LogPipe>,
+    pipe: &'static LogPipe,
 }
 
 impl QueueMakeWriter {
-    pub fn new(pipe: Arc<LogPipe>) -> Self {
+    pub fn new(pipe: &'static LogPipe) -> Self {
         Self { pipe }
     }
 }
@@ -105,7 +103,7 @@ impl QueueMakeWriter {
 /// Collects one event's text; enqueues it when dropped (the fmt layer writes each event once,
 /// but collecting keeps an event whole even if a formatter wrote it in pieces).
 pub struct QueueWriter {
-    pipe: Arc<LogPipe>,
+    pipe: &'static LogPipe,
     line: Vec<u8>,
 }
 
@@ -132,23 +130,24 @@ impl<'a> MakeWriter<'a> for QueueMakeWriter {
     type Writer = QueueWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
-        QueueWriter { pipe: self.pipe.clone(), line: Vec::new() }
+        QueueWriter { pipe: self.pipe, line: Vec::new() }
     }
 }
 
-static PIPE: OnceLock<Arc<LogPipe>> = OnceLock::new();
+static PIPE: OnceLock<LogPipe> = OnceLock::new();
 
 /// The process's log queue, once [`init`] ran.
-pub fn pipe() -> Option<Arc<LogPipe>> {
-    PIPE.get().cloned()
+pub fn pipe() -> Option<&'static LogPipe> {
+    PIPE.get()
 }
 
 /// Installs the global subscriber: `log.filter`, `log.format`, events into the log queue. Call
 /// once, before anything logs; events queue up until the writer actor starts (see `app::run`).
 pub fn init(config: &LogConfig) -> Result<(), String> {
-    let pipe = LogPipe::new(config.queue_capacity);
-    let subscriber = subscriber(config, pipe.clone())?;
-    PIPE.set(pipe).map_err(|_| "logging is already initialized".to_owned())?;
+    if PIPE.set(LogPipe::new(config.queue_capacity)).is_err() {
+        return Err("logging is already initialized".to_owned());
+    }
+    let subscriber = subscriber(config, pipe().ok_or("log pipe missing")?)?;
     // `try_init` also routes the `log` crate's records (actix-server's) into the subscriber.
     subscriber.try_init().map_err(|error| error.to_string())
 }
@@ -156,7 +155,7 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
 /// The subscriber `init` installs, writing into `pipe` (public for the logging benchmark). With
 /// the `otel` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set it also exports spans, and JSON lines
 /// carry their current span (with its `trace_id`).
-pub fn subscriber(config: &LogConfig, pipe: Arc<LogPipe>) -> Result<Box<dyn Subscriber + Send + Sync>, String> {
+pub fn subscriber(config: &LogConfig, pipe: &'static LogPipe) -> Result<Box<dyn Subscriber + Send + Sync>, String> {
     let filter = EnvFilter::try_new(&config.filter).map_err(|error| format!("log.filter: {error}"))?;
     let writer = QueueMakeWriter::new(pipe);
     let registry = tracing_subscriber::registry().with(filter);
@@ -168,19 +167,25 @@ pub fn subscriber(config: &LogConfig, pipe: Arc<LogPipe>) -> Result<Box<dyn Subs
     };
     let with_span = crate::telemetry::tracing_exported();
     Ok(match config.format {
-        LogFormat::Json => Box::new(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(with_span)
-                    .with_span_list(false)
-                    .with_thread_names(true)
-                    .with_writer(writer),
-            ),
-        ),
+        LogFormat::Json => Box::new(registry.with(json_layer(writer, with_span))),
         LogFormat::Pretty => Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer))),
     })
+}
+
+/// The JSON line format: one flat object per event (`timestamp`, `level`, `message`, fields,
+/// `target`, `threadName`), plus the current span when `with_span`.
+pub fn json_layer<S, W>(writer: W, with_span: bool) -> impl Layer<S>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(with_span)
+        .with_span_list(false)
+        .with_thread_names(true)
+        .with_writer(writer)
 }
 
 #[cfg(feature = "otel")]
@@ -222,14 +227,16 @@ mod tests {
         assert_eq!(pipe.drain_into(&mut out, 10), 2);
         assert_eq!(out, b"a\nb\n");
         assert!(pipe.push(b"d\n".to_vec()), "space again after draining");
+        assert_eq!(pipe.unreported_drops(), (1, 1));
+        assert_eq!(pipe.unreported_drops(), (0, 1), "each drop is reported once");
     }
 
     #[test]
     fn one_event_is_one_line_even_when_written_in_pieces() {
         use std::io::Write;
-        let pipe = LogPipe::new(4);
+        let pipe: &'static LogPipe = Box::leak(Box::new(LogPipe::new(4)));
         {
-            let mut writer = QueueMakeWriter::new(pipe.clone()).make_writer();
+            let mut writer = QueueMakeWriter::new(pipe).make_writer();
             writer.write_all(b"{\"a\":").unwrap();
             writer.write_all(b"1}\n").unwrap();
         }

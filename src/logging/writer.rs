@@ -9,9 +9,6 @@
 //! Reports drops: every `log.drop_report_interval`, if events were dropped since the last report,
 //! one line saying how many is written straight to the sink (not through the full queue).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use actix::prelude::*;
 
 use super::{LogPipe, LogSink};
@@ -20,25 +17,17 @@ use crate::config::{LogConfig, LogFormat};
 /// Lines written per turn; after that the actor yields to its mailbox (chaos, stop) and goes on.
 const BATCH_LINES: usize = 1024;
 
-/// Counters that outlive writer incarnations.
-#[derive(Debug, Default)]
-pub struct LogWriterStats {
-    /// Drop total at the last report, so a restart neither repeats nor skips a report.
-    reported_dropped: AtomicU64,
-}
-
 pub struct LogWriter {
-    pipe: Arc<LogPipe>,
-    stats: Arc<LogWriterStats>,
+    pipe: &'static LogPipe,
     config: LogConfig,
     sink: LogSink,
     batch: Vec<u8>,
 }
 
 impl LogWriter {
-    pub fn new(pipe: Arc<LogPipe>, stats: Arc<LogWriterStats>, config: LogConfig) -> Self {
+    pub fn new(pipe: &'static LogPipe, config: LogConfig) -> Self {
         let sink = LogSink::open(&config);
-        Self { pipe, stats, config, sink, batch: Vec::new() }
+        Self { pipe, config, sink, batch: Vec::new() }
     }
 
     /// Writes one batch; returns whether more is queued.
@@ -55,9 +44,7 @@ impl LogWriter {
     }
 
     fn report_drops(&mut self) {
-        let total = self.pipe.dropped();
-        let reported = self.stats.reported_dropped.swap(total, Ordering::Relaxed);
-        let dropped = total.saturating_sub(reported);
+        let (dropped, total) = self.pipe.unreported_drops();
         if dropped == 0 {
             return;
         }
@@ -96,12 +83,7 @@ impl Actor for LogWriter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let pipe = self.pipe.clone();
-        let wakeups = futures_util::stream::unfold(pipe, |pipe| async move {
-            pipe.woken().await;
-            Some(((), pipe))
-        });
-        ctx.add_stream(wakeups);
+        ctx.add_stream(self.pipe.wakeups());
         ctx.run_interval(self.config.drop_report_interval, |writer, _| writer.report_drops());
         // Whatever queued up before this incarnation started (start-up, or while restarting).
         ctx.notify(Drain);
