@@ -11,12 +11,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::alerts::AlertSender;
+use crate::chat::DeadLetterSink;
 use crate::config::Config;
 use crate::crash::{CrashRecorder, CrashStore};
 use crate::http::{self, AppState};
 use crate::logging::LogWriter;
+use crate::queue::WakeQueue;
 use crate::resilience::CircuitBreakers;
-use crate::supervision::{ChildSpec, QuarantineStore, SupervisionContext, SupervisionTree};
+use crate::supervision::{ChildSpec, QuarantineRecord, QuarantineStore, SupervisionContext, SupervisionTree};
 use crate::system_monitor::SystemMonitor;
 
 /// Process exit code when the supervision tree gave up (root escalation): EX_SOFTWARE.
@@ -47,7 +49,10 @@ impl Outcome {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
     let config = Arc::new(config);
     let quarantine = QuarantineStore::new(QuarantineStore::DEFAULT_CAPACITY);
-    let context = SupervisionContext::new(quarantine.clone());
+    // Quarantined messages are kept in memory for /admin/quarantine and written to dead letters.
+    let dead_letter_queue = dead_letter_queue();
+    let sink = Arc::new(DeadLetterSink { memory: quarantine.clone(), queue: dead_letter_queue });
+    let context = SupervisionContext::new(sink);
     let tree = SupervisionTree::start(&config.supervisor, context.clone()).context("starting the supervision tree")?;
 
     crate::crash::actions::configure(config.crash.recent_actions);
@@ -95,9 +100,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }))
         .context("starting the system monitor")?;
 
+    let circuit_breakers = CircuitBreakers::new();
+    let chat = match crate::chat::start(tree.root(), &config, &circuit_breakers, dead_letter_queue) {
+        Ok(chat) => chat,
+        Err(error) => {
+            tree.shutdown().await;
+            return Err(error);
+        }
+    };
+
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
-        circuit_breakers: CircuitBreakers::new(),
+        chat: chat.clone(),
+        circuit_breakers,
         shutting_down: shutting_down.clone(),
         config: config.clone(),
         registry: context.registry.clone(),
@@ -149,6 +164,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             );
             tokio::time::sleep(config.shutdown.readiness_delay).await;
         }
+        // WebSocket sessions first: each closes its socket with 1001 (clients reconnect
+        // elsewhere), which also ends those long-lived responses so the HTTP drain can finish.
+        chat.sessions.shutdown().await;
         // Stop accepting, let in-flight requests finish, then stop the actors they talk to.
         server_handle.stop(true).await;
         tree.shutdown().await;
@@ -164,6 +182,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     crash_arbiter.stop();
     alerts_arbiter.stop();
     Ok(outcome)
+}
+
+/// The process-wide queue from the quarantine sink to the dead-letter writer. `'static` like the
+/// log pipe: producers must never block on, or outlive, a consumer's lifetime.
+fn dead_letter_queue() -> &'static WakeQueue<QuarantineRecord> {
+    static QUEUE: std::sync::OnceLock<WakeQueue<QuarantineRecord>> = std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| WakeQueue::new(crate::chat::DEAD_LETTER_QUEUE_CAPACITY))
 }
 
 /// Resolves on the first SIGTERM or SIGINT. Installs the handlers immediately, so a signal

@@ -21,4 +21,14 @@ pub enum Command {
     Serve,
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    /// Print a client token (JWT) for a user, signed with the configured secret. The token is
+    /// alone on the last line of stdout.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid, e.g. `24h`, `30m`, `7days`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }

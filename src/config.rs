@@ -14,6 +14,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+use crate::chat::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
 use crate::supervision::SupervisionConfig;
 use crate::system_monitor::SystemMonitorConfig;
 
@@ -32,6 +34,11 @@ pub struct Config {
     pub supervisor: SupervisionConfig,
     pub system_monitor: SystemMonitorConfig,
     pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub ws: WsConfig,
+    pub pipeline: PipelineConfig,
+    pub delivery: DeliveryConfig,
+    pub search: SearchConfig,
     pub log: LogConfig,
     pub crash: CrashConfig,
     pub alerts: AlertsConfig,
@@ -132,11 +139,13 @@ pub struct ChaosConfig {
 pub struct StorageConfig {
     /// Directory for everything rampart persists (embedded database, crash records, secrets).
     pub data_dir: PathBuf,
+    /// Reader threads per database file (history, search, deliveries); writes have one thread.
+    pub readers: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data") }
+        Self { data_dir: PathBuf::from("./data"), readers: 4 }
     }
 }
 
@@ -259,6 +268,13 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err("storage.data_dir must not be empty".into());
         }
+        if self.storage.readers == 0 {
+            return Err("storage.readers must be at least 1".into());
+        }
+        self.ws.validate()?;
+        self.pipeline.validate()?;
+        self.delivery.validate()?;
+        self.search.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|error| format!("log.filter is not a valid filter: {error}"))?;
         Ok(())

@@ -7,6 +7,8 @@
 
 pub mod alerts;
 pub mod app;
+pub mod auth;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod crash;
@@ -15,6 +17,7 @@ pub mod logging;
 pub mod queue;
 pub mod resilience;
 pub mod rfc3339;
+pub mod storage;
 pub mod supervision;
 pub mod system_monitor;
 pub mod tasks;

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             let mut shown = config.clone();
-            for secret in [&mut shown.admin.token, &mut shown.alerts.slack_webhook_url, &mut shown.alerts.webhook_url] {
+            for secret in [
+                &mut shown.admin.token,
+                &mut shown.alerts.slack_webhook_url,
+                &mut shown.alerts.webhook_url,
+                &mut shown.auth.jwt_secret,
+            ] {
                 if !secret.is_empty() {
                     *secret = "<redacted>".into();
                 }
@@ -32,7 +37,28 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Token { user, ttl } => token(&config, &user, ttl),
         Command::Serve => serve(config),
+    }
+}
+
+fn token(config: &Config, user: &str, ttl: std::time::Duration) -> ExitCode {
+    if let Err(error) = rampart::auth::validate_user_id(user) {
+        eprintln!("rampart: --user: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let issued =
+        rampart::auth::Tokens::load(&config.auth, &config.storage.data_dir).and_then(|tokens| tokens.issue(user, ttl));
+    match issued {
+        Ok(token) => {
+            println!("# token for user {user}, valid for {}", humantime::format_duration(ttl));
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("rampart: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -51,7 +51,7 @@ where
     OwnedTask { name, handle }
 }
 
-fn task_panicked(name: &'static str, panic: &CapturedPanic) {
+pub(crate) fn task_panicked(name: &'static str, panic: &CapturedPanic) {
     metrics().panics.get_or_create(&SourceLabels::of(PanicSource::task)).inc();
     tracing::error!(
         task = name,

@@ -24,6 +24,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config.service(
         web::scope("/admin")
             .wrap(actix_web::middleware::from_fn(require_admin_token))
+            .route("/dead-letters", web::get().to(super::chat::list_dead_letters))
+            .route("/dead-letters/{id}/retry", web::post().to(super::chat::retry_dead_letter))
             .route("/actors", web::get().to(list_actors))
             .route("/journal", web::get().to(journal))
             .route("/quarantine", web::get().to(quarantine))
@@ -47,22 +49,31 @@ async fn require_admin_token(
     let Some(state) = state else {
         return Err(ApiError::Unavailable("application state missing".into()).into());
     };
-    let expected = state.config.admin.token.as_bytes();
+    check_admin_token(request.headers(), &state.config.admin.token)?;
+    next.call(request).await
+}
+
+/// `Ok` when the request carries the configured admin bearer token.
+pub(super) fn check_admin_token(headers: &header::HeaderMap, token: &str) -> Result<(), ApiError> {
+    let expected = token.as_bytes();
     if expected.is_empty() {
-        return Err(ApiError::AdminDisabled.into());
+        return Err(ApiError::AdminDisabled);
     }
-    let presented = request
-        .headers()
+    let presented = bearer_token(headers).unwrap_or("");
+    // Constant time in the token's content; a length mismatch is rejected by ct_eq too.
+    if !bool::from(presented.as_bytes().ct_eq(expected)) {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub(super) fn bearer_token(headers: &header::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
-        .unwrap_or("");
-    // Constant time in the token's content; a length mismatch is rejected by ct_eq too.
-    if !bool::from(presented.as_bytes().ct_eq(expected)) {
-        return Err(ApiError::Unauthorized.into());
-    }
-    next.call(request).await
 }
 
 fn actor_json(record: &ActorRecord) -> Value {

@@ -19,6 +19,17 @@ pub enum ApiError {
     AdminDisabled,
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// A message the pipeline refused; the code is the one WebSocket clients get.
+    #[error("{0}")]
+    Send(crate::chat::SendError),
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(error: crate::storage::StorageError) -> Self {
+        ApiError::Unavailable(error.to_string())
+    }
 }
 
 impl ApiError {
@@ -30,6 +41,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::AdminDisabled => "admin_disabled",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Send(error) => error.code(),
         }
     }
 }
@@ -42,6 +55,17 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::AdminDisabled | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Send(error) => {
+                use crate::chat::SendError;
+                match error {
+                    SendError::Invalid(_) => StatusCode::BAD_REQUEST,
+                    SendError::Forbidden => StatusCode::FORBIDDEN,
+                    SendError::UnknownSender(_) | SendError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    SendError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                    SendError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
         }
     }
 

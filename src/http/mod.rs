@@ -6,8 +6,10 @@
 
 mod admin;
 mod boundary;
+mod chat;
 mod error;
 mod health;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub circuit_breakers: Arc<CircuitBreakers>,
     /// Set by `app::run` the moment shutdown begins; `/ready` fails from then on.
     pub shutting_down: Arc<AtomicBool>,
+    /// The chat components (pipeline, delivery, sessions, stores).
+    pub chat: Arc<crate::chat::Chat>,
 }
 
 /// Binds the listener and returns the (not yet polled) server and the bound address.
@@ -56,6 +60,8 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .route("/health", web::get().to(health::live))
             .route("/ready", web::get().to(health::ready))
             .route("/metrics", web::get().to(metrics))
+            .route("/ws", web::get().to(ws::upgrade))
+            .configure(chat::routes)
             .configure(admin::routes)
             .default_service(web::to(not_found))
             // Outermost (registered last): sees every request, every error and every panic.

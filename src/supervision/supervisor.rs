@@ -234,8 +234,13 @@ impl Supervisor {
             (RestartType::Temporary, _) | (RestartType::Transient, FailureCause::Exit)
         );
         if !restart {
-            self.journal(&report, JournalDecision::Stop);
-            if slot.record.restart == RestartType::Temporary {
+            // Thousands of sessions end normally every minute: that is not journal material.
+            let routine_exit = self.group.dynamic && report.cause == FailureCause::Exit;
+            if !routine_exit {
+                self.journal(&report, JournalDecision::Stop);
+            }
+            // A dynamic child that ended for good leaves the tree, or sessions would pile up.
+            if slot.record.restart == RestartType::Temporary || self.group.dynamic {
                 self.group.remove_slot(&slot.record);
             }
             let _ = report.reply.send(Decision::Stop);

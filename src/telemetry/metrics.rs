@@ -21,6 +21,12 @@ use prometheus_client::registry::{Registry, Unit};
 /// Latency buckets for HTTP requests: 1 ms to 10 s.
 const HTTP_DURATION_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
+/// Batch sizes: 1 to 1000 messages.
+const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+/// Commit and ack latency: 0.5 ms to 5 s.
+const PIPELINE_DURATION_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
 /// Where a panic happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "label values are lowercase in the exposition")]
@@ -54,6 +60,11 @@ pub struct SinkLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -120,6 +131,28 @@ pub struct Metrics {
     pub threads: Gauge,
     pub live_actors: Gauge,
     pub mailbox_backlog: Gauge,
+    /// Messages acked to clients (durably committed), new ones only.
+    pub messages_stored: Counter,
+    /// Sends refused, by error code (`invalid`, `forbidden`, `unavailable`, ...).
+    pub messages_rejected: Family<ReasonLabels, Counter>,
+    /// Messages per committed batch.
+    pub batch_size: Histogram,
+    /// Time of one successful batch commit (the transaction, fsync included).
+    pub commit_duration: Histogram,
+    /// Failed commit attempts (each retried with backoff).
+    pub commit_failures: Counter,
+    /// Records moved to dead letters, by kind (`message`, `delivery`, `quarantine`).
+    pub dead_letters: Family<KindLabels, Counter>,
+    /// Messages pushed to connected clients (including redeliveries).
+    pub deliveries_pushed: Counter,
+    /// Deliveries the cleanup job moved back to pending.
+    pub deliveries_requeued: Counter,
+    /// Messages added to the search index, and indexing failures.
+    pub search_indexed: Counter,
+    pub search_index_failures: Counter,
+    /// Open WebSocket connections, and connections closed for falling behind.
+    pub ws_connections: Gauge,
+    pub ws_slow_clients: Counter,
 }
 
 impl Metrics {
@@ -144,6 +177,18 @@ impl Metrics {
             threads: Gauge::default(),
             live_actors: Gauge::default(),
             mailbox_backlog: Gauge::default(),
+            messages_stored: Counter::default(),
+            messages_rejected: Family::default(),
+            batch_size: Histogram::new(BATCH_SIZE_BUCKETS.iter().copied()),
+            commit_duration: Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied()),
+            commit_failures: Counter::default(),
+            dead_letters: Family::default(),
+            deliveries_pushed: Counter::default(),
+            deliveries_requeued: Counter::default(),
+            search_indexed: Counter::default(),
+            search_index_failures: Counter::default(),
+            ws_connections: Gauge::default(),
+            ws_slow_clients: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -208,6 +253,42 @@ impl Metrics {
             "Build information",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }),
         );
+        registry.register("messages_stored", "Messages durably committed and acked", metrics.messages_stored.clone());
+        registry.register("messages_rejected", "Sends refused, by error code", metrics.messages_rejected.clone());
+        registry.register("batch_size", "Messages per committed batch", metrics.batch_size.clone());
+        registry.register_with_unit(
+            "commit_duration",
+            "Time of one successful batch commit",
+            Unit::Seconds,
+            metrics.commit_duration.clone(),
+        );
+        registry.register("commit_failures", "Failed batch commit attempts", metrics.commit_failures.clone());
+        registry.register("dead_letters", "Records moved to dead letters, by kind", metrics.dead_letters.clone());
+        registry.register(
+            "deliveries_pushed",
+            "Messages pushed to connected clients",
+            metrics.deliveries_pushed.clone(),
+        );
+        registry.register(
+            "deliveries_requeued",
+            "Deliveries moved back to pending by the cleanup job",
+            metrics.deliveries_requeued.clone(),
+        );
+        registry.register("search_indexed", "Messages added to the search index", metrics.search_indexed.clone());
+        registry.register(
+            "search_index_failures",
+            "Failed indexing steps (retried on the next poll)",
+            metrics.search_index_failures.clone(),
+        );
+        registry.register("ws_connections", "Open WebSocket connections", metrics.ws_connections.clone());
+        registry.register(
+            "ws_slow_clients",
+            "WebSocket clients disconnected for falling behind",
+            metrics.ws_slow_clients.clone(),
+        );
+        for kind in ["message", "delivery", "quarantine"] {
+            drop(metrics.dead_letters.get_or_create(&KindLabels { kind: kind.into() }));
+        }
         for sink in ["log", "slack", "webhook"] {
             drop(metrics.alerts_sent.get_or_create(&SinkLabels { sink: sink.into() }));
         }

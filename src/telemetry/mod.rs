@@ -11,8 +11,8 @@ pub mod otel;
 use std::time::Duration;
 
 pub use metrics::{
-    metrics, ActorLabels, HttpLabels, HttpRouteLabels, Metrics, NameLabels, PanicSource, ReasonLabels, SinkLabels,
-    SourceLabels,
+    metrics, ActorLabels, HttpLabels, HttpRouteLabels, KindLabels, Metrics, NameLabels, PanicSource, ReasonLabels,
+    SinkLabels, SourceLabels,
 };
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
@@ -147,4 +147,9 @@ pub fn tracing_exported() -> bool {
     {
         false
     }
+}
+
+/// A record went to dead letters (`message`, `delivery` or `quarantine`).
+pub fn dead_lettered(kind: &str) {
+    metrics().dead_letters.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
 }

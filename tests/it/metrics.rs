@@ -23,11 +23,18 @@ async fn metrics_are_served_without_auth_with_every_series_from_start() {
         "rampart_panics_total{source=\"task\",route=\"\"} 0",
         "rampart_panics_total{source=\"thread\",route=\"\"} 0",
         "rampart_build_info{version=",
+        // The storage and search circuit breakers exist from start, closed.
+        "rampart_circuit_state{name=\"storage\"} 0",
+        "rampart_circuit_state{name=\"search\"} 0",
+        "rampart_messages_stored_total 0",
+        "rampart_dead_letters_total{kind=\"message\"} 0",
+        "rampart_ws_connections 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     // The system monitor samples at start: the gauges are real values, not placeholders.
-    assert!(text.contains("rampart_actors_live 5"), "{text}");
+    // /root, its four services, /root/chat and its seven children (sessions supervisor included).
+    assert!(text.contains("rampart_actors_live 13"), "{text}");
 }
 
 #[actix_rt::test]

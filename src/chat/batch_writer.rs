@@ -1,0 +1,321 @@
+//! `BatchWriter` (`/root/chat/batch_writer`): group commit of validated messages.
+//!
+//! Owns: closing batches (on `pipeline.batch_max_messages`, `batch_max_bytes` or
+//! `batch_max_delay`), committing each in one transaction with retries (exponential backoff, full
+//! jitter, a timeout per attempt), acking only after the commit returned, and handing new
+//! messages to delivery and the indexer.
+//!
+//! The `Ledger` holds every message between arrival and answer, outside the actor's state, so a
+//! restart loses none: the batch that was committing when the writer crashed is split in two and
+//! each half committed on its own (bisection), recursively, until a message that fails alone is
+//! moved to dead letters and its sender told `rejected`. Because ids are deterministic, a half
+//! whose first commit did land is reported as duplicates and acked with the original rows.
+//!
+//! Must never: ack a message that is not committed, or answer one twice.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use rand::Rng as _;
+
+use super::delivery::{Committed, DeliveryHub};
+use super::indexer::{Indexer, Poke};
+use super::{Ack, SendError, Submission, CHAOS_POISON_MARKER};
+use crate::chat::PipelineConfig;
+use crate::resilience::{CircuitBreaker, Outcome};
+use crate::storage::{ChatStore, CommitOutcome, DeadLetterKind, NewDeadLetter, NewMessage, StorageError};
+use crate::supervision::{ActorHandle, ActorRecord, BackoffPolicy, SupervisedMessage};
+
+/// Store this message (it passed validation); the reply goes through the submission.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Commit(pub Submission);
+
+impl SupervisedMessage for Commit {
+    fn key(&self) -> Option<String> {
+        Some(self.0.message.id.clone())
+    }
+}
+
+/// Start the next commit if none is running (sent to itself, untracked, so a panic while
+/// preparing a batch is never blamed on whichever message happened to fill it).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Kick;
+
+/// Messages between arrival and answer. Created once by `chat::start`, shared by every
+/// incarnation of the writer.
+#[derive(Clone)]
+pub struct Ledger {
+    state: Arc<Mutex<LedgerState>>,
+    /// The writer's registry record, for the reason of its last crash.
+    record: Arc<OnceLock<Arc<ActorRecord>>>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    /// The batch being filled.
+    open: Vec<Submission>,
+    open_bytes: usize,
+    /// The batch whose commit is in progress; still here after a crash.
+    committing: Option<Vec<Submission>>,
+    /// Halves of batches that failed, committed before anything new.
+    suspects: VecDeque<Vec<Submission>>,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self { state: Arc::default(), record: Arc::default() }
+    }
+
+    pub fn attach(&self, record: Arc<ActorRecord>) {
+        let _ = self.record.set(record);
+    }
+
+    fn last_failure(&self) -> String {
+        self.record
+            .get()
+            .and_then(|record| record.last_failure())
+            .map(|failure| failure.message)
+            .unwrap_or_else(|| "the batch writer failed".into())
+    }
+
+    fn idle(&self) -> bool {
+        let state = self.state.lock();
+        state.open.is_empty() && state.committing.is_none() && state.suspects.is_empty()
+    }
+}
+
+pub struct BatchWriter {
+    pub(super) store: ChatStore,
+    pub(super) config: PipelineConfig,
+    pub(super) breaker: Arc<CircuitBreaker>,
+    pub(super) delivery: ActorHandle<DeliveryHub>,
+    pub(super) indexer: ActorHandle<Indexer>,
+    pub(super) ledger: Ledger,
+    /// `chaos.enabled`: bodies containing `CHAOS_POISON_MARKER` make the commit job panic.
+    pub(super) chaos: bool,
+    /// Set when asked to stop: finish what the ledger holds, then stop.
+    pub(super) stopping: bool,
+}
+
+impl Actor for BatchWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let crashed = self.ledger.state.lock().committing.take();
+        if let Some(batch) = crashed {
+            let reason = self.ledger.last_failure();
+            tracing::warn!(messages = batch.len(), reason, "batch writer restarted mid-commit; bisecting that batch");
+            self.bisect(batch, reason, ctx);
+        }
+        self.kick(ctx);
+    }
+
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        if self.ledger.idle() {
+            return Running::Stop;
+        }
+        // Answer what was accepted before going: commit it (bounded by the shutdown timeout).
+        self.stopping = true;
+        self.kick(ctx);
+        Running::Continue
+    }
+}
+
+crate::supervised!(BatchWriter);
+
+impl Handler<Commit> for BatchWriter {
+    type Result = ();
+
+    fn handle(&mut self, Commit(submission): Commit, ctx: &mut Self::Context) {
+        let (full, first) = {
+            let mut state = self.ledger.state.lock();
+            state.open_bytes += submission.message.body.len();
+            state.open.push(submission);
+            (
+                state.open.len() >= self.config.batch_max_messages || state.open_bytes >= self.config.batch_max_bytes,
+                state.open.len() == 1,
+            )
+        };
+        if full {
+            ctx.notify(Kick);
+        } else if first {
+            ctx.run_later(self.config.batch_max_delay, |writer, ctx| writer.kick(ctx));
+        }
+    }
+}
+
+impl Handler<Kick> for BatchWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: Kick, ctx: &mut Self::Context) {
+        self.kick(ctx);
+    }
+}
+
+impl BatchWriter {
+    /// Starts committing the next batch (suspects first), unless a commit is running.
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        let messages: Vec<NewMessage> = {
+            let mut state = self.ledger.state.lock();
+            if state.committing.is_some() {
+                return;
+            }
+            let batch = match state.suspects.pop_front() {
+                Some(batch) => batch,
+                None if !state.open.is_empty() => {
+                    state.open_bytes = 0;
+                    std::mem::take(&mut state.open)
+                }
+                None => {
+                    drop(state);
+                    if self.stopping {
+                        ctx.stop();
+                    }
+                    return;
+                }
+            };
+            let messages = batch.iter().map(|submission| submission.message.clone()).collect();
+            state.committing = Some(batch);
+            messages
+        };
+        let attempt =
+            commit_with_retries(self.store.clone(), self.breaker.clone(), self.config.clone(), messages, self.chaos);
+        ctx.spawn(attempt.into_actor(self).map(|result, writer, ctx| writer.finish(result, ctx)));
+    }
+
+    fn finish(&mut self, result: Result<(Vec<CommitOutcome>, Duration), StorageError>, ctx: &mut Context<Self>) {
+        let batch = self.ledger.state.lock().committing.take().unwrap_or_default();
+        match result {
+            Ok((outcomes, took)) => {
+                let metrics = crate::telemetry::metrics();
+                metrics.batch_size.observe(batch.len() as f64);
+                metrics.commit_duration.observe(took.as_secs_f64());
+                let mut fresh = Vec::with_capacity(outcomes.len());
+                for (submission, outcome) in batch.into_iter().zip(outcomes) {
+                    let ack = Ack {
+                        client_msg_id: submission.message.client_msg_id.clone(),
+                        id: outcome.message.id.clone(),
+                        created_at: crate::storage::ms_to_rfc3339(outcome.message.created_at_ms),
+                    };
+                    submission.answer(Ok(ack));
+                    if !outcome.duplicate {
+                        fresh.push(Arc::new(outcome.message));
+                    }
+                }
+                metrics.messages_stored.inc_by(fresh.len() as u64);
+                if !fresh.is_empty() {
+                    // Delivery and indexing are best effort here: both recover from storage
+                    // (pending deliveries, the search watermark) if these are lost.
+                    if let Err(error) = self.delivery.try_send(Committed(fresh)) {
+                        tracing::warn!(%error, "delivery did not take committed messages; they stay pending");
+                    }
+                    let _ = self.indexer.try_send(Poke);
+                }
+            }
+            Err(StorageError::Panicked(reason)) => self.bisect(batch, reason, ctx),
+            Err(error) => {
+                tracing::error!(%error, messages = batch.len(), "batch not stored after all attempts");
+                for submission in batch {
+                    submission.answer(Err(SendError::Unavailable(error.to_string())));
+                }
+            }
+        }
+        self.kick(ctx);
+    }
+
+    /// Splits a failed batch in two suspects (committed next), or dead-letters a single message.
+    fn bisect(&mut self, mut batch: Vec<Submission>, reason: String, ctx: &mut Context<Self>) {
+        for submission in &mut batch {
+            submission.crashes += 1;
+        }
+        if batch.len() > 1 {
+            let second = batch.split_off(batch.len() / 2);
+            let mut state = self.ledger.state.lock();
+            state.suspects.push_front(second);
+            state.suspects.push_front(batch);
+            return;
+        }
+        let Some(submission) = batch.pop() else { return };
+        tracing::error!(id = %submission.message.id, reason, "poison message moved to dead letters");
+        let letter = NewDeadLetter {
+            kind: DeadLetterKind::Message,
+            reason: format!("storing it failed: {reason}"),
+            attempts: submission.crashes,
+            payload: serde_json::to_value(&submission.message).unwrap_or_default(),
+        };
+        let store = self.store.clone();
+        ctx.spawn(
+            async move {
+                match store.add_dead_letter(letter, crate::storage::now_ms()).await {
+                    Ok(_) => {
+                        crate::telemetry::dead_lettered("message");
+                        submission.answer(Err(SendError::Rejected(reason)));
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "could not record a dead letter");
+                        submission.answer(Err(SendError::Unavailable(error.to_string())));
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// One batch, attempted up to `max_attempts` times. A panic of the storage job is not retried:
+/// it is returned at once so the batch is bisected.
+async fn commit_with_retries(
+    store: ChatStore,
+    breaker: Arc<CircuitBreaker>,
+    config: PipelineConfig,
+    messages: Vec<NewMessage>,
+    chaos: bool,
+) -> Result<(Vec<CommitOutcome>, Duration), StorageError> {
+    let backoff = BackoffPolicy { base: config.retry_base, max: config.retry_max, reset_after: Duration::ZERO };
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = match breaker.try_acquire() {
+            Err(_) => Err(StorageError::CircuitOpen),
+            Ok(permit) => {
+                let started = Instant::now();
+                let inspect = move |message: &NewMessage| {
+                    if chaos && message.body.contains(CHAOS_POISON_MARKER) {
+                        panic!("chaos: poison message {} while writing its batch", message.id);
+                    }
+                };
+                let commit = store.commit_batch_inspected(messages.clone(), crate::storage::now_ms(), inspect);
+                let result = match tokio::time::timeout(config.storage_timeout, commit).await {
+                    Ok(result) => result,
+                    Err(_) => Err(StorageError::Timeout),
+                };
+                // A poison message says nothing about the database's health.
+                let outcome = match &result {
+                    Ok(_) | Err(StorageError::Panicked(_)) => Outcome::Success,
+                    Err(_) => Outcome::Failure,
+                };
+                breaker.record(permit, outcome);
+                result.map(|outcomes| (outcomes, started.elapsed()))
+            }
+        };
+        match result {
+            Ok(done) => return Ok(done),
+            Err(error @ StorageError::Panicked(_)) => return Err(error),
+            Err(error) => {
+                crate::telemetry::metrics().commit_failures.inc();
+                if attempt >= config.max_attempts {
+                    return Err(error);
+                }
+                let ceiling = backoff.ceiling(attempt + 1).max(config.retry_base);
+                let delay = rand::thread_rng().gen_range(Duration::ZERO..=ceiling);
+                tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "batch commit failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `Indexer` (`/root/chat/indexer`): feeds the search index from committed messages.
+//!
+//! Owns: nothing durable — progress is the watermark stored in the index itself, so after a
+//! crash or restart the indexer continues from the last indexed message. Poked after each
+//! commit and polling every `search.poll_interval`; one step at a time.
+//!
+//! Must never: slow down or fail ingestion. It reads committed messages from a reader
+//! connection and writes only to the search database; failures are logged, counted and
+//! retried on the next poll, behind the `search` circuit breaker.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::chat::SearchConfig;
+use crate::resilience::{CircuitBreaker, Outcome};
+use crate::storage::{ChatStore, SearchStore, StorageError};
+use crate::supervision::SupervisedMessage;
+
+/// New messages were committed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Poke;
+impl SupervisedMessage for Poke {}
+
+pub struct Indexer {
+    store: ChatStore,
+    search: SearchStore,
+    config: SearchConfig,
+    breaker: Arc<CircuitBreaker>,
+    running: bool,
+    /// Poked while running: run again right after.
+    again: bool,
+}
+
+impl Indexer {
+    pub fn new(store: ChatStore, search: SearchStore, config: SearchConfig, breaker: Arc<CircuitBreaker>) -> Self {
+        Self { store, search, config, breaker, running: false, again: false }
+    }
+
+    fn run(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            self.again = true;
+            return;
+        }
+        let Ok(permit) = self.breaker.try_acquire() else {
+            return; // open: the next poll tries again
+        };
+        self.running = true;
+        self.again = false;
+        let (store, search, batch) = (self.store.clone(), self.search.clone(), self.config.index_batch);
+        let catch_up = async move {
+            loop {
+                let watermark = search.watermark().await?;
+                let messages = store.messages_after(watermark, batch).await?;
+                let count = messages.len();
+                if count == 0 {
+                    return Ok::<_, StorageError>(());
+                }
+                search.index(messages).await?;
+                crate::telemetry::metrics().search_indexed.inc_by(count as u64);
+                if count < batch as usize {
+                    return Ok(());
+                }
+            }
+        };
+        ctx.spawn(catch_up.into_actor(self).map(move |result, indexer, ctx| {
+            indexer.running = false;
+            match result {
+                Ok(()) => indexer.breaker.record(permit, Outcome::Success),
+                Err(error) => {
+                    indexer.breaker.record(permit, Outcome::Failure);
+                    crate::telemetry::metrics().search_index_failures.inc();
+                    tracing::warn!(%error, "indexing failed; retrying on the next poll");
+                    return;
+                }
+            }
+            if indexer.again {
+                indexer.run(ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for Indexer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.run(ctx);
+        ctx.run_interval(self.config.poll_interval, |indexer, ctx| indexer.run(ctx));
+    }
+}
+
+crate::supervised!(Indexer);
+
+impl Handler<Poke> for Indexer {
+    type Result = ();
+
+    fn handle(&mut self, _: Poke, ctx: &mut Self::Context) {
+        self.run(ctx);
+    }
+}

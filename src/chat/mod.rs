@@ -1,0 +1,332 @@
+//! Chat on embedded storage: the ingest pipeline, delivery, search indexing and WebSocket sessions.
+//!
+//! Owns: the `/root/chat` subtree (see actors.md) and the runtime handles HTTP handlers use
+//! (`Chat`). The pipeline is session → validator → batch writer → storage; after each commit the
+//! batch writer pokes the indexer (search, asynchronous) and hands the new messages to delivery.
+//!
+//! Architecture Invariant: a client is told "ack" only after its message is committed (the
+//! batch writer replies after the transaction returned). Message ids are derived from
+//! (sender, client_msg_id), so every retry — by the client, by a restarted batch writer, by a
+//! dead-letter replay — lands on the same row.
+
+mod batch_writer;
+mod cleanup;
+mod config;
+mod dead_letters;
+mod delivery;
+mod directory;
+mod indexer;
+pub mod presence;
+pub mod protocol;
+pub mod session;
+mod validator;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+pub use batch_writer::BatchWriter;
+pub use cleanup::CleanupJob;
+pub use config::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
+pub use dead_letters::{DeadLetterSink, DeadLetterWriter, QUEUE_CAPACITY as DEAD_LETTER_QUEUE_CAPACITY};
+pub use delivery::{Attach, Confirm, DeliveryHub};
+pub use directory::Directory;
+pub use indexer::Indexer;
+pub use presence::Presence;
+pub use session::{Session, SessionDeps};
+pub use validator::{Validate, Validator};
+
+use crate::auth::Tokens;
+use crate::config::Config;
+use crate::resilience::{CircuitBreaker, CircuitBreakers};
+use crate::storage::{ChatStore, NewMessage, SearchStore};
+use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
+
+/// A message whose body contains this is a poison message while `chaos.enabled`: the batch
+/// writer panics on any batch holding it (tests and drills of the bisection path).
+pub const CHAOS_POISON_MARKER: &str = "\u{1F4A5}chaos:poison";
+
+/// The reply to a stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    pub client_msg_id: String,
+    pub id: String,
+    pub created_at: String,
+}
+
+/// Why a message was not stored. `code()` is what clients match on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not a member of this conversation (or it does not exist)")]
+    Forbidden,
+    #[error("sender {0} is not a user")]
+    UnknownSender(String),
+    #[error("too many messages; slow down")]
+    RateLimited,
+    #[error("not stored, try again: {0}")]
+    Unavailable(String),
+    #[error("the message could not be stored and was moved to dead letters: {0}")]
+    Rejected(String),
+}
+
+impl SendError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SendError::Invalid(_) => "invalid",
+            SendError::Forbidden => "forbidden",
+            SendError::UnknownSender(_) => "unknown_sender",
+            SendError::RateLimited => "rate_limited",
+            SendError::Unavailable(_) => "unavailable",
+            SendError::Rejected(_) => "rejected",
+        }
+    }
+}
+
+pub type AckResult = Result<Ack, SendError>;
+
+/// Who is told the outcome of a submission.
+pub enum Reply {
+    /// An HTTP request (or an operator's retry) awaiting the result.
+    Waiter(oneshot::Sender<AckResult>),
+    /// A WebSocket client: the `ack`/`error` frame goes straight to its connection, so a
+    /// restarted session does not lose acks of messages it had passed on.
+    Connection(Arc<presence::Connection>),
+}
+
+/// A message on its way through the pipeline, with whoever waits for its ack.
+pub struct Submission {
+    pub message: NewMessage,
+    /// Taken when answered. Dropped unanswered only when a stage loses it (process stopping,
+    /// full mailbox): an HTTP waiter then reports `unavailable`; a WebSocket client gets no
+    /// ack and sends again (resends are idempotent).
+    pub reply: Option<Reply>,
+    pub received: Instant,
+    /// Batch-writer failures this message was part of (bisection depth).
+    pub crashes: u32,
+}
+
+impl Submission {
+    pub fn new(message: NewMessage) -> (Self, oneshot::Receiver<AckResult>) {
+        let (reply, receiver) = oneshot::channel();
+        (Self::with_reply(message, Reply::Waiter(reply)), receiver)
+    }
+
+    pub fn with_reply(message: NewMessage, reply: Reply) -> Self {
+        Self { message, reply: Some(reply), received: Instant::now(), crashes: 0 }
+    }
+
+    pub fn answer(mut self, result: AckResult) {
+        if let Err(error) = &result {
+            crate::telemetry::metrics()
+                .messages_rejected
+                .get_or_create(&crate::telemetry::ReasonLabels { reason: error.code().to_owned() })
+                .inc();
+        }
+        match self.reply.take() {
+            Some(Reply::Waiter(reply)) => {
+                let _ = reply.send(result);
+            }
+            Some(Reply::Connection(connection)) => {
+                let frame = match &result {
+                    Ok(ack) => protocol::ServerFrame::Ack {
+                        client_msg_id: &ack.client_msg_id,
+                        id: &ack.id,
+                        created_at: &ack.created_at,
+                    }
+                    .to_json(),
+                    Err(error) => protocol::ServerFrame::Error {
+                        client_msg_id: Some(&self.message.client_msg_id),
+                        code: error.code(),
+                        message: &error.to_string(),
+                    }
+                    .to_json(),
+                };
+                connection.outbox.text(frame);
+            }
+            None => {}
+        }
+    }
+}
+
+impl std::fmt::Debug for Submission {
+    /// The payload a quarantine record keeps: the message as JSON, so it can be replayed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(&self.message).unwrap_or_default())
+    }
+}
+
+/// The id of the message `sender` sent as `client_msg_id`: the same pair always gives the same id.
+pub fn message_id(sender: &str, client_msg_id: &str) -> String {
+    /// Fixed namespace of rampart message ids (UUIDv5).
+    const NAMESPACE: uuid::Uuid = uuid::uuid!("0c5b2f4e-6d8a-4b7e-9a51-3f2e8d1c7a90");
+    // User ids cannot contain '\n', so the name is unambiguous.
+    uuid::Uuid::new_v5(&NAMESPACE, format!("{sender}\n{client_msg_id}").as_bytes()).to_string()
+}
+
+/// Handles to the chat components, for HTTP handlers and WebSocket sessions.
+pub struct Chat {
+    pub config: Arc<Config>,
+    pub store: ChatStore,
+    pub search: SearchStore,
+    pub tokens: Arc<Tokens>,
+    pub directory: Arc<Directory>,
+    pub presence: Arc<Presence>,
+    pub validator: ActorHandle<Validator>,
+    pub delivery: ActorHandle<DeliveryHub>,
+    pub batch_writer: ActorHandle<BatchWriter>,
+    pub sessions: SupervisorHandle,
+    pub session_deps: Arc<session::SessionDeps>,
+    pub search_breaker: Arc<CircuitBreaker>,
+}
+
+impl Chat {
+    /// Sends `message` through the pipeline and waits for its ack (or refusal).
+    pub async fn submit(&self, message: NewMessage) -> AckResult {
+        let (submission, receiver) = Submission::new(message);
+        if let Err(error) = self.validator.try_send(Validate(submission)) {
+            return Err(SendError::Unavailable(format!("pipeline busy: {error}")));
+        }
+        receiver.await.unwrap_or_else(|_| Err(SendError::Unavailable("the pipeline restarted; send again".into())))
+    }
+
+    /// Pushes `user`'s pending deliveries to their open connections.
+    pub fn redeliver(&self, user: String) {
+        if let Err(error) = self.delivery.try_send(delivery::Redeliver(vec![user])) {
+            tracing::warn!(%error, "delivery did not take a redelivery; it happens on reconnect");
+        }
+    }
+}
+
+/// Opens the databases and starts `/root/chat` with its children.
+pub fn start(
+    root: &SupervisorHandle,
+    config: &Arc<Config>,
+    breakers: &CircuitBreakers,
+    dead_letter_queue: &'static crate::queue::WakeQueue<crate::supervision::QuarantineRecord>,
+) -> anyhow::Result<Arc<Chat>> {
+    let data_dir = &config.storage.data_dir;
+    let store = ChatStore::open(data_dir, config.storage.readers).context("opening the chat database")?;
+    let search = SearchStore::open(data_dir, config.storage.readers.div_ceil(2)).context("opening the search index")?;
+    let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);
+    let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone());
+    let search_breaker = breakers.create("search", config.search.breaker.clone());
+    let directory = Directory::new(store.clone());
+    let presence = Presence::new();
+
+    let chat = root.spawn_supervisor(SupervisorSpec::new("chat")).context("starting /root/chat")?;
+
+    let writer_store = store.clone();
+    chat.spawn(ChildSpec::new("dead_letters", move || DeadLetterWriter::new(writer_store.clone(), dead_letter_queue)))
+        .context("starting the dead-letter writer")?;
+
+    let (index_store, index_search, index_config, index_breaker) =
+        (store.clone(), search.clone(), config.search.clone(), search_breaker.clone());
+    let indexer = chat
+        .spawn(ChildSpec::new("indexer", move || {
+            Indexer::new(index_store.clone(), index_search.clone(), index_config.clone(), index_breaker.clone())
+        }))
+        .context("starting the indexer")?;
+
+    let (delivery_store, delivery_directory, delivery_presence) = (store.clone(), directory.clone(), presence.clone());
+    let delivery = chat
+        .spawn(ChildSpec::new("delivery", move || {
+            DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone())
+        }))
+        .context("starting delivery")?;
+
+    let ledger = batch_writer::Ledger::new();
+    let (batch_store, batch_config, batch_delivery, batch_indexer, chaos) =
+        (store.clone(), config.pipeline.clone(), delivery.clone(), indexer.clone(), config.chaos.enabled);
+    let batch_ledger = ledger.clone();
+    let batch_writer = chat
+        .spawn(
+            ChildSpec::new("batch_writer", move || BatchWriter {
+                store: batch_store.clone(),
+                config: batch_config.clone(),
+                breaker: storage_breaker.clone(),
+                delivery: batch_delivery.clone(),
+                indexer: batch_indexer.clone(),
+                ledger: batch_ledger.clone(),
+                chaos,
+                stopping: false,
+            })
+            .mailbox_capacity(config.pipeline.queue_capacity),
+        )
+        .context("starting the batch writer")?;
+    ledger.attach(batch_writer.record().clone());
+
+    let (validator_store, validator_directory, validator_writer, validator_config) =
+        (store.clone(), directory.clone(), batch_writer.clone(), config.pipeline.clone());
+    let validator = chat
+        .spawn(
+            ChildSpec::new("validator", move || {
+                Validator::new(
+                    validator_store.clone(),
+                    validator_directory.clone(),
+                    validator_writer.clone(),
+                    validator_config.clone(),
+                )
+            })
+            .mailbox_capacity(config.pipeline.queue_capacity),
+        )
+        .context("starting the validator")?;
+
+    let (cleanup_store, cleanup_delivery, cleanup_config) = (store.clone(), delivery.clone(), config.delivery.clone());
+    chat.spawn(ChildSpec::new("cleanup", move || {
+        CleanupJob::new(cleanup_store.clone(), cleanup_delivery.clone(), cleanup_config.clone())
+    }))
+    .context("starting the cleanup job")?;
+
+    // Sessions come last so they stop first at shutdown (closing sockets with 1001 while the
+    // pipeline behind them still runs). A session that panics is restarted behind its open socket;
+    // a flood of such panics from one bad client must not restart the pipeline, hence the room.
+    let sessions = chat
+        .spawn_supervisor(
+            SupervisorSpec::new("sessions")
+                .dynamic()
+                .intensity(SESSIONS_MAX_RESTARTS, SESSIONS_RESTART_WINDOW)
+                .restart(RestartType::Permanent),
+        )
+        .context("starting the sessions supervisor")?;
+
+    let session_deps = Arc::new(session::SessionDeps {
+        validator: validator.clone(),
+        delivery: delivery.clone(),
+        config: config.ws.clone(),
+    });
+    Ok(Arc::new(Chat {
+        session_deps,
+        config: config.clone(),
+        store,
+        search,
+        tokens,
+        directory,
+        presence,
+        validator,
+        delivery,
+        batch_writer,
+        sessions,
+        search_breaker,
+    }))
+}
+
+/// Restart intensity of the sessions supervisor (session panics, all connections together).
+const SESSIONS_MAX_RESTARTS: u32 = 1000;
+const SESSIONS_RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::message_id;
+
+    #[test]
+    fn message_ids_are_deterministic_per_sender_and_client_id() {
+        assert_eq!(message_id("alice", "1"), message_id("alice", "1"));
+        assert_ne!(message_id("alice", "1"), message_id("bob", "1"));
+        assert_ne!(message_id("alice", "1"), message_id("alice", "2"));
+    }
+}

@@ -1,0 +1,208 @@
+//! WebSocket protocol v1: the JSON text frames clients and the server exchange on `/ws`.
+//!
+//! Owns: frame shapes, their validation, and the error codes clients can match on. Parsing
+//! never panics; every rejection names the field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::StoredMessage;
+
+/// Longest `client_msg_id`.
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+/// Largest message body, in bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest conversation id accepted in a frame (ids rampart issues are 36 characters).
+pub const MAX_CONVERSATION_ID_CHARS: usize = 128;
+
+/// What a client may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Send { conversation: String, client_msg_id: String, body: String },
+    Delivered { id: String },
+    Ping,
+}
+
+/// Why a frame was refused. `code` is the stable part clients match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: &'static str,
+    pub message: String,
+    /// Echoed back when the frame had one, so the client knows which send failed.
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), client_msg_id: None }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    conversation: Option<serde_json::Value>,
+    client_msg_id: Option<serde_json::Value>,
+    body: Option<serde_json::Value>,
+    id: Option<serde_json::Value>,
+}
+
+/// Parses and validates one text frame.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let raw: RawFrame = serde_json::from_str(text)
+        .map_err(|error| FrameError::new("invalid_json", format!("frame is not a JSON object: {error}")))?;
+    let kind = match &raw.kind {
+        Some(serde_json::Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err(FrameError::new("invalid", "field `type` must be a string")),
+        None => return Err(FrameError::new("invalid", "field `type` is missing")),
+    };
+    match kind {
+        "send" => {
+            let client_msg_id = string_field(&raw.client_msg_id, "client_msg_id")?;
+            let with_id = |mut error: FrameError| {
+                error.client_msg_id = Some(client_msg_id.clone());
+                error
+            };
+            validate_client_msg_id(&client_msg_id).map_err(|message| FrameError::new("invalid", message))?;
+            let conversation = string_field(&raw.conversation, "conversation").map_err(with_id)?;
+            if conversation.is_empty() || conversation.chars().count() > MAX_CONVERSATION_ID_CHARS {
+                return Err(with_id(FrameError::new(
+                    "invalid",
+                    format!("field `conversation` must be 1 to {MAX_CONVERSATION_ID_CHARS} characters"),
+                )));
+            }
+            let body = string_field(&raw.body, "body").map_err(with_id)?;
+            validate_body(&body).map_err(|(code, message)| with_id(FrameError::new(code, message)))?;
+            Ok(ClientFrame::Send { conversation, client_msg_id, body })
+        }
+        "delivered" => {
+            let id = string_field(&raw.id, "id")?;
+            if id.is_empty() || id.len() > 64 {
+                return Err(FrameError::new("invalid", "field `id` must be a message id"));
+            }
+            Ok(ClientFrame::Delivered { id })
+        }
+        "ping" => Ok(ClientFrame::Ping),
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(FrameError::new(
+                "unknown_type",
+                format!("unknown frame type `{shown}`; expected send, delivered or ping"),
+            ))
+        }
+    }
+}
+
+/// 1 to 64 characters.
+pub fn validate_client_msg_id(id: &str) -> Result<(), String> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_CLIENT_MSG_ID_CHARS {
+        return Err(format!("field `client_msg_id` must be 1 to {MAX_CLIENT_MSG_ID_CHARS} characters"));
+    }
+    Ok(())
+}
+
+/// 1 to 16384 bytes; the error carries its code (`invalid` or `too_large`).
+pub fn validate_body(body: &str) -> Result<(), (&'static str, String)> {
+    if body.is_empty() {
+        return Err(("invalid", "field `body` must not be empty".into()));
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err(("too_large", format!("field `body` is {} bytes; the limit is {MAX_BODY_BYTES}", body.len())));
+    }
+    Ok(())
+}
+
+fn string_field(value: &Option<serde_json::Value>, name: &str) -> Result<String, FrameError> {
+    match value {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(_) => Err(FrameError::new("invalid", format!("field `{name}` must be a string"))),
+        None => Err(FrameError::new("invalid", format!("field `{name}` is missing"))),
+    }
+}
+
+/// What the server sends.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Ack {
+        client_msg_id: &'a str,
+        id: &'a str,
+        created_at: &'a str,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<&'a str>,
+        code: &'a str,
+        message: &'a str,
+    },
+    Message {
+        id: &'a str,
+        conversation: &'a str,
+        sender: &'a str,
+        body: &'a str,
+        created_at: &'a str,
+    },
+    Pong,
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail; an empty object would be a bug, not a crash.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// The `message` frame of a stored message.
+pub fn message_frame(message: &StoredMessage) -> String {
+    let created_at = crate::storage::ms_to_rfc3339(message.created_at_ms);
+    ServerFrame::Message {
+        id: &message.id,
+        conversation: &message.conversation,
+        sender: &message.sender,
+        body: &message.body,
+        created_at: &created_at,
+    }
+    .to_json()
+}
+
+pub fn error_frame(error: &FrameError) -> String {
+    ServerFrame::Error { client_msg_id: error.client_msg_id.as_deref(), code: error.code, message: &error.message }
+        .to_json()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_frames() {
+        assert_eq!(
+            parse(r#"{"type":"send","conversation":"c","client_msg_id":"1","body":"hi"}"#).unwrap(),
+            ClientFrame::Send { conversation: "c".into(), client_msg_id: "1".into(), body: "hi".into() }
+        );
+        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert_eq!(parse(r#"{"type":"delivered","id":"x"}"#).unwrap(), ClientFrame::Delivered { id: "x".into() });
+    }
+
+    #[test]
+    fn rejections_carry_specific_codes() {
+        let code = |text: &str| parse(text).unwrap_err().code;
+        assert_eq!(code("not json"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_json");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");
+        assert_eq!(code(r#"{"body":"x"}"#), "invalid");
+        assert_eq!(code(r#"{"type":"send","conversation":"c","body":"x"}"#), "invalid");
+        assert_eq!(code(r#"{"type":"send","conversation":"c","client_msg_id":"1","body":""}"#), "invalid");
+        let long_id = "x".repeat(65);
+        assert_eq!(
+            code(&format!(r#"{{"type":"send","conversation":"c","client_msg_id":"{long_id}","body":"x"}}"#)),
+            "invalid"
+        );
+        let big = "x".repeat(MAX_BODY_BYTES + 1);
+        let error =
+            parse(&format!(r#"{{"type":"send","conversation":"c","client_msg_id":"7","body":"{big}"}}"#)).unwrap_err();
+        assert_eq!((error.code, error.client_msg_id.as_deref()), ("too_large", Some("7")));
+        assert_eq!(code(r#"{"type":"send","conversation":5,"client_msg_id":"1","body":"x"}"#), "invalid");
+    }
+}

@@ -1,0 +1,672 @@
+//! `ChatStore`: users, conversations, messages, per-recipient deliveries and dead letters in
+//! `<data_dir>/rampart.db`.
+//!
+//! Owns: the chat schema and every statement on it. Message ids are derived by the caller from
+//! (sender, client_msg_id), and `messages.id` is unique, so committing a batch twice stores each
+//! message once: the second commit reports the original row as a duplicate.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::{Db, StorageError};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the chat schema.
+    "CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE members (
+        conversation TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (conversation, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members (user, conversation);
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        conversation TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        client_msg_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation, seq);
+    -- state: 0 pending, 1 in_flight (claimed_at set), 2 delivered, 3 dead-lettered.
+    CREATE TABLE deliveries (
+        recipient TEXT NOT NULL,
+        message_seq INTEGER NOT NULL,
+        state INTEGER NOT NULL DEFAULT 0,
+        claimed_at INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (recipient, message_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_in_flight ON deliveries (claimed_at) WHERE state = 1;
+    CREATE TABLE dead_letters (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+/// A message ready to commit. `id` is deterministic per (sender, client_msg_id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: String,
+    pub conversation: String,
+    pub sender: String,
+    pub client_msg_id: String,
+    pub body: String,
+}
+
+/// A committed message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Commit order; history pages and the search watermark use it.
+    pub seq: i64,
+    pub id: String,
+    pub conversation: String,
+    pub sender: String,
+    pub client_msg_id: String,
+    pub body: String,
+    pub created_at_ms: i64,
+}
+
+/// What committing one message of a batch did.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome {
+    pub message: StoredMessage,
+    /// The id was already stored (a retried batch or a resent message): nothing new was written
+    /// and `message` is the original.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterKind {
+    /// A message that could not be stored (poison, unknown sender). Payload: a `NewMessage`.
+    Message,
+    /// A delivery that exhausted its attempts. Payload: `{"recipient", "message_id"}`.
+    Delivery,
+    /// A message quarantined by the supervision layer. Payload: its debug text.
+    Quarantine,
+}
+
+impl DeadLetterKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Message => "message",
+            DeadLetterKind::Delivery => "delivery",
+            DeadLetterKind::Quarantine => "quarantine",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "message" => DeadLetterKind::Message,
+            "delivery" => DeadLetterKind::Delivery,
+            _ => DeadLetterKind::Quarantine,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub kind: DeadLetterKind,
+    pub reason: String,
+    pub attempts: u32,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub kind: DeadLetterKind,
+    pub reason: String,
+    pub attempts: u32,
+    pub payload: serde_json::Value,
+    #[serde(skip)]
+    pub at_ms: i64,
+}
+
+/// What one cleanup pass did.
+#[derive(Debug, Clone, Default)]
+pub struct RequeueReport {
+    /// Recipients with records moved back to pending (to push again if online).
+    pub requeued: Vec<String>,
+    /// Records moved to dead letters after `max_attempts`.
+    pub dead_lettered: usize,
+    /// Records the pass looked at (equal to the batch size: more may be waiting).
+    pub examined: usize,
+}
+
+/// The chat database. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatStore {
+    db: Db,
+}
+
+impl ChatStore {
+    pub fn open(data_dir: &Path, readers: usize) -> Result<Self, StorageError> {
+        Ok(Self { db: Db::open("storage", &data_dir.join("rampart.db"), MIGRATIONS, readers)? })
+    }
+
+    /// `true` when created, `false` when the id is taken.
+    pub async fn create_user(&self, id: String, display_name: String, now_ms: i64) -> Result<bool, StorageError> {
+        self.db
+            .write(move |connection| {
+                let inserted = connection.execute(
+                    "INSERT INTO users (id, display_name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![id, display_name, now_ms],
+                )?;
+                Ok(inserted == 1)
+            })
+            .await
+    }
+
+    pub async fn user_exists(&self, id: String) -> Result<bool, StorageError> {
+        self.db.read(move |connection| Ok(exists(connection, "SELECT 1 FROM users WHERE id = ?1", &id)?)).await
+    }
+
+    /// Creates a conversation; `Err(unknown)` lists members that are not users.
+    pub async fn create_conversation(
+        &self,
+        id: String,
+        title: String,
+        created_by: String,
+        members: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Result<(), Vec<String>>, StorageError> {
+        self.db
+            .write(move |connection| {
+                let transaction = connection.transaction()?;
+                let mut unknown = Vec::new();
+                for member in &members {
+                    if !exists(&transaction, "SELECT 1 FROM users WHERE id = ?1", member)? {
+                        unknown.push(member.clone());
+                    }
+                }
+                if !unknown.is_empty() {
+                    return Ok(Err(unknown));
+                }
+                transaction.execute(
+                    "INSERT INTO conversations (id, title, created_by, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, title, created_by, now_ms],
+                )?;
+                for member in &members {
+                    transaction.execute(
+                        "INSERT OR IGNORE INTO members (conversation, user) VALUES (?1, ?2)",
+                        params![id, member],
+                    )?;
+                }
+                transaction.commit()?;
+                Ok(Ok(()))
+            })
+            .await
+    }
+
+    /// The members of a conversation, or `None` when it does not exist.
+    pub async fn members(&self, conversation: String) -> Result<Option<Vec<String>>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement =
+                    connection.prepare_cached("SELECT user FROM members WHERE conversation = ?1 ORDER BY user")?;
+                let members: Vec<String> =
+                    statement.query_map([&conversation], |row| row.get(0))?.collect::<Result<_, _>>()?;
+                Ok((!members.is_empty()).then_some(members))
+            })
+            .await
+    }
+
+    /// Every conversation `user` is a member of.
+    pub async fn conversations_of(&self, user: String) -> Result<Vec<String>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached("SELECT conversation FROM members WHERE user = ?1")?;
+                let conversations = statement.query_map([&user], |row| row.get(0))?.collect::<Result<_, _>>()?;
+                Ok(conversations)
+            })
+            .await
+    }
+
+    /// Commits a batch in one transaction. Every message gets an outcome, in batch order; the
+    /// deliveries of new messages (one per member other than the sender) are written with them.
+    pub async fn commit_batch(&self, batch: Vec<NewMessage>, now_ms: i64) -> Result<Vec<CommitOutcome>, StorageError> {
+        self.commit_batch_inspected(batch, now_ms, |_| {}).await
+    }
+
+    /// `commit_batch`, calling `inspect` on each message inside the job just before it is written
+    /// (a panic there aborts the transaction and comes back as `StorageError::Panicked`).
+    pub async fn commit_batch_inspected(
+        &self,
+        batch: Vec<NewMessage>,
+        now_ms: i64,
+        inspect: impl Fn(&NewMessage) + Send + 'static,
+    ) -> Result<Vec<CommitOutcome>, StorageError> {
+        self.db
+            .write(move |connection| {
+                let transaction = connection.transaction()?;
+                let outcomes = commit_in(&transaction, &batch, now_ms, &inspect)?;
+                transaction.commit()?;
+                Ok(outcomes)
+            })
+            .await
+    }
+
+    /// Committed message by id (the original of a duplicate).
+    pub async fn message(&self, id: String) -> Result<Option<StoredMessage>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!("{SELECT_MESSAGE} WHERE id = ?1"))?;
+                Ok(statement.query_row([&id], stored_message).optional()?)
+            })
+            .await
+    }
+
+    /// Newest first: up to `limit` messages of `conversation` older than message `before`.
+    /// `Ok(None)` when `before` is not a message of this conversation.
+    pub async fn history(
+        &self,
+        conversation: String,
+        before: Option<String>,
+        limit: u32,
+    ) -> Result<Option<Vec<StoredMessage>>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let before_seq = match before {
+                    None => i64::MAX,
+                    Some(before) => {
+                        let seq = connection
+                            .prepare_cached("SELECT seq FROM messages WHERE id = ?1 AND conversation = ?2")?
+                            .query_row([&before, &conversation], |row| row.get::<_, i64>(0))
+                            .optional()?;
+                        match seq {
+                            Some(seq) => seq,
+                            None => return Ok(None),
+                        }
+                    }
+                };
+                let mut statement = connection.prepare_cached(&format!(
+                    "{SELECT_MESSAGE} WHERE conversation = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                ))?;
+                let messages = statement
+                    .query_map(params![conversation, before_seq, limit], stored_message)?
+                    .collect::<Result<_, _>>()?;
+                Ok(Some(messages))
+            })
+            .await
+    }
+
+    /// Messages committed after `seq`, oldest first (the search indexer's feed).
+    pub async fn messages_after(&self, seq: i64, limit: u32) -> Result<Vec<StoredMessage>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement =
+                    connection.prepare_cached(&format!("{SELECT_MESSAGE} WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+                let messages = statement.query_map(params![seq, limit], stored_message)?.collect::<Result<_, _>>()?;
+                Ok(messages)
+            })
+            .await
+    }
+
+    /// Undelivered messages for `recipient` after `after_seq`, in commit order: pending ones, and
+    /// with `include_in_flight` also those pushed to a connection but never confirmed (what a
+    /// reconnecting client must get again).
+    pub async fn undelivered(
+        &self,
+        recipient: String,
+        after_seq: i64,
+        limit: u32,
+        include_in_flight: bool,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT m.seq, m.id, m.conversation, m.sender, m.client_msg_id, m.body, m.created_at
+                     FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+                     WHERE d.recipient = ?1 AND d.state IN (0, ?4) AND d.message_seq > ?2
+                     ORDER BY d.message_seq LIMIT ?3",
+                )?;
+                let highest_state = if include_in_flight { 1 } else { 0 };
+                let messages = statement
+                    .query_map(params![recipient, after_seq, limit, highest_state], stored_message)?
+                    .collect::<Result<_, _>>()?;
+                Ok(messages)
+            })
+            .await
+    }
+
+    /// Marks deliveries pushed to a connection: in_flight, claimed now.
+    pub async fn mark_in_flight(&self, claims: Vec<(String, i64)>, now_ms: i64) -> Result<(), StorageError> {
+        self.db
+            .write(move |connection| {
+                let transaction = connection.transaction()?;
+                {
+                    let mut statement = transaction.prepare_cached(
+                        "UPDATE deliveries SET state = 1, claimed_at = ?3
+                         WHERE recipient = ?1 AND message_seq = ?2 AND state IN (0, 1)",
+                    )?;
+                    for (recipient, seq) in &claims {
+                        statement.execute(params![recipient, seq, now_ms])?;
+                    }
+                }
+                transaction.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Marks deliveries confirmed by their recipient. Ids that are not the recipient's are ignored.
+    pub async fn mark_delivered(&self, confirmations: Vec<(String, String)>) -> Result<(), StorageError> {
+        self.db
+            .write(move |connection| {
+                let transaction = connection.transaction()?;
+                {
+                    let mut statement = transaction.prepare_cached(
+                        "UPDATE deliveries SET state = 2
+                         WHERE recipient = ?1 AND message_seq = (SELECT seq FROM messages WHERE id = ?2)
+                           AND state IN (0, 1)",
+                    )?;
+                    for (recipient, id) in &confirmations {
+                        statement.execute(params![recipient, id])?;
+                    }
+                }
+                transaction.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// One cleanup pass: up to `limit` deliveries in flight since before `stale_before_ms` go
+    /// back to pending with one more attempt, or to dead letters once `max_attempts` is reached.
+    /// `examine` runs per record; a panic in it dead-letters that record alone.
+    pub async fn requeue_stale(
+        &self,
+        stale_before_ms: i64,
+        max_attempts: u32,
+        limit: u32,
+        now_ms: i64,
+        examine: impl Fn(&str, i64) + Send + 'static,
+    ) -> Result<RequeueReport, StorageError> {
+        self.db
+            .write(move |connection| {
+                let transaction = connection.transaction()?;
+                let stale: Vec<(String, i64, String, u32)> = {
+                    let mut statement = transaction.prepare_cached(
+                        "SELECT d.recipient, d.message_seq, m.id, d.attempts
+                         FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+                         WHERE d.state = 1 AND d.claimed_at < ?1 ORDER BY d.claimed_at LIMIT ?2",
+                    )?;
+                    let rows = statement
+                        .query_map(params![stale_before_ms, limit], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                        })?
+                        .collect::<Result<_, _>>()?;
+                    rows
+                };
+                let mut report = RequeueReport { examined: stale.len(), ..RequeueReport::default() };
+                for (recipient, seq, message_id, attempts) in stale {
+                    let attempts = attempts + 1;
+                    let examined = crate::supervision::contain(|| examine(&recipient, seq));
+                    let reason = match examined {
+                        Err(panic) => Some(format!("cleanup panicked on this record: {}", panic.message)),
+                        Ok(()) if attempts >= max_attempts => {
+                            Some(format!("not confirmed after {attempts} delivery attempts"))
+                        }
+                        Ok(()) => None,
+                    };
+                    match reason {
+                        Some(reason) => {
+                            transaction.execute(
+                                "UPDATE deliveries SET state = 3, attempts = ?3 WHERE recipient = ?1 AND message_seq = ?2",
+                                params![recipient, seq, attempts],
+                            )?;
+                            let payload = serde_json::json!({"recipient": recipient, "message_id": message_id});
+                            insert_dead_letter(
+                                &transaction,
+                                &NewDeadLetter { kind: DeadLetterKind::Delivery, reason, attempts, payload },
+                                now_ms,
+                            )?;
+                            report.dead_lettered += 1;
+                        }
+                        None => {
+                            transaction.execute(
+                                "UPDATE deliveries SET state = 0, claimed_at = NULL, attempts = ?3
+                                 WHERE recipient = ?1 AND message_seq = ?2",
+                                params![recipient, seq, attempts],
+                            )?;
+                            if !report.requeued.contains(&recipient) {
+                                report.requeued.push(recipient);
+                            }
+                        }
+                    }
+                }
+                transaction.commit()?;
+                Ok(report)
+            })
+            .await
+    }
+
+    /// Puts a dead-lettered delivery back to pending with a fresh attempt count.
+    pub async fn requeue_delivery(&self, recipient: String, message_id: String) -> Result<bool, StorageError> {
+        self.db
+            .write(move |connection| {
+                let changed = connection.execute(
+                    "UPDATE deliveries SET state = 0, claimed_at = NULL, attempts = 0
+                     WHERE recipient = ?1 AND message_seq = (SELECT seq FROM messages WHERE id = ?2)",
+                    params![recipient, message_id],
+                )?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    pub async fn add_dead_letter(&self, letter: NewDeadLetter, now_ms: i64) -> Result<String, StorageError> {
+        self.db.write(move |connection| insert_dead_letter(connection, &letter, now_ms)).await
+    }
+
+    /// Newest first.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement =
+                    connection.prepare_cached(&format!("{SELECT_DEAD_LETTER} ORDER BY at DESC, id DESC LIMIT ?1"))?;
+                let letters = statement.query_map([limit], dead_letter)?.collect::<Result<_, _>>()?;
+                Ok(letters)
+            })
+            .await
+    }
+
+    pub async fn dead_letter(&self, id: String) -> Result<Option<DeadLetter>, StorageError> {
+        self.db
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!("{SELECT_DEAD_LETTER} WHERE id = ?1"))?;
+                Ok(statement.query_row([&id], dead_letter).optional()?)
+            })
+            .await
+    }
+
+    pub async fn remove_dead_letter(&self, id: String) -> Result<bool, StorageError> {
+        self.db
+            .write(move |connection| Ok(connection.execute("DELETE FROM dead_letters WHERE id = ?1", [&id])? == 1))
+            .await
+    }
+}
+
+const SELECT_MESSAGE: &str = "SELECT seq, id, conversation, sender, client_msg_id, body, created_at FROM messages";
+const SELECT_DEAD_LETTER: &str = "SELECT id, kind, reason, attempts, payload, at FROM dead_letters";
+
+fn commit_in(
+    transaction: &Transaction<'_>,
+    batch: &[NewMessage],
+    now_ms: i64,
+    inspect: &dyn Fn(&NewMessage),
+) -> Result<Vec<CommitOutcome>, StorageError> {
+    let mut insert = transaction.prepare_cached(
+        "INSERT INTO messages (id, conversation, sender, client_msg_id, body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+    )?;
+    let mut deliveries = transaction.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries (recipient, message_seq, state)
+         SELECT user, ?1, 0 FROM members WHERE conversation = ?2 AND user <> ?3",
+    )?;
+    let mut original = transaction.prepare_cached(&format!("{SELECT_MESSAGE} WHERE id = ?1"))?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for message in batch {
+        inspect(message);
+        let inserted = insert.execute(params![
+            message.id,
+            message.conversation,
+            message.sender,
+            message.client_msg_id,
+            message.body,
+            now_ms
+        ])?;
+        if inserted == 1 {
+            let seq = transaction.last_insert_rowid();
+            deliveries.execute(params![seq, message.conversation, message.sender])?;
+            outcomes.push(CommitOutcome {
+                message: StoredMessage {
+                    seq,
+                    id: message.id.clone(),
+                    conversation: message.conversation.clone(),
+                    sender: message.sender.clone(),
+                    client_msg_id: message.client_msg_id.clone(),
+                    body: message.body.clone(),
+                    created_at_ms: now_ms,
+                },
+                duplicate: false,
+            });
+        } else {
+            let stored = original.query_row([&message.id], stored_message)?;
+            outcomes.push(CommitOutcome { message: stored, duplicate: true });
+        }
+    }
+    Ok(outcomes)
+}
+
+fn insert_dead_letter(connection: &Connection, letter: &NewDeadLetter, now_ms: i64) -> Result<String, StorageError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    connection.execute(
+        "INSERT INTO dead_letters (id, kind, reason, attempts, payload, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, letter.kind.as_str(), letter.reason, letter.attempts, letter.payload.to_string(), now_ms],
+    )?;
+    Ok(id)
+}
+
+fn exists(connection: &Connection, sql: &str, key: &str) -> rusqlite::Result<bool> {
+    connection.prepare_cached(sql)?.exists([key])
+}
+
+fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        conversation: row.get(2)?,
+        sender: row.get(3)?,
+        client_msg_id: row.get(4)?,
+        body: row.get(5)?,
+        created_at_ms: row.get(6)?,
+    })
+}
+
+fn dead_letter(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let kind: String = row.get(1)?;
+    let payload: String = row.get(4)?;
+    Ok(DeadLetter {
+        id: row.get(0)?,
+        kind: DeadLetterKind::parse(&kind),
+        reason: row.get(2)?,
+        attempts: row.get(3)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        at_ms: row.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(sender: &str, client_msg_id: &str, conversation: &str) -> NewMessage {
+        NewMessage {
+            id: format!("{sender}/{client_msg_id}"),
+            conversation: conversation.into(),
+            sender: sender.into(),
+            client_msg_id: client_msg_id.into(),
+            body: format!("hello from {sender}"),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_recommitted_batch_stores_each_message_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::open(dir.path(), 1).unwrap();
+        for user in ["alice", "bob"] {
+            assert!(store.create_user(user.into(), user.into(), 1).await.unwrap());
+        }
+        store
+            .create_conversation("c".into(), "t".into(), "alice".into(), vec!["alice".into(), "bob".into()], 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let batch = vec![message("alice", "1", "c"), message("alice", "2", "c")];
+        let first = store.commit_batch(batch.clone(), 10).await.unwrap();
+        assert!(first.iter().all(|outcome| !outcome.duplicate));
+        let second = store.commit_batch(batch, 20).await.unwrap();
+        assert!(second.iter().all(|outcome| outcome.duplicate));
+        assert_eq!(second[0].message.created_at_ms, 10, "the original is reported");
+        let history = store.history("c".into(), None, 10).await.unwrap().unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].client_msg_id, "2", "newest first");
+        // One delivery per recipient other than the sender.
+        assert_eq!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().len(), 2);
+        assert!(store.undelivered("alice".into(), 0, 10, true).await.unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn stale_deliveries_are_requeued_then_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::open(dir.path(), 1).unwrap();
+        for user in ["alice", "bob"] {
+            store.create_user(user.into(), user.into(), 1).await.unwrap();
+        }
+        store
+            .create_conversation("c".into(), "t".into(), "alice".into(), vec!["alice".into(), "bob".into()], 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let committed = store.commit_batch(vec![message("alice", "1", "c")], 10).await.unwrap();
+        let seq = committed[0].message.seq;
+        store.mark_in_flight(vec![("bob".into(), seq)], 100).await.unwrap();
+        let report = store.requeue_stale(200, 2, 10, 300, |_, _| {}).await.unwrap();
+        assert_eq!(report.requeued, vec!["bob".to_owned()]);
+        store.mark_in_flight(vec![("bob".into(), seq)], 400).await.unwrap();
+        let report = store.requeue_stale(500, 2, 10, 600, |_, _| {}).await.unwrap();
+        assert_eq!(report.dead_lettered, 1, "second attempt reaches max_attempts = 2");
+        let letters = store.dead_letters(10).await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].kind, DeadLetterKind::Delivery);
+        assert!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_job_leaves_the_thread_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::open(dir.path(), 1).unwrap();
+        let outcome: Result<(), StorageError> = store.db.write(|_| panic!("boom in a storage job")).await;
+        assert!(matches!(outcome, Err(StorageError::Panicked(message)) if message.contains("boom")));
+        assert!(store.create_user("carol".into(), "Carol".into(), 1).await.unwrap());
+    }
+}
