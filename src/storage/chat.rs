@@ -180,7 +180,9 @@ impl ChatStore {
         self.db.read(move |connection| Ok(exists(connection, "SELECT 1 FROM users WHERE id = ?1", &id)?)).await
     }
 
-    /// Creates a conversation; `Err(unknown)` lists members that are not users.
+    /// Creates a conversation; `Err(unknown)` lists members that are not users. The creator is
+    /// not checked: their identity comes from a signed token, and their user record may be
+    /// provisioned a moment later (see `pipeline.unknown_sender_wait`).
     pub async fn create_conversation(
         &self,
         id: String,
@@ -193,7 +195,7 @@ impl ChatStore {
             .write(move |connection| {
                 let transaction = connection.transaction()?;
                 let mut unknown = Vec::new();
-                for member in &members {
+                for member in members.iter().filter(|member| **member != created_by) {
                     if !exists(&transaction, "SELECT 1 FROM users WHERE id = ?1", member)? {
                         unknown.push(member.clone());
                     }

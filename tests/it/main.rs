@@ -2,6 +2,8 @@
 
 mod admin_api;
 mod alerts;
+mod chat;
+mod chat_client;
 mod crashes;
 mod deployment;
 mod http_boundary;

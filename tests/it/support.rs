@@ -37,7 +37,7 @@ pub struct RampartProcess {
     output: Arc<Mutex<String>>,
     /// stdout while a test deliberately leaves it unread (a stalled pipe).
     held_stdout: Option<std::process::ChildStdout>,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 /// What the test does with the server's stdout.
@@ -88,7 +88,21 @@ impl RampartProcess {
 
     pub fn start_with(env: &[(&str, &str)], stdout: Stdout) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut child = rampart_command(data_dir.path(), env, &[]).spawn().expect("spawn rampart");
+        Self::start_in(data_dir.path().to_owned(), Some(data_dir), env, stdout)
+    }
+
+    /// Starts on an existing data directory (restart scenarios); the caller keeps it alive.
+    pub fn start_on(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        Self::start_in(data_dir.to_owned(), None, env, Stdout::Collect)
+    }
+
+    fn start_in(
+        path: std::path::PathBuf,
+        data_dir: Option<tempfile::TempDir>,
+        env: &[(&str, &str)],
+        stdout: Stdout,
+    ) -> Self {
+        let mut child = rampart_command(&path, env, &[]).spawn().expect("spawn rampart");
         let output = Arc::new(Mutex::new(String::new()));
         let child_stdout = child.stdout.take().expect("stdout");
         let held_stdout = match stdout {
@@ -147,6 +161,12 @@ impl RampartProcess {
     }
 
     /// Sends SIGTERM (through `kill`, so the tests need no unsafe code).
+    /// SIGKILL: no shutdown code runs (the durability scenario).
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
     pub fn terminate(&self) {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
         assert!(status.success());
