@@ -168,8 +168,20 @@ impl BatchWriter {
             let batch = match state.suspects.pop_front() {
                 Some(batch) => batch,
                 None if !state.open.is_empty() => {
-                    state.open_bytes = 0;
-                    std::mem::take(&mut state.open)
+                    // Messages that arrived during the previous commit may exceed one batch:
+                    // take at most batch_max_messages / batch_max_bytes, leave the rest open.
+                    let (mut count, mut bytes) = (0, 0);
+                    for submission in &state.open {
+                        if count == self.config.batch_max_messages
+                            || (count > 0 && bytes + submission.message.body.len() > self.config.batch_max_bytes)
+                        {
+                            break;
+                        }
+                        count += 1;
+                        bytes += submission.message.body.len();
+                    }
+                    state.open_bytes -= bytes;
+                    state.open.drain(..count).collect()
                 }
                 None => {
                     drop(state);

@@ -520,3 +520,24 @@ async fn acked_messages_survive_kill_9() {
         assert!(unique.contains(id.as_str()), "acked message {id} lost by kill -9");
     }
 }
+
+#[actix_rt::test]
+async fn batches_never_exceed_batch_max_messages() {
+    // Regression: messages queued during a commit were all taken into the next batch, so
+    // batch_max_messages = 1 still committed hundreds per transaction.
+    let chat = ChatServer::start(&[("RAMPART__PIPELINE__BATCH_MAX_MESSAGES", "5")]);
+    chat.create_user("alice").await;
+    let conversation = chat.conversation("alice", &[]).await;
+    let mut ws = chat.ws("alice").await;
+    for n in 0..300 {
+        ws.send_message(&conversation, &format!("b{n}"), "x").await;
+    }
+    for _ in 0..300 {
+        assert_eq!(ws.next_json().await["type"], "ack");
+    }
+    let metrics = scrape(&chat.process).await;
+    let batches = crate::support::metric_value(&metrics, "rampart_batch_size_count").expect("batch count");
+    let small = crate::support::metric_value(&metrics, "rampart_batch_size_bucket{le=\"5.0\"}").expect("bucket");
+    assert_eq!(small, batches, "every batch holds at most 5 messages:\n{metrics}");
+    assert!(batches >= 60.0, "300 messages need at least 60 batches of 5, got {batches}");
+}
