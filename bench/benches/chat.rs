@@ -116,7 +116,14 @@ impl Tally {
 }
 
 /// One client. `pace`: None keeps `WINDOW` in flight; Some(period) sends one every period.
-async fn client(base: String, token: String, conversation: String, id: usize, until: Instant, pace: Option<Duration>) -> Tally {
+async fn client(
+    base: String,
+    token: String,
+    conversation: String,
+    id: usize,
+    until: Instant,
+    pace: Option<Duration>,
+) -> Tally {
     let url = format!("{}/ws", base.replace("http://", "ws://"));
     let (_, framed) = awc::Client::new().ws(url).bearer_auth(token).connect().await.expect("ws connect");
     let (mut sink, mut stream) = framed.split();
@@ -224,7 +231,10 @@ fn run(label: &str, batch_max_messages: usize, clients: usize, seconds: f64, pac
     let mut latencies = outcome.tally.latencies.clone();
     latencies.sort();
     let quantile = |q: f64| {
-        latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default()
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
     };
     println!(
         "{label:<44} {:>9.0} acked msgs/s  ({} acked, {} errors)  ack latency p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms",

@@ -25,6 +25,11 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
 /// How long a connection waits on a lock held by another connection before `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Page cache per connection.
+const CACHE_KIB: i64 = 32 * 1024;
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
 /// A database file. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -37,6 +42,8 @@ struct Inner {
     name: &'static str,
     writer: Sender<Job>,
     readers: Sender<Job>,
+    /// Never sent on; dropping it (with the last `Db` clone) ends the checkpointer.
+    _checkpoint_stop: Sender<()>,
 }
 
 impl Db {
@@ -49,6 +56,11 @@ impl Db {
         }
         let mut writer = open_connection(path, false)?;
         migrate(&mut writer, migrations)?;
+        // Checkpoints (copying the WAL into the database file) run on their own thread, so the
+        // writer spends its time on commits; the writer no longer checkpoints by itself.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (checkpoint_stop, checkpoint_stopped) = crossbeam_channel::bounded::<()>(0);
+        start_checkpointer(name, open_connection(path, false)?, checkpoint_stopped)?;
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Job>();
         start_thread(format!("{name}.writer"), name, writer, writer_rx)?;
         let (readers_tx, readers_rx) = crossbeam_channel::unbounded::<Job>();
@@ -56,7 +68,15 @@ impl Db {
             let connection = open_connection(path, true)?;
             start_thread(format!("{name}.reader.{index}"), name, connection, readers_rx.clone())?;
         }
-        Ok(Self { inner: Arc::new(Inner { path: path.to_owned(), name, writer: writer_tx, readers: readers_tx }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                name,
+                writer: writer_tx,
+                readers: readers_tx,
+                _checkpoint_stop: checkpoint_stop,
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,6 +139,8 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StorageEr
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
     }
+    // Negative: KiB. Index pages of recent rows stay hot.
+    connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
     Ok(connection)
 }
 
@@ -157,4 +179,22 @@ fn start_thread(
         })
         .map(drop)
         .map_err(|error| StorageError::Open(format!("starting a {name} thread: {error}")))
+}
+
+/// Runs a passive checkpoint every `CHECKPOINT_INTERVAL` until the `Db` is dropped. Passive: it
+/// never blocks the writer or readers; what it cannot copy now it copies next time.
+fn start_checkpointer(name: &'static str, connection: Connection, stop: Receiver<()>) -> Result<(), StorageError> {
+    std::thread::Builder::new()
+        .name(format!("{name}.checkpoint"))
+        .spawn(move || loop {
+            if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+                return;
+            }
+            let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0));
+            if let Err(error) = checkpoint {
+                tracing::warn!(db = name, %error, "WAL checkpoint failed; retrying");
+            }
+        })
+        .map(drop)
+        .map_err(|error| StorageError::Open(format!("starting the {name} checkpointer: {error}")))
 }
