@@ -217,7 +217,10 @@ fn run(label: &str, batch_max_messages: usize, clients: usize, seconds: f64, pac
             .iter()
             .enumerate()
             .map(|(id, (token, conversation))| {
-                actix_rt::spawn(client(setup.base.clone(), token.clone(), conversation.clone(), id, until, pace))
+                rampart::tasks::spawn_owned(
+                    "bench.client",
+                    client(setup.base.clone(), token.clone(), conversation.clone(), id, until, pace),
+                )
             })
             .collect();
         let mut tally = Tally::default();
