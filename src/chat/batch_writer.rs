@@ -64,6 +64,8 @@ struct LedgerState {
     committing: Option<Vec<Submission>>,
     /// Halves of batches that failed, committed before anything new.
     suspects: VecDeque<Vec<Submission>>,
+    /// Poison messages whose dead letter is being written; answered once it is.
+    rejecting: Vec<(Submission, String)>,
 }
 
 impl Ledger {
@@ -85,7 +87,7 @@ impl Ledger {
 
     fn idle(&self) -> bool {
         let state = self.state.lock();
-        state.open.is_empty() && state.committing.is_none() && state.suspects.is_empty()
+        state.open.is_empty() && state.committing.is_none() && state.suspects.is_empty() && state.rejecting.is_empty()
     }
 }
 
@@ -98,6 +100,10 @@ pub struct BatchWriter {
     pub(super) ledger: Ledger,
     /// `chaos.enabled`: bodies containing `CHAOS_POISON_MARKER` make the commit job panic.
     pub(super) chaos: bool,
+    /// A message that failed this many times while committed alone is poison
+    /// (`supervisor.quarantine_after`): a failure of a larger batch proves nothing about one
+    /// message, and a single failure alone may be a coincidence (an operator's chaos panic).
+    pub(super) poison_after: u32,
     /// Set when asked to stop: finish what the ledger holds, then stop.
     pub(super) stopping: bool,
 }
@@ -111,6 +117,12 @@ impl Actor for BatchWriter {
             let reason = self.ledger.last_failure();
             tracing::warn!(messages = batch.len(), reason, "batch writer restarted mid-commit; bisecting that batch");
             self.bisect(batch, reason, ctx);
+        }
+        // Dead letters the previous incarnation was writing when it failed.
+        let rejecting: Vec<String> =
+            self.ledger.state.lock().rejecting.iter().map(|(submission, _)| submission.message.id.clone()).collect();
+        for id in rejecting {
+            self.write_dead_letter(id, ctx);
         }
         self.kick(ctx);
     }
@@ -240,10 +252,13 @@ impl BatchWriter {
         self.kick(ctx);
     }
 
-    /// Splits a failed batch in two suspects (committed next), or dead-letters a single message.
+    /// Splits a failed batch in two suspects (committed next). A message that failed alone is
+    /// retried alone until it has failed `poison_after` times, then dead-lettered.
     fn bisect(&mut self, mut batch: Vec<Submission>, reason: String, ctx: &mut Context<Self>) {
+        let alone = batch.len() == 1;
         for submission in &mut batch {
             submission.crashes += 1;
+            submission.crashes_alone += u32::from(alone);
         }
         if batch.len() > 1 {
             let second = batch.split_off(batch.len() / 2);
@@ -253,29 +268,52 @@ impl BatchWriter {
             return;
         }
         let Some(submission) = batch.pop() else { return };
+        if submission.crashes_alone < self.poison_after {
+            self.ledger.state.lock().suspects.push_front(vec![submission]);
+            return;
+        }
         tracing::error!(id = %submission.message.id, reason, "poison message moved to dead letters");
-        let letter = NewDeadLetter {
-            kind: DeadLetterKind::Message,
-            reason: format!("storing it failed: {reason}"),
-            attempts: submission.crashes,
-            payload: serde_json::to_value(&submission.message).unwrap_or_default(),
+        let id = submission.message.id.clone();
+        self.ledger.state.lock().rejecting.push((submission, reason));
+        self.write_dead_letter(id, ctx);
+    }
+
+    /// Writes the dead letter of the rejecting message `id`, then answers its sender. The
+    /// message stays in the ledger until then, so a crash meanwhile only repeats the write.
+    fn write_dead_letter(&mut self, id: String, ctx: &mut Context<Self>) {
+        let letter = {
+            let state = self.ledger.state.lock();
+            let Some((submission, reason)) = state.rejecting.iter().find(|(s, _)| s.message.id == id) else { return };
+            NewDeadLetter {
+                kind: DeadLetterKind::Message,
+                reason: format!("storing it failed: {reason}"),
+                attempts: submission.crashes,
+                payload: serde_json::to_value(&submission.message).unwrap_or_default(),
+            }
         };
         let store = self.store.clone();
-        ctx.spawn(
-            async move {
-                match store.add_dead_letter(letter, crate::storage::now_ms()).await {
-                    Ok(_) => {
-                        crate::telemetry::dead_lettered("message");
-                        submission.answer(Err(SendError::Rejected(reason)));
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "could not record a dead letter");
-                        submission.answer(Err(SendError::Unavailable(error.to_string())));
-                    }
+        let write = async move { store.add_dead_letter(letter, crate::storage::now_ms()).await };
+        ctx.spawn(write.into_actor(self).map(move |written, writer, ctx| {
+            let taken = {
+                let mut state = writer.ledger.state.lock();
+                let position = state.rejecting.iter().position(|(s, _)| s.message.id == id);
+                position.map(|position| state.rejecting.swap_remove(position))
+            };
+            let Some((submission, reason)) = taken else { return };
+            match written {
+                Ok(_) => {
+                    crate::telemetry::dead_lettered("message");
+                    submission.answer(Err(SendError::Rejected(reason)));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not record a dead letter");
+                    submission.answer(Err(SendError::Unavailable(error.to_string())));
                 }
             }
-            .into_actor(self),
-        );
+            if writer.stopping && writer.ledger.idle() {
+                ctx.stop();
+            }
+        }));
     }
 }
 

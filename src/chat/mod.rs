@@ -106,8 +106,10 @@ pub struct Submission {
     /// ack and sends again (resends are idempotent).
     pub reply: Option<Reply>,
     pub received: Instant,
-    /// Batch-writer failures this message was part of (bisection depth).
+    /// Batch-writer failures this message was part of (bisection depth included).
     pub crashes: u32,
+    /// Of those, failures while it was committed alone: only these make it poison.
+    pub crashes_alone: u32,
 }
 
 impl Submission {
@@ -117,7 +119,7 @@ impl Submission {
     }
 
     pub fn with_reply(message: NewMessage, reply: Reply) -> Self {
-        Self { message, reply: Some(reply), received: Instant::now(), crashes: 0 }
+        Self { message, reply: Some(reply), received: Instant::now(), crashes: 0, crashes_alone: 0 }
     }
 
     pub fn answer(mut self, result: AckResult) {
@@ -243,6 +245,7 @@ pub fn start(
     let (batch_store, batch_config, batch_delivery, batch_indexer, chaos) =
         (store.clone(), config.pipeline.clone(), delivery.clone(), indexer.clone(), config.chaos.enabled);
     let batch_ledger = ledger.clone();
+    let poison_after = config.supervisor.quarantine_after;
     let batch_writer = chat
         .spawn(
             ChildSpec::new("batch_writer", move || BatchWriter {
@@ -253,6 +256,7 @@ pub fn start(
                 indexer: batch_indexer.clone(),
                 ledger: batch_ledger.clone(),
                 chaos,
+                poison_after,
                 stopping: false,
             })
             .mailbox_capacity(config.pipeline.queue_capacity),

@@ -464,7 +464,19 @@ async fn batch_writer_panics_during_load_lose_and_duplicate_nothing_acked() {
     }
     let mut errors = 0;
     while acked.len() + errors < total {
-        let frame = ws.next_json().await;
+        let frame = match ws.next_frame().await {
+            Some(awc::ws::Frame::Text(bytes)) => serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            other => {
+                let missing: Vec<String> =
+                    (0..total).map(|n| format!("load-{n}")).filter(|id| !acked.contains_key(id)).collect();
+                panic!(
+                    "{other:?}; {} unanswered: {:?}\n{}",
+                    missing.len(),
+                    &missing[..missing.len().min(20)],
+                    chat.process.output()
+                );
+            }
+        };
         match frame["type"].as_str() {
             Some("ack") => {
                 acked.insert(
