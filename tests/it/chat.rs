@@ -553,3 +553,17 @@ async fn batches_never_exceed_batch_max_messages() {
     assert_eq!(small, batches, "every batch holds at most 5 messages:\n{metrics}");
     assert!(batches >= 60.0, "300 messages need at least 60 batches of 5, got {batches}");
 }
+
+#[actix_rt::test]
+async fn a_silent_connection_is_closed_by_the_heartbeat() {
+    let chat =
+        ChatServer::start(&[("RAMPART__WS__HEARTBEAT_INTERVAL", "100ms"), ("RAMPART__WS__CLIENT_TIMEOUT", "300ms")]);
+    chat.create_user("alice").await;
+    // This client never sends anything (not even pongs): the server gives up on it.
+    let mut silent = chat.ws("alice").await;
+    assert_eq!(silent.close_code().await, Some(1001));
+    eventually("connection unregistered", Duration::from_secs(10), || async {
+        crate::support::metric_value(&scrape(&chat.process).await, "rampart_ws_connections") == Some(0.0)
+    })
+    .await;
+}
