@@ -663,6 +663,17 @@ mod tests {
         assert!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().is_empty());
     }
 
+    #[test]
+    fn a_database_from_a_newer_release_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(ChatStore::open(dir.path(), 1).unwrap());
+        let connection = rusqlite::Connection::open(dir.path().join("rampart.db")).unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        drop(connection);
+        let refused = ChatStore::open(dir.path(), 1).err().expect("refused");
+        assert!(refused.to_string().contains("newer"), "{refused}");
+    }
+
     #[actix_rt::test]
     async fn a_panicking_job_leaves_the_thread_serving() {
         let dir = tempfile::tempdir().unwrap();

@@ -531,6 +531,13 @@ async fn acked_messages_survive_kill_9() {
     for id in &acked {
         assert!(unique.contains(id.as_str()), "acked message {id} lost by kill -9");
     }
+    // The search index catches up from its watermark: the last acked message is findable.
+    let token = chat.token("alice");
+    eventually("index caught up after the restart", Duration::from_secs(10), || async {
+        let (status, body) = chat.http.get(&chat.url("/api/search?q=durable%20299"), Some(&token)).await;
+        status == 200 && body["hits"].as_array().is_some_and(|hits| hits.len() == 1)
+    })
+    .await;
 }
 
 #[actix_rt::test]
