@@ -146,6 +146,12 @@ impl Handler<Commit> for BatchWriter {
     fn handle(&mut self, Commit(submission): Commit, ctx: &mut Self::Context) {
         let (full, first) = {
             let mut state = self.ledger.state.lock();
+            // Backpressure while storage is slow or retrying: refuse rather than grow.
+            if state.open.len() >= self.config.queue_capacity {
+                drop(state);
+                submission.answer(Err(SendError::Unavailable("the pipeline is full; send it again".into())));
+                return;
+            }
             state.open_bytes += submission.message.body.len();
             state.open.push(submission);
             (

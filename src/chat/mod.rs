@@ -123,6 +123,13 @@ impl Submission {
     }
 
     pub fn answer(mut self, result: AckResult) {
+        self.reply_with(result);
+    }
+
+    fn reply_with(&mut self, result: AckResult) {
+        if self.reply.is_none() {
+            return;
+        }
         if let Err(error) = &result {
             crate::telemetry::metrics()
                 .messages_rejected
@@ -152,6 +159,14 @@ impl Submission {
             }
             None => {}
         }
+    }
+}
+
+impl Drop for Submission {
+    /// Dropped unanswered — a stage crashed with it in hand, a mailbox refused it, or its key is
+    /// quarantined: the sender hears `unavailable` at once instead of waiting for an ack.
+    fn drop(&mut self) {
+        self.reply_with(Err(SendError::Unavailable("the message was not stored; send it again".into())));
     }
 }
 
@@ -191,7 +206,7 @@ impl Chat {
     pub async fn submit(&self, message: NewMessage) -> AckResult {
         let (submission, receiver) = Submission::new(message);
         if let Err(error) = self.validator.try_send(Validate(submission)) {
-            return Err(SendError::Unavailable(format!("pipeline busy: {error}")));
+            tracing::debug!(%error, "validator refused a message");
         }
         receiver.await.unwrap_or_else(|_| Err(SendError::Unavailable("the pipeline restarted; send again".into())))
     }
@@ -325,7 +340,22 @@ const SESSIONS_RESTART_WINDOW: std::time::Duration = std::time::Duration::from_s
 
 #[cfg(test)]
 mod tests {
-    use super::message_id;
+    use super::{message_id, SendError, Submission};
+    use crate::storage::NewMessage;
+
+    #[test]
+    fn a_submission_dropped_unanswered_tells_its_sender_unavailable() {
+        let message = NewMessage {
+            id: message_id("alice", "1"),
+            conversation: "c".into(),
+            sender: "alice".into(),
+            client_msg_id: "1".into(),
+            body: "hi".into(),
+        };
+        let (submission, mut receiver) = Submission::new(message);
+        drop(submission);
+        assert!(matches!(receiver.try_recv(), Ok(Err(SendError::Unavailable(_)))));
+    }
 
     #[test]
     fn message_ids_are_deterministic_per_sender_and_client_id() {

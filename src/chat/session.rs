@@ -111,13 +111,8 @@ impl Session {
         let message = NewMessage { id: message_id(&sender, &client_msg_id), conversation, sender, client_msg_id, body };
         let submission = Submission::with_reply(message, Reply::Connection(self.connection.clone()));
         if let Err(error) = self.deps.validator.try_send(Validate(submission)) {
-            // The submission is gone with the refused send; tell the client directly.
-            let frame = ServerFrame::Error {
-                client_msg_id: None,
-                code: "unavailable",
-                message: &format!("message not accepted, send it again: {error}"),
-            };
-            self.connection.outbox.text(frame.to_json());
+            // The dropped submission already told the client `unavailable`.
+            tracing::debug!(%error, "validator refused a message");
         }
     }
 }

@@ -113,17 +113,9 @@ impl Handler<Validate> for Validator {
 
 impl Validator {
     fn forward_or_refuse(&self, submission: Submission) {
-        match self.batch_writer.try_send(Commit(submission)) {
-            Ok(()) => {}
-            Err(error) => {
-                // The submission went down with the failed send; its waiter sees the dropped
-                // reply as `unavailable`. Count it like an answered refusal.
-                crate::telemetry::metrics()
-                    .messages_rejected
-                    .get_or_create(&crate::telemetry::ReasonLabels { reason: "unavailable".into() })
-                    .inc();
-                tracing::warn!(%error, "batch writer refused a message");
-            }
+        // A refused send drops the submission, which answers its sender `unavailable`.
+        if let Err(error) = self.batch_writer.try_send(Commit(submission)) {
+            tracing::warn!(%error, "batch writer refused a message");
         }
     }
 
