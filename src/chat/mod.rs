@@ -101,9 +101,8 @@ pub enum Reply {
 /// A message on its way through the pipeline, with whoever waits for its ack.
 pub struct Submission {
     pub message: NewMessage,
-    /// Taken when answered. Dropped unanswered only when a stage loses it (process stopping,
-    /// full mailbox): an HTTP waiter then reports `unavailable`; a WebSocket client gets no
-    /// ack and sends again (resends are idempotent).
+    /// Taken when answered. A submission a stage loses (crash, full mailbox, quarantined key)
+    /// answers `unavailable` from its `Drop`; the client resends (resends are idempotent).
     pub reply: Option<Reply>,
     pub received: Instant,
     /// Batch-writer failures this message was part of (bisection depth included).
