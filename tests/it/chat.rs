@@ -293,10 +293,17 @@ async fn the_cleanup_job_requeues_a_delivery_nobody_confirmed() {
     let chat = ChatServer::start(&[
         ("RAMPART__DELIVERY__STALE_AFTER", "300ms"),
         ("RAMPART__DELIVERY__CLEANUP_INTERVAL", "200ms"),
+        ("RAMPART__CHAOS__ENABLED", "true"),
     ]);
     chat.create_user("alice").await;
     chat.create_user("bob").await;
     let conversation = chat.conversation("alice", &["bob"]).await;
+    // A panic in the job restarts it; it keeps its schedule.
+    let (status, _) = chat
+        .http
+        .post(&chat.url("/admin/chaos/panic"), Some(ADMIN_TOKEN), json!({"actor": "/root/chat/cleanup"}))
+        .await;
+    assert_eq!(status, 202);
     let mut bob = chat.ws("bob").await;
     let mut alice = chat.ws("alice").await;
     alice.send_message(&conversation, "stuck", "please confirm").await;
