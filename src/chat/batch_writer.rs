@@ -178,7 +178,7 @@ impl Handler<Kick> for BatchWriter {
 impl BatchWriter {
     /// Starts committing the next batch (suspects first), unless a commit is running.
     fn kick(&mut self, ctx: &mut Context<Self>) {
-        let messages: Vec<NewMessage> = {
+        let messages: Arc<[NewMessage]> = {
             let mut state = self.ledger.state.lock();
             if state.committing.is_some() {
                 return;
@@ -329,7 +329,7 @@ async fn commit_with_retries(
     store: ChatStore,
     breaker: Arc<CircuitBreaker>,
     config: PipelineConfig,
-    messages: Vec<NewMessage>,
+    messages: Arc<[NewMessage]>,
     chaos: bool,
 ) -> Result<(Vec<CommitOutcome>, Duration), StorageError> {
     let backoff = BackoffPolicy { base: config.retry_base, max: config.retry_max, reset_after: Duration::ZERO };

@@ -41,13 +41,7 @@ impl CleanupJob {
             loop {
                 let now = crate::storage::now_ms();
                 let report = store
-                    .requeue_stale(
-                        now.saturating_sub(stale_ms),
-                        config.max_attempts,
-                        config.cleanup_batch,
-                        now,
-                        |_, _| {},
-                    )
+                    .requeue_stale(now.saturating_sub(stale_ms), config.max_attempts, config.cleanup_batch, now)
                     .await?;
                 let metrics = crate::telemetry::metrics();
                 metrics.deliveries_requeued.inc_by(report.requeued.len() as u64);

@@ -130,10 +130,7 @@ impl Submission {
             return;
         }
         if let Err(error) = &result {
-            crate::telemetry::metrics()
-                .messages_rejected
-                .get_or_create(&crate::telemetry::ReasonLabels { reason: error.code().to_owned() })
-                .inc();
+            crate::telemetry::message_rejected(error.code());
         }
         match self.reply.take() {
             Some(Reply::Waiter(reply)) => {

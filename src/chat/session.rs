@@ -100,10 +100,7 @@ impl Session {
         if !self.limiter.try_take() {
             let mut error = FrameError::new("rate_limited", "too many messages; slow down");
             error.client_msg_id = Some(client_msg_id);
-            crate::telemetry::metrics()
-                .messages_rejected
-                .get_or_create(&crate::telemetry::ReasonLabels { reason: "rate_limited".into() })
-                .inc();
+            crate::telemetry::message_rejected("rate_limited");
             self.connection.outbox.text(protocol::error_frame(&error));
             return;
         }

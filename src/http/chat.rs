@@ -3,8 +3,6 @@
 //! Every `/api` route except `POST /api/users` (admin token) authenticates a user by JWT; the
 //! sender of a message is always the token's subject. Only members see or write a conversation.
 
-use std::sync::Arc;
-
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -55,10 +53,6 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-fn chat_of(state: &AppState) -> &Arc<Chat> {
-    &state.chat
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
@@ -78,7 +72,7 @@ async fn create_user(
     if display_name.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::BadRequest(format!("display_name must be at most {MAX_TITLE_CHARS} characters")));
     }
-    let chat = chat_of(&state);
+    let chat = &state.chat;
     if !chat.store.create_user(id.clone(), display_name.clone(), now_ms()).await? {
         return Err(ApiError::Conflict(format!("user {id} already exists")));
     }
@@ -100,7 +94,7 @@ async fn create_conversation(
     state: web::Data<AppState>,
     body: web::Json<NewConversation>,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = chat_of(&state);
+    let chat = &state.chat;
     let creator = authenticate(&request, chat, false)?;
     let NewConversation { members, title } = body.into_inner();
     if title.chars().count() > MAX_TITLE_CHARS {
@@ -138,7 +132,7 @@ async fn post_message(
     conversation: web::Path<String>,
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = chat_of(&state);
+    let chat = &state.chat;
     let sender = authenticate(&request, chat, false)?;
     let PostMessage { client_msg_id, body } = body.into_inner();
     validate_client_msg_id(&client_msg_id).map_err(ApiError::BadRequest)?;
@@ -162,14 +156,11 @@ async fn history(
     conversation: web::Path<String>,
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = chat_of(&state);
+    let chat = &state.chat;
     let user = authenticate(&request, chat, false)?;
     let conversation = conversation.into_inner();
     let HistoryQuery { before, limit } = query.into_inner();
-    let limit = limit.unwrap_or(DEFAULT_HISTORY_PAGE);
-    if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be 1 to {MAX_HISTORY_PAGE}")));
-    }
+    let limit = page_limit(limit, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)?;
     require_member(chat, &conversation, &user).await?;
     let messages = chat
         .store
@@ -193,13 +184,10 @@ async fn search(
     state: web::Data<AppState>,
     query: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let chat = chat_of(&state);
+    let chat = &state.chat;
     let user = authenticate(&request, chat, false)?;
     let SearchQuery { q, conversation, limit } = query.into_inner();
-    let limit = limit.unwrap_or(DEFAULT_SEARCH_HITS);
-    if !(1..=MAX_SEARCH_HITS).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be 1 to {MAX_SEARCH_HITS}")));
-    }
+    let limit = page_limit(limit, DEFAULT_SEARCH_HITS, MAX_SEARCH_HITS)?;
     if q.trim().is_empty() || q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::BadRequest(format!("q must be 1 to {MAX_QUERY_CHARS} characters")));
     }
@@ -230,6 +218,16 @@ async fn search(
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "hits": hits })))
+}
+
+/// `limit` (or `default`), refused outside 1..=`max`.
+fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRequest(format!("limit must be 1 to {max}")))
+    }
 }
 
 async fn require_member(chat: &Chat, conversation: &str, user: &str) -> Result<(), ApiError> {

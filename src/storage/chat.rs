@@ -6,6 +6,7 @@
 //! message once: the second commit reports the original row as a duplicate.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
@@ -245,7 +246,11 @@ impl ChatStore {
 
     /// Commits a batch in one transaction. Every message gets an outcome, in batch order; the
     /// deliveries of new messages (one per member other than the sender) are written with them.
-    pub async fn commit_batch(&self, batch: Vec<NewMessage>, now_ms: i64) -> Result<Vec<CommitOutcome>, StorageError> {
+    pub async fn commit_batch(
+        &self,
+        batch: Arc<[NewMessage]>,
+        now_ms: i64,
+    ) -> Result<Vec<CommitOutcome>, StorageError> {
         self.commit_batch_inspected(batch, now_ms, |_| {}).await
     }
 
@@ -253,7 +258,7 @@ impl ChatStore {
     /// (a panic there aborts the transaction and comes back as `StorageError::Panicked`).
     pub async fn commit_batch_inspected(
         &self,
-        batch: Vec<NewMessage>,
+        batch: Arc<[NewMessage]>,
         now_ms: i64,
         inspect: impl Fn(&NewMessage) + Send + 'static,
     ) -> Result<Vec<CommitOutcome>, StorageError> {
@@ -393,19 +398,18 @@ impl ChatStore {
 
     /// One cleanup pass: up to `limit` deliveries in flight since before `stale_before_ms` go
     /// back to pending with one more attempt, or to dead letters once `max_attempts` is reached.
-    /// `examine` runs per record; a panic in it dead-letters that record alone.
+    /// Each record is handled inside `contain`: a panic on one dead-letters that record alone.
     pub async fn requeue_stale(
         &self,
         stale_before_ms: i64,
         max_attempts: u32,
         limit: u32,
         now_ms: i64,
-        examine: impl Fn(&str, i64) + Send + 'static,
     ) -> Result<RequeueReport, StorageError> {
         self.db
             .write(move |connection| {
                 let transaction = connection.transaction()?;
-                let stale: Vec<(String, i64, String, u32)> = {
+                let stale: Vec<StaleDelivery> = {
                     let mut statement = transaction.prepare_cached(
                         "SELECT d.recipient, d.message_seq, m.id, d.attempts
                          FROM deliveries d JOIN messages m ON m.seq = d.message_seq
@@ -413,46 +417,32 @@ impl ChatStore {
                     )?;
                     let rows = statement
                         .query_map(params![stale_before_ms, limit], |row| {
-                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                            Ok(StaleDelivery {
+                                recipient: row.get(0)?,
+                                seq: row.get(1)?,
+                                message_id: row.get(2)?,
+                                attempts: row.get::<_, u32>(3)? + 1,
+                            })
                         })?
                         .collect::<Result<_, _>>()?;
                     rows
                 };
                 let mut report = RequeueReport { examined: stale.len(), ..RequeueReport::default() };
-                for (recipient, seq, message_id, attempts) in stale {
-                    let attempts = attempts + 1;
-                    let examined = crate::supervision::contain(|| examine(&recipient, seq));
-                    let reason = match examined {
-                        Err(panic) => Some(format!("cleanup panicked on this record: {}", panic.message)),
-                        Ok(()) if attempts >= max_attempts => {
-                            Some(format!("not confirmed after {attempts} delivery attempts"))
+                for record in stale {
+                    let requeued = match crate::supervision::contain(|| {
+                        requeue_one(&transaction, &record, max_attempts, now_ms)
+                    }) {
+                        Ok(requeued) => requeued?,
+                        Err(panic) => {
+                            let reason = format!("cleanup panicked on this record: {}", panic.message);
+                            dead_letter_delivery(&transaction, &record, reason, now_ms)?;
+                            false
                         }
-                        Ok(()) => None,
                     };
-                    match reason {
-                        Some(reason) => {
-                            transaction.execute(
-                                "UPDATE deliveries SET state = 3, attempts = ?3 WHERE recipient = ?1 AND message_seq = ?2",
-                                params![recipient, seq, attempts],
-                            )?;
-                            let payload = serde_json::json!({"recipient": recipient, "message_id": message_id});
-                            insert_dead_letter(
-                                &transaction,
-                                &NewDeadLetter { kind: DeadLetterKind::Delivery, reason, attempts, payload },
-                                now_ms,
-                            )?;
-                            report.dead_lettered += 1;
-                        }
-                        None => {
-                            transaction.execute(
-                                "UPDATE deliveries SET state = 0, claimed_at = NULL, attempts = ?3
-                                 WHERE recipient = ?1 AND message_seq = ?2",
-                                params![recipient, seq, attempts],
-                            )?;
-                            if !report.requeued.contains(&recipient) {
-                                report.requeued.push(recipient);
-                            }
-                        }
+                    if !requeued {
+                        report.dead_lettered += 1;
+                    } else if !report.requeued.contains(&record.recipient) {
+                        report.requeued.push(record.recipient);
                     }
                 }
                 transaction.commit()?;
@@ -559,6 +549,49 @@ fn commit_in(
     Ok(outcomes)
 }
 
+/// A delivery in flight for too long, with its attempt count already incremented.
+struct StaleDelivery {
+    recipient: String,
+    seq: i64,
+    message_id: String,
+    attempts: u32,
+}
+
+/// Back to pending (`true`), or to dead letters once `max_attempts` is reached (`false`).
+fn requeue_one(
+    transaction: &Transaction<'_>,
+    record: &StaleDelivery,
+    max_attempts: u32,
+    now_ms: i64,
+) -> Result<bool, StorageError> {
+    if record.attempts >= max_attempts {
+        let reason = format!("not confirmed after {} delivery attempts", record.attempts);
+        dead_letter_delivery(transaction, record, reason, now_ms)?;
+        return Ok(false);
+    }
+    transaction.execute(
+        "UPDATE deliveries SET state = 0, claimed_at = NULL, attempts = ?3 WHERE recipient = ?1 AND message_seq = ?2",
+        params![record.recipient, record.seq, record.attempts],
+    )?;
+    Ok(true)
+}
+
+fn dead_letter_delivery(
+    transaction: &Transaction<'_>,
+    record: &StaleDelivery,
+    reason: String,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    transaction.execute(
+        "UPDATE deliveries SET state = 3, attempts = ?3 WHERE recipient = ?1 AND message_seq = ?2",
+        params![record.recipient, record.seq, record.attempts],
+    )?;
+    let payload = serde_json::json!({"recipient": record.recipient, "message_id": record.message_id});
+    let letter = NewDeadLetter { kind: DeadLetterKind::Delivery, reason, attempts: record.attempts, payload };
+    insert_dead_letter(transaction, &letter, now_ms)?;
+    Ok(())
+}
+
 fn insert_dead_letter(connection: &Connection, letter: &NewDeadLetter, now_ms: i64) -> Result<String, StorageError> {
     let id = uuid::Uuid::now_v7().to_string();
     connection.execute(
@@ -624,6 +657,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let batch = vec![message("alice", "1", "c"), message("alice", "2", "c")];
+        let batch: Arc<[NewMessage]> = batch.into();
         let first = store.commit_batch(batch.clone(), 10).await.unwrap();
         assert!(first.iter().all(|outcome| !outcome.duplicate));
         let second = store.commit_batch(batch, 20).await.unwrap();
@@ -649,13 +683,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let committed = store.commit_batch(vec![message("alice", "1", "c")], 10).await.unwrap();
+        let committed = store.commit_batch(vec![message("alice", "1", "c")].into(), 10).await.unwrap();
         let seq = committed[0].message.seq;
         store.mark_in_flight(vec![("bob".into(), seq)], 100).await.unwrap();
-        let report = store.requeue_stale(200, 2, 10, 300, |_, _| {}).await.unwrap();
+        let report = store.requeue_stale(200, 2, 10, 300).await.unwrap();
         assert_eq!(report.requeued, vec!["bob".to_owned()]);
         store.mark_in_flight(vec![("bob".into(), seq)], 400).await.unwrap();
-        let report = store.requeue_stale(500, 2, 10, 600, |_, _| {}).await.unwrap();
+        let report = store.requeue_stale(500, 2, 10, 600).await.unwrap();
         assert_eq!(report.dead_lettered, 1, "second attempt reaches max_attempts = 2");
         let letters = store.dead_letters(10).await.unwrap();
         assert_eq!(letters.len(), 1);

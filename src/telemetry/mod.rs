@@ -153,3 +153,8 @@ pub fn tracing_exported() -> bool {
 pub fn dead_lettered(kind: &str) {
     metrics().dead_letters.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
 }
+
+/// A send was refused with error `code` (`invalid`, `rate_limited`, `unavailable`, ...).
+pub fn message_rejected(code: &str) {
+    metrics().messages_rejected.get_or_create(&ReasonLabels { reason: code.to_owned() }).inc();
+}

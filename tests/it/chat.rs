@@ -54,14 +54,7 @@ async fn send_ack_history_and_search() {
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{body}");
 
     // The HTTP equivalent of send.
-    let (status, ack) = chat
-        .http
-        .post(
-            &chat.url(&format!("/api/conversations/{conversation}/messages")),
-            Some(&bob_token),
-            json!({"client_msg_id": "h-1", "body": "over http"}),
-        )
-        .await;
+    let (status, ack) = chat.post_message(&bob_token, &conversation, "h-1", "over http").await;
     assert_eq!(status, 201, "{ack}");
     let (_, history) = chat.history("alice", &conversation, "?limit=1").await;
     assert_eq!(history["messages"][0]["id"], ack["id"], "newest first");
@@ -82,14 +75,7 @@ async fn a_resent_message_gets_the_original_ack_and_is_stored_once() {
     assert_eq!(first["type"], "ack");
     assert_eq!(first, second, "the original ack, not a new message");
     // Over HTTP too.
-    let (status, third) = chat
-        .http
-        .post(
-            &chat.url(&format!("/api/conversations/{conversation}/messages")),
-            Some(&chat.token("alice")),
-            json!({"client_msg_id": "same", "body": "again"}),
-        )
-        .await;
+    let (status, third) = chat.post_message(&chat.token("alice"), &conversation, "same", "again").await;
     assert_eq!(status, 201);
     assert_eq!(third["id"], first["id"]);
     let messages = chat.all_messages("alice", &conversation).await;
@@ -384,14 +370,7 @@ async fn an_unknown_sender_is_dead_lettered_and_can_be_retried() {
     let chat = ChatServer::start(&[("RAMPART__PIPELINE__UNKNOWN_SENDER_WAIT", "100ms")]);
     chat.create_user("alice").await;
     let conversation = chat.conversation("ghost", &["alice"]).await;
-    let (status, body) = chat
-        .http
-        .post(
-            &chat.url(&format!("/api/conversations/{conversation}/messages")),
-            Some(&chat.token("ghost")),
-            json!({"client_msg_id": "g1", "body": "boo"}),
-        )
-        .await;
+    let (status, body) = chat.post_message(&chat.token("ghost"), &conversation, "g1", "boo").await;
     assert_eq!((status, body["error"].as_str()), (422, Some("unknown_sender")), "{body}");
     let (_, letters) = chat.http.get(&chat.url("/admin/dead-letters"), Some(ADMIN_TOKEN)).await;
     let id = letters["dead_letters"][0]["id"].as_str().expect("a dead letter").to_owned();

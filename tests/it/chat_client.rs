@@ -63,6 +63,12 @@ impl ChatServer {
         body["id"].as_str().expect("conversation id").to_owned()
     }
 
+    /// `POST /api/conversations/{id}/messages` as the holder of `token`.
+    pub async fn post_message(&self, token: &str, conversation: &str, client_msg_id: &str, body: &str) -> (u16, Value) {
+        let url = self.url(&format!("/api/conversations/{conversation}/messages"));
+        self.http.post(&url, Some(token), json!({"client_msg_id": client_msg_id, "body": body})).await
+    }
+
     pub async fn history(&self, user: &str, conversation: &str, query: &str) -> (u16, Value) {
         let url = self.url(&format!("/api/conversations/{conversation}/messages{query}"));
         self.http.get(&url, Some(&self.token(user))).await
