@@ -2,8 +2,8 @@
 //!
 //! Owns: `<data_dir>/crashes/` (one JSON file per crash, at most `crash.keep`, oldest pruned) and
 //! the in-memory index of the same records (`CrashStore`), loaded from those files at start so
-//! crashes survive a restart of the process. Restart type: permanent, on its own arbiter thread
-//! (symbolizing a backtrace and writing files block). State lost on a restart: nothing — the
+//! crashes survive a restart of the process. Restart type: permanent, on its own arbiter thread;
+//! symbolizing a backtrace and writing files happen on the blocking pool, one record at a time. State lost on a restart: nothing — the
 //! queue and the store outlive the actor; the record being written when it panicked is lost.
 
 use std::collections::VecDeque;
@@ -125,12 +125,14 @@ impl CrashStore {
 pub struct CrashRecorder {
     store: Arc<CrashStore>,
     dir: PathBuf,
+    /// A record is being written on the blocking pool.
+    writing: bool,
 }
 
 impl CrashRecorder {
     /// Records go to `<data_dir>/crashes`.
     pub fn new(store: Arc<CrashStore>, data_dir: &Path) -> Self {
-        Self { store, dir: data_dir.join("crashes") }
+        Self { store, dir: data_dir.join("crashes"), writing: false }
     }
 
     fn load(&self) {
@@ -152,9 +154,16 @@ impl CrashRecorder {
         self.store.replace_all(loaded);
     }
 
+    /// Renders, writes and indexes one record, here and now (the actor does the first two on
+    /// the blocking pool: see [`CrashRecorder::drain`]).
+    #[cfg(test)]
     fn record(&mut self, record: &CrashRecord) {
-        let crash = StoredCrash::render(record);
-        if let Err(error) = self.persist(&crash) {
+        let (crash, written) = write(&self.dir, self.store.keep, record);
+        self.stored(crash, written);
+    }
+
+    fn stored(&self, crash: StoredCrash, written: std::io::Result<()>) {
+        if let Err(error) = written {
             tracing::error!(dir = %self.dir.display(), %error, crash_id = %crash.id, "could not write crash record; kept in memory only");
         }
         crate::telemetry::metrics().crash_records.inc();
@@ -162,36 +171,66 @@ impl CrashRecorder {
         self.store.push(crash);
     }
 
-    fn persist(&self, crash: &StoredCrash) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("{}.json", crash.id));
-        let temporary = self.dir.join(format!(".{}.json.tmp", crash.id));
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(crash).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)?;
-        self.prune()
-    }
-
-    fn prune(&self) -> std::io::Result<()> {
-        let mut names: Vec<_> = std::fs::read_dir(&self.dir)?
-            .filter_map(Result::ok)
-            .map(|entry| entry.file_name())
-            .filter(|name| name.to_str().is_some_and(|name| name.ends_with(".json") && !name.starts_with('.')))
-            .collect();
-        names.sort();
-        let excess = names.len().saturating_sub(self.store.keep);
-        for name in &names[..excess] {
-            std::fs::remove_file(self.dir.join(name))?;
+    /// Records what is queued, one at a time. Symbolizing a backtrace (the first one parses the
+    /// binary's debug info) and fsyncing a file block for milliseconds to seconds; done inside
+    /// the actor's poll, a storm of panics on a loaded machine blocked the recorder's thread
+    /// past the stall threshold. So that work runs on the runtime's blocking pool and the actor
+    /// waits for it without blocking its thread (its mailbox waits too: records stay in order
+    /// and shutdown finishes the record in flight).
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.writing {
+            return;
         }
-        Ok(())
+        let Some(record) = queue().try_pop() else { return };
+        self.writing = true;
+        let (dir, keep) = (self.dir.clone(), self.store.keep);
+        let work = tokio::task::spawn_blocking(move || write(&dir, keep, &record));
+        ctx.wait(work.into_actor(self).map(|outcome, recorder, ctx| {
+            recorder.writing = false;
+            match outcome {
+                Ok((crash, written)) => recorder.stored(crash, written),
+                // The panic was reported by the hook (source `thread`); let the supervisor
+                // restart the recorder as for any panic of its own.
+                Err(error) => match error.try_into_panic() {
+                    Ok(payload) => std::panic::resume_unwind(payload),
+                    Err(error) => tracing::error!(%error, "crash record lost: its writer was cancelled"),
+                },
+            }
+            recorder.drain(ctx);
+        }));
     }
+}
 
-    fn drain(&mut self) {
-        while let Some(record) = queue().try_pop() {
-            self.record(&record);
-        }
+/// Renders `record` (symbolizing its backtrace) and writes it under `dir`, keeping `keep` files.
+fn write(dir: &Path, keep: usize, record: &CrashRecord) -> (StoredCrash, std::io::Result<()>) {
+    let crash = StoredCrash::render(record);
+    let written = persist(dir, keep, &crash);
+    (crash, written)
+}
+
+fn persist(dir: &Path, keep: usize, crash: &StoredCrash) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{}.json", crash.id));
+    let temporary = dir.join(format!(".{}.json.tmp", crash.id));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&serde_json::to_vec_pretty(crash).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    prune(dir, keep)
+}
+
+fn prune(dir: &Path, keep: usize) -> std::io::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .filter(|name| name.to_str().is_some_and(|name| name.ends_with(".json") && !name.starts_with('.')))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for name in &names[..excess] {
+        std::fs::remove_file(dir.join(name))?;
     }
+    Ok(())
 }
 
 impl Actor for CrashRecorder {
@@ -200,13 +239,13 @@ impl Actor for CrashRecorder {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.load();
         ctx.add_stream(queue().wakeups());
-        self.drain();
+        self.drain(ctx);
     }
 }
 
 impl StreamHandler<()> for CrashRecorder {
-    fn handle(&mut self, (): (), _ctx: &mut Self::Context) {
-        self.drain();
+    fn handle(&mut self, (): (), ctx: &mut Self::Context) {
+        self.drain(ctx);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
