@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::alerts::AlertSender;
+use crate::auth::JwksRefresher;
 use crate::chat::DeadLetterSink;
 use crate::config::Config;
 use crate::crash::{CrashRecorder, CrashStore};
@@ -108,6 +109,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             return Err(error);
         }
     };
+    if let Some(jwks) = chat.tokens.jwks() {
+        let interval = config.auth.jwks_refresh_interval;
+        let spec = ChildSpec::new("jwks_refresher", move || JwksRefresher::new(jwks.clone(), interval));
+        if let Err(error) = tree.root().spawn(spec).context("starting the JWKS refresher") {
+            tree.shutdown().await;
+            return Err(error);
+        }
+    }
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -271,6 +271,7 @@ impl Config {
         if self.storage.readers == 0 {
             return Err("storage.readers must be at least 1".into());
         }
+        self.auth.validate()?;
         self.ws.validate()?;
         self.pipeline.validate()?;
         self.delivery.validate()?;

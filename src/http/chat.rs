@@ -37,7 +37,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 /// The user a request is made by: a valid `Authorization: Bearer <jwt>`, or (`allow_query`, for
 /// browser WebSockets, which cannot set headers) `?token=<jwt>`.
-pub(super) fn authenticate(request: &HttpRequest, chat: &Chat, allow_query: bool) -> Result<String, ApiError> {
+pub(super) async fn authenticate(request: &HttpRequest, chat: &Chat, allow_query: bool) -> Result<String, ApiError> {
     let from_query =
         || web::Query::<TokenQuery>::from_query(request.query_string()).ok().and_then(|query| query.into_inner().token);
     let token = match bearer_token(request.headers()) {
@@ -45,7 +45,10 @@ pub(super) fn authenticate(request: &HttpRequest, chat: &Chat, allow_query: bool
         None if allow_query => from_query().ok_or(ApiError::Unauthorized)?,
         None => return Err(ApiError::Unauthorized),
     };
-    chat.tokens.verify(&token).map_err(|_| ApiError::Unauthorized)
+    chat.tokens.verify(&token).await.map_err(|error| {
+        tracing::debug!(%error, "token refused");
+        ApiError::Unauthorized
+    })
 }
 
 #[derive(Deserialize)]
@@ -95,7 +98,7 @@ async fn create_conversation(
     body: web::Json<NewConversation>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
-    let creator = authenticate(&request, chat, false)?;
+    let creator = authenticate(&request, chat, false).await?;
     let NewConversation { members, title } = body.into_inner();
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::BadRequest(format!("title must be at most {MAX_TITLE_CHARS} characters")));
@@ -133,7 +136,7 @@ async fn post_message(
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
-    let sender = authenticate(&request, chat, false)?;
+    let sender = authenticate(&request, chat, false).await?;
     let PostMessage { client_msg_id, body } = body.into_inner();
     validate_client_msg_id(&client_msg_id).map_err(ApiError::BadRequest)?;
     validate_body(&body).map_err(|(_, message)| ApiError::BadRequest(message))?;
@@ -157,7 +160,7 @@ async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false)?;
+    let user = authenticate(&request, chat, false).await?;
     let conversation = conversation.into_inner();
     let HistoryQuery { before, limit } = query.into_inner();
     let limit = page_limit(limit, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)?;
@@ -185,7 +188,7 @@ async fn search(
     query: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false)?;
+    let user = authenticate(&request, chat, false).await?;
     let SearchQuery { q, conversation, limit } = query.into_inner();
     let limit = page_limit(limit, DEFAULT_SEARCH_HITS, MAX_SEARCH_HITS)?;
     if q.trim().is_empty() || q.chars().count() > MAX_QUERY_CHARS {

@@ -35,7 +35,7 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = state.chat.clone();
-    let user = authenticate(&request, &chat, true)?;
+    let user = authenticate(&request, &chat, true).await?;
     let mut response = actix_web_actors::ws::handshake(&request)
         .map_err(|error| ApiError::BadRequest(format!("not a WebSocket handshake: {error}")))?;
     let config = &chat.config.ws;

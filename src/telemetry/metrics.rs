@@ -96,6 +96,18 @@ struct BuildLabels {
     version: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error`.
+    pub outcome: String,
+}
+
+impl OutcomeLabels {
+    pub fn of(outcome: &str) -> Self {
+        Self { outcome: outcome.to_owned() }
+    }
+}
+
 /// Every metric family rampart exports.
 pub struct Metrics {
     registry: Registry,
@@ -153,6 +165,9 @@ pub struct Metrics {
     /// Open WebSocket connections, and connections closed for falling behind.
     pub ws_connections: Gauge,
     pub ws_slow_clients: Counter,
+    /// JWKS fetches by outcome, and the keys the cache holds.
+    pub jwks_refreshes: Family<OutcomeLabels, Counter>,
+    pub jwks_keys: Gauge,
 }
 
 impl Metrics {
@@ -189,6 +204,8 @@ impl Metrics {
             search_index_failures: Counter::default(),
             ws_connections: Gauge::default(),
             ws_slow_clients: Counter::default(),
+            jwks_refreshes: Family::default(),
+            jwks_keys: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -286,6 +303,15 @@ impl Metrics {
             "WebSocket clients disconnected for falling behind",
             metrics.ws_slow_clients.clone(),
         );
+        registry.register(
+            "jwks_refreshes",
+            "Fetches of the identity provider's key set, by outcome",
+            metrics.jwks_refreshes.clone(),
+        );
+        registry.register("jwks_keys", "Signing keys in the cached key set", metrics.jwks_keys.clone());
+        for outcome in ["ok", "error"] {
+            drop(metrics.jwks_refreshes.get_or_create(&OutcomeLabels::of(outcome)));
+        }
         for kind in ["message", "delivery", "quarantine"] {
             drop(metrics.dead_letters.get_or_create(&KindLabels { kind: kind.into() }));
         }

@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod alerts;
+mod auth;
 mod chat;
 mod chat_client;
 mod crashes;
