@@ -78,10 +78,17 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
 }
 
 /// Prometheus scrape endpoint (no auth: it carries no secrets, and scrapers rarely do bearer auth).
-async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(crate::telemetry::metrics().render())
+/// OpenMetrics when the `Accept` header asks for it (Prometheus does), else the classic text
+/// format 0.0.4 that every scraper and `promtool check metrics` reads.
+async fn metrics(request: actix_web::HttpRequest) -> HttpResponse {
+    use crate::telemetry::exposition;
+    let accept = request.headers().get(actix_web::http::header::ACCEPT).and_then(|value| value.to_str().ok());
+    let openmetrics = crate::telemetry::metrics().render();
+    if accept.is_some_and(exposition::wants_openmetrics) {
+        HttpResponse::Ok().content_type(exposition::OPENMETRICS_CONTENT_TYPE).body(openmetrics)
+    } else {
+        HttpResponse::Ok().content_type(exposition::CLASSIC_CONTENT_TYPE).body(exposition::to_classic(&openmetrics))
+    }
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -4,6 +4,7 @@
 //! the full list of what an operator can see is readable here (metric families: `metrics.rs`).
 //! Must never: block or panic; it is called from actor threads and the watchdog.
 
+pub mod exposition;
 mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;

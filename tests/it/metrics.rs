@@ -50,3 +50,41 @@ async fn an_actor_restart_is_counted() {
     })
     .await;
 }
+
+/// Regression: a client that did not ask for OpenMetrics got it anyway, and `promtool check
+/// metrics` rejected it (`unknown metric type "info"`). Without an `Accept` for OpenMetrics the
+/// answer is the classic text format, which promtool must accept (required in CI).
+#[actix_rt::test]
+async fn plain_scrapes_get_the_classic_text_format_that_promtool_accepts() {
+    let server = RampartProcess::start(&[]);
+    let mut response = awc::Client::new().get(server.url("/metrics")).send().await.expect("scrape");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let text = String::from_utf8(response.body().limit(8 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT") && !text.contains(" info\n"), "{text}");
+    assert!(text.contains("# TYPE rampart_build_info gauge\nrampart_build_info{version="), "{text}");
+    assert!(text.contains("# TYPE rampart_panics_total counter\n"), "{text}");
+    // The OpenMetrics answer is still there for whoever asks (Prometheus does).
+    assert!(scrape(&server).await.ends_with("# EOF\n"));
+
+    let required = std::env::var("RAMPART_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut promtool = match promtool {
+        Ok(child) => child,
+        Err(error) => {
+            assert!(!required, "promtool is required here (RAMPART_REQUIRE_PROMTOOL=1): {error}");
+            eprintln!("promtool not installed: skipping `promtool check metrics`");
+            return;
+        }
+    };
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let findings = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && findings.trim().is_empty(), "promtool check metrics:\n{findings}");
+}

@@ -195,7 +195,8 @@ fn listening_in(output: &str) -> Option<String> {
 
 /// `GET /metrics` as text.
 pub async fn scrape(server: &RampartProcess) -> String {
-    let response = awc::Client::new().get(server.url("/metrics")).send().await;
+    let request = awc::Client::new().get(server.url("/metrics"));
+    let response = request.insert_header(("Accept", "application/openmetrics-text; version=1.0.0")).send().await;
     let mut response = response.expect("scrape");
     assert_eq!(response.status().as_u16(), 200);
     let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
