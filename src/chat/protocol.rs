@@ -77,10 +77,11 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         }
         "delivered" => {
             let id = string_field(&raw.id, "id")?;
-            if id.is_empty() || id.len() > 64 {
-                return Err(FrameError::new("invalid", "field `id` must be a message id"));
+            // Message ids are UUIDs; anything else confirms nothing and must say so.
+            match uuid::Uuid::try_parse(&id) {
+                Ok(parsed) => Ok(ClientFrame::Delivered { id: parsed.hyphenated().to_string() }),
+                Err(_) => Err(FrameError::new("invalid", "field `id` must be a message id (a UUID)")),
             }
-            Ok(ClientFrame::Delivered { id })
         }
         "ping" => Ok(ClientFrame::Ping),
         other => {
@@ -182,7 +183,14 @@ mod tests {
             ClientFrame::Send { conversation: "c".into(), client_msg_id: "1".into(), body: "hi".into() }
         );
         assert_eq!(parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
-        assert_eq!(parse(r#"{"type":"delivered","id":"x"}"#).unwrap(), ClientFrame::Delivered { id: "x".into() });
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let frame = format!(r#"{{"type":"delivered","id":"{id}"}}"#);
+        assert_eq!(parse(&frame).unwrap(), ClientFrame::Delivered { id: id.into() });
+        // Regression: a malformed id got no answer at all.
+        for bad in [r#""not-an-id""#, r#""""#, "7", "null"] {
+            let error = parse(&format!(r#"{{"type":"delivered","id":{bad}}}"#)).unwrap_err();
+            assert_eq!(error.code, "invalid", "{bad}");
+        }
     }
 
     #[test]

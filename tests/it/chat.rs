@@ -170,6 +170,8 @@ async fn bad_websocket_input_gets_specific_errors_and_loses_nothing() {
         ),
         (json!({"type": "send", "conversation": 7, "client_msg_id": "n", "body": "x"}).to_string(), "invalid"),
         (json!({"type": "delivered"}).to_string(), "invalid"),
+        // Regression: a malformed id got no answer at all.
+        (json!({"type": "delivered", "id": "not-an-id"}).to_string(), "invalid"),
     ];
     for (frame, code) in &cases {
         ws.send(Message::Text(frame.clone().into())).await;
