@@ -24,6 +24,8 @@ use crate::system_monitor::SystemMonitor;
 
 /// Process exit code when the supervision tree gave up (root escalation): EX_SOFTWARE.
 pub const EXIT_FATAL: u8 = 70;
+/// Where the generated admin token lives, under `storage.data_dir`.
+pub const ADMIN_TOKEN_FILE: &str = "admin_token";
 /// Process exit code for configuration and usage errors.
 pub const EXIT_CONFIG: u8 = 2;
 
@@ -47,7 +49,17 @@ impl Outcome {
 
 /// Runs rampart until `shutdown` resolves or the tree gives up. Must be called inside an actix
 /// system (`actix_rt::System::new().block_on(..)`).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
+pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
+    // Like the JWT secret: with no admin token configured, the embedded default generates one
+    // once, so the admin API and the console work on a first run without ever being open.
+    let generated_admin_token = if config.admin.token.is_empty() {
+        let path = config.storage.data_dir.join(ADMIN_TOKEN_FILE);
+        config.admin.token = crate::secret_file::read_or_create(&path)
+            .with_context(|| format!("reading or creating the admin token {}", path.display()))?;
+        Some(path)
+    } else {
+        None
+    };
     let config = Arc::new(config);
     let quarantine = QuarantineStore::new(QuarantineStore::DEFAULT_CAPACITY);
     // Quarantined messages are kept in memory for /admin/quarantine and written to dead letters.
@@ -141,6 +153,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     tracing::info!(address = %address, "listening on http://{address}");
+    if let Some(path) = generated_admin_token {
+        tracing::info!(
+            token_file = %path.display(),
+            "console: http://{address}/console (admin token in {}; generated because admin.token is empty: set RAMPART__ADMIN__TOKEN in production)",
+            path.display()
+        );
+    }
     let server_handle = server.handle();
     let mut server_task = crate::tasks::spawn_owned("http.server", server);
 

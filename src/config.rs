@@ -122,8 +122,9 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Bearer token for every `/admin/*` route. Empty: the admin API answers 503 (never open).
-    /// Prefer setting it through `RAMPART__ADMIN__TOKEN` over writing it in a file.
+    /// Bearer token for every `/admin/*` route and the console. Empty: generated once into
+    /// `<data_dir>/admin_token` (mode 0600) and reused; the admin API is never open. In
+    /// production set it, through `RAMPART__ADMIN__TOKEN` rather than in a file.
     pub token: String,
 }
 
@@ -152,8 +153,21 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// `pretty` when stdout is a terminal, `json` otherwise (a pipe, a file, a log shipper).
+    Auto,
     Json,
     Pretty,
+}
+
+impl LogFormat {
+    /// `Json` or `Pretty`: `Auto` decided by whether stdout is a terminal right now.
+    pub fn resolve(self) -> Self {
+        match self {
+            LogFormat::Auto if std::io::IsTerminal::is_terminal(&std::io::stdout()) => LogFormat::Pretty,
+            LogFormat::Auto => LogFormat::Json,
+            chosen => chosen,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,7 +175,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// Which events to log, in `RUST_LOG` syntax (`info`, `rampart=debug,actix_web=warn`).
     pub filter: String,
-    /// `json` (one object per line) or `pretty` (for people at a terminal).
+    /// `auto` (pretty at a terminal, JSON otherwise), `json` (one object per line) or `pretty`.
     pub format: LogFormat,
     /// Also append to this file (rotated by size); unset: stdout only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,7 +195,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             filter: "info".into(),
-            format: LogFormat::Json,
+            format: LogFormat::Auto,
             file: None,
             max_bytes: 100 * 1024 * 1024,
             keep: 5,

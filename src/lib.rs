@@ -17,6 +17,7 @@ pub mod logging;
 pub mod queue;
 pub mod resilience;
 pub mod rfc3339;
+pub mod secret_file;
 pub mod storage;
 pub mod supervision;
 pub mod system_monitor;

@@ -62,7 +62,9 @@ fn token(config: &Config, user: &str, ttl: std::time::Duration) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(mut config: Config) -> ExitCode {
+    // Decided once, so the subscriber and the log writer's own lines agree.
+    config.log.format = config.log.format.resolve();
     if let Err(error) = rampart::logging::init(&config.log) {
         eprintln!("rampart: cannot set up logging: {error}");
         return ExitCode::from(EXIT_CONFIG);

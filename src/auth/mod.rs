@@ -15,20 +15,16 @@
 mod jwks;
 mod keys;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 
 pub use jwks::{Jwks, JwksRefresher};
 use keys::{is_hmac, VerifyingKey};
 
-/// Bytes of entropy in a generated secret.
-const GENERATED_SECRET_BYTES: usize = 32;
 /// Longest user id (also the rule `POST /api/users` applies).
 pub const MAX_USER_ID_CHARS: usize = 64;
 /// Accepted when `auth.algorithms` is empty and an identity provider's keys are configured.
@@ -332,35 +328,9 @@ fn unix_now() -> u64 {
 }
 
 fn persisted_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
-    let error = |source| AuthError::Secret { path: path.to_owned(), source };
-    match std::fs::read(path) {
-        Ok(secret) if !secret.is_empty() => return Ok(secret),
-        Ok(_) => {}
-        Err(read_error) if read_error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(read_error) => return Err(error(read_error)),
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(error)?;
-    }
-    let mut bytes = [0u8; GENERATED_SECRET_BYTES];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(secret.as_bytes()).map_err(error)?;
-            file.sync_all().map_err(error)?;
-            Ok(secret.into_bytes())
-        }
-        // Another process (a concurrent `rampart token`) created it first: use theirs.
-        Err(create_error) if create_error.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::read(path).map_err(error)
-        }
-        Err(create_error) => Err(error(create_error)),
-    }
+    crate::secret_file::read_or_create(path)
+        .map(String::into_bytes)
+        .map_err(|source| AuthError::Secret { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

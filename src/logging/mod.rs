@@ -166,9 +166,10 @@ pub fn subscriber(config: &LogConfig, pipe: &'static LogPipe) -> Result<Box<dyn 
         registry.with(layer)
     };
     let with_span = crate::telemetry::tracing_exported();
-    Ok(match config.format {
-        LogFormat::Json => Box::new(registry.with(json_layer(writer, with_span))),
-        LogFormat::Pretty => Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer))),
+    Ok(if config.format.resolve() == LogFormat::Pretty {
+        Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+    } else {
+        Box::new(registry.with(json_layer(writer, with_span)))
     })
 }
 

@@ -56,8 +56,8 @@ impl LogWriter {
 fn drop_report_line(format: LogFormat, dropped: u64, total: u64) -> String {
     let timestamp = crate::rfc3339::format(std::time::SystemTime::now());
     let message = "log queue full: events dropped";
-    match format {
-        LogFormat::Json => {
+    match format.resolve() {
+        LogFormat::Auto | LogFormat::Json => {
             let line = serde_json::json!({
                 "timestamp": timestamp,
                 "level": "WARN",

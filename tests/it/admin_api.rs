@@ -117,13 +117,42 @@ async fn chaos_routes_are_404_unless_enabled() {
     assert_eq!(actor(&listing, "/root/system_monitor")["restarts"], 0, "nothing panicked");
 }
 
+/// A first run needs no invented token: one is generated into `<data_dir>/admin_token` (0600),
+/// logged as a path (never the token), reused by the next start, and a configured one wins.
 #[actix_rt::test]
-async fn without_a_configured_token_the_admin_api_is_503_and_says_how_to_enable_it() {
-    let server = RampartProcess::start(&[("RAMPART__CHAOS__ENABLED", "true")]);
-    let (status, body) = Http::new().get(&server.url("/admin/actors"), Some("")).await;
-    assert_eq!(status, 503);
-    assert_eq!(body["error"], "admin_disabled");
-    assert!(body["message"].as_str().unwrap().contains("RAMPART__ADMIN__TOKEN"));
+async fn without_a_configured_token_one_is_generated_once_and_a_configured_one_wins() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let path = data_dir.path().join("admin_token");
+    let server = RampartProcess::start_on(data_dir.path(), &[]);
+    let token = std::fs::read_to_string(&path).expect("admin_token written");
+    assert_eq!(token.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let http = Http::new();
+    assert_eq!(http.get(&server.url("/admin/actors"), Some(&token)).await.0, 200);
+    assert_eq!(http.get(&server.url("/admin/actors"), None).await.0, 401);
+    eventually("the console line is logged", Duration::from_secs(10), || {
+        let logged = server.output().contains("/console");
+        async move { logged }
+    })
+    .await;
+    let output = server.output();
+    let line = output.lines().find(|line| line.contains("/console")).expect("a log line names the console");
+    assert!(line.contains(&format!("{}/console", server.base_url)) && line.contains("admin_token"), "{line}");
+    assert!(!output.contains(&token), "the token itself is never logged");
+    drop(server);
+
+    let again = RampartProcess::start_on(data_dir.path(), &[]);
+    assert_eq!(http.get(&again.url("/admin/actors"), Some(&token)).await.0, 200, "reused");
+    drop(again);
+
+    let configured = RampartProcess::start_on(data_dir.path(), &[("RAMPART__ADMIN__TOKEN", TOKEN)]);
+    assert_eq!(http.get(&configured.url("/admin/actors"), Some(TOKEN)).await.0, 200);
+    assert_eq!(http.get(&configured.url("/admin/actors"), Some(&token)).await.0, 401);
+    assert!(!configured.output().contains("/console (admin token in"), "nothing generated to announce");
 }
 
 #[actix_rt::test]

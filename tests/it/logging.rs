@@ -152,3 +152,45 @@ async fn the_log_file_rotates_by_size_and_keeps_the_configured_number() {
         }
     }
 }
+
+/// The first line rampart prints that mentions `listening on`, run with stdout on a terminal
+/// (a pseudo-terminal from util-linux `script`).
+fn listening_line_on_a_terminal(extra: &[(&str, &str)]) -> String {
+    use std::io::{BufRead as _, BufReader};
+    let data_dir = tempfile::tempdir().unwrap();
+    let inner = crate::support::rampart_command(data_dir.path(), extra, &[]);
+    let mut command = std::process::Command::new("script");
+    command.args(["-qfec", env!("CARGO_BIN_EXE_rampart"), "/dev/null"]);
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let stdout = child.stdout.take().unwrap();
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.contains("listening on"))
+        .expect("rampart logs where it listens");
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+#[test]
+fn logs_are_pretty_at_a_terminal_unless_a_format_is_set() {
+    let pretty = listening_line_on_a_terminal(&[]);
+    assert!(!pretty.trim_start().starts_with('{') && pretty.contains("INFO"), "{pretty}");
+    let json = listening_line_on_a_terminal(&[("RAMPART__LOG__FORMAT", "json")]);
+    let json = &json[json.find('{').expect("a JSON object")..];
+    let parsed: Value = serde_json::from_str(json.trim()).expect("JSON when log.format = json");
+    assert_eq!(parsed["level"], "INFO");
+    // And with stdout a pipe (every other test), `auto` means JSON.
+}
