@@ -50,10 +50,12 @@ use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, 
 pub const CHAOS_POISON_MARKER: &str = "\u{1F4A5}chaos:poison";
 
 /// The reply to a stored message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Ack {
     pub client_msg_id: String,
+    /// The message id (a UUID, the same for every resend of this `client_msg_id`).
     pub id: String,
+    /// RFC 3339.
     pub created_at: String,
 }
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{queue, CrashRecord};
 
 /// A crash as stored on disk and served by `/admin/crashes/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredCrash {
     pub id: String,
     /// RFC 3339.

@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue, USER_AGENT};
+use actix_web::http::header::{HeaderName, HeaderValue, ALLOW, USER_AGENT};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
@@ -83,10 +83,10 @@ impl ResponseError for BoundaryError {
     }
 }
 
-pub async fn boundary(
+pub async fn boundary<B: MessageBody + 'static>(
     request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let request_id = request
         .headers()
         .get(&REQUEST_ID_HEADER)
@@ -112,7 +112,8 @@ pub async fn boundary(
     metrics.http_in_flight.dec();
 
     let (result, status) = match outcome {
-        Ok(Ok(mut response)) => {
+        Ok(Ok(response)) => {
+            let mut response = with_json_method_error(response);
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
@@ -150,6 +151,18 @@ pub async fn boundary(
         .inc();
     metrics.http_duration.get_or_create(&HttpRouteLabels { method, route }).observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// actix's router answers a known path with an unsupported method by an empty 405 (with `Allow`);
+/// every error rampart sends has the JSON error body, so that one gets it too.
+fn with_json_method_error<B: MessageBody>(response: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response.map_into_left_body();
+    }
+    let allow = response.headers().get(ALLOW).and_then(|value| value.to_str().ok()).unwrap_or("").to_owned();
+    let (request, _) = response.into_parts();
+    let error = super::ApiError::MethodNotAllowed(allow);
+    ServiceResponse::new(request, error.error_response()).map_into_right_body()
 }
 
 /// The request's span while spans are exported (`otel`), else a no-op span (no cost).

@@ -2,19 +2,25 @@
 //!
 //! Every `/api` route except `POST /api/users` (admin token) authenticates a user by JWT; the
 //! sender of a message is always the token's subject. Only members see or write a conversation.
+//! Request and response bodies are the typed structs below; `openapi.rs` documents them from
+//! these same types, so the contract cannot drift from the code.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::admin::{bearer_token, check_admin_token};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::auth::validate_user_id;
 use crate::chat::protocol::{validate_body, validate_client_msg_id};
+use crate::chat::Ack;
 use crate::chat::{message_id, Chat, SendError};
 use crate::resilience::Outcome;
-use crate::storage::{ms_to_rfc3339, now_ms, DeadLetterKind, NewMessage, StoredMessage};
+use crate::storage::{
+    ms_to_rfc3339, now_ms, ConversationCursor, ConversationSummary, DeadLetterKind, NewMessage, StoredMessage,
+};
 
 /// Most members a conversation may be created with.
 const MAX_MEMBERS: usize = 1000;
@@ -25,14 +31,18 @@ const MAX_SEARCH_HITS: u32 = 100;
 const DEFAULT_SEARCH_HITS: u32 = 20;
 const MAX_QUERY_CHARS: usize = 256;
 const MAX_DEAD_LETTERS_LISTED: u32 = 1000;
+const DEFAULT_DEAD_LETTERS_LISTED: u32 = 100;
+const MAX_CONVERSATIONS_PAGE: u32 = 100;
+const DEFAULT_CONVERSATIONS_PAGE: u32 = 50;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/api/users", web::post().to(create_user))
-        .route("/api/conversations", web::post().to(create_conversation))
-        .route("/api/conversations/{id}/messages", web::post().to(post_message))
-        .route("/api/conversations/{id}/messages", web::get().to(history))
-        .route("/api/search", web::get().to(search));
+        .service(web::resource("/api/me").get(me))
+        .service(web::resource("/api/users").post(create_user))
+        .service(web::resource("/api/conversations").get(list_conversations).post(create_conversation))
+        .service(web::resource("/api/conversations/{id}").get(get_conversation))
+        .service(web::resource("/api/conversations/{id}/messages").get(history).post(post_message))
+        .service(web::resource("/api/search").get(search));
 }
 
 /// The user a request is made by: a valid `Authorization: Bearer <jwt>`, or (`allow_query`, for
@@ -56,14 +66,73 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A user to provision.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
+pub(super) struct NewUser {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.@-]+$")]
     id: String,
+    /// Defaults to the id.
+    #[schema(max_length = 200)]
     display_name: Option<String>,
 }
 
-async fn create_user(
+/// A user.
+#[derive(Serialize, ToSchema)]
+pub(super) struct UserBody {
+    id: String,
+    display_name: String,
+}
+
+/// The user a token belongs to.
+#[derive(Serialize, ToSchema)]
+pub(super) struct MeBody {
+    id: String,
+    display_name: String,
+    /// RFC 3339.
+    created_at: String,
+}
+
+/// Who the bearer of this token is. A valid token for a user not provisioned yet is `404`.
+#[utoipa::path(
+    get, path = "/api/me", tag = "chat",
+    security(("user_jwt" = [])),
+    responses(
+        (status = 200, description = "The token's user", body = MeBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 404, description = "The token is valid but its user does not exist", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn me(request: HttpRequest, state: web::Data<AppState>) -> Result<web::Json<MeBody>, ApiError> {
+    let chat = &state.chat;
+    let user = authenticate(&request, chat, false).await?;
+    let record = chat
+        .store
+        .user(user.clone())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {user} is not provisioned (POST /api/users)")))?;
+    Ok(web::Json(MeBody {
+        id: record.id,
+        display_name: record.display_name,
+        created_at: ms_to_rfc3339(record.created_at_ms),
+    }))
+}
+
+/// Provisions a user (admin token).
+#[utoipa::path(
+    post, path = "/api/users", tag = "chat",
+    security(("admin_token" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = UserBody),
+        (status = 400, description = "Invalid id or display name, or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "The id is taken", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_user(
     request: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<NewUser>,
@@ -81,18 +150,62 @@ async fn create_user(
     }
     chat.directory.note_user(&id);
     crate::action!("api", "user created", user = id);
-    Ok(HttpResponse::Created().json(json!({ "id": id, "display_name": display_name })))
+    Ok(HttpResponse::Created().json(UserBody { id, display_name }))
 }
 
-#[derive(Deserialize)]
+/// A conversation to create; the creator is always a member.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewConversation {
-    members: Vec<String>,
+pub(super) struct NewConversation {
+    /// User ids besides the creator (at most 1000 members in all).
+    #[schema(max_items = 999)]
+    members: Vec<UserId>,
     #[serde(default)]
+    #[schema(max_length = 200)]
     title: String,
 }
 
-async fn create_conversation(
+/// A user id: 1 to 64 of `[A-Za-z0-9_.@-]`.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(super) struct UserId(String);
+
+impl utoipa::PartialSchema for UserId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(crate::auth::MAX_USER_ID_CHARS))
+            .pattern(Some("^[A-Za-z0-9_.@-]+$"))
+            .into()
+    }
+}
+
+impl ToSchema for UserId {}
+
+/// A created conversation.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CreatedConversation {
+    id: String,
+    title: String,
+    members: Vec<String>,
+}
+
+/// Creates a conversation.
+#[utoipa::path(
+    post, path = "/api/conversations", tag = "chat",
+    security(("user_jwt" = [])),
+    request_body = NewConversation,
+    responses(
+        (status = 201, description = "Created", body = CreatedConversation),
+        (status = 400, description = "Invalid member ids, a title too long, or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 422, description = "Some members are not users (`unknown_members`; the message lists them)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_conversation(
     request: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<NewConversation>,
@@ -104,7 +217,7 @@ async fn create_conversation(
         return Err(ApiError::BadRequest(format!("title must be at most {MAX_TITLE_CHARS} characters")));
     }
     let mut all = vec![creator.clone()];
-    for member in members {
+    for UserId(member) in members {
         validate_user_id(&member).map_err(|error| ApiError::BadRequest(format!("member {member:?}: {error}")))?;
         if !all.contains(&member) {
             all.push(member);
@@ -116,20 +229,164 @@ async fn create_conversation(
     let id = uuid::Uuid::now_v7().to_string();
     let created = chat.store.create_conversation(id.clone(), title.clone(), creator, all.clone(), now_ms()).await?;
     if let Err(unknown) = created {
-        return Err(ApiError::BadRequest(format!("unknown members: {}", unknown.join(", "))));
+        return Err(ApiError::UnknownMembers(unknown));
     }
     chat.directory.note_conversation(&id, all.clone());
-    Ok(HttpResponse::Created().json(json!({ "id": id, "title": title, "members": all })))
+    Ok(HttpResponse::Created().json(CreatedConversation { id, title, members: all }))
 }
 
-#[derive(Deserialize)]
+/// A conversation as its members see it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ConversationBody {
+    id: String,
+    title: String,
+    created_by: String,
+    /// RFC 3339.
+    created_at: String,
+    members: Vec<String>,
+    /// The newest message, if any.
+    latest_message: Option<MessageBody>,
+    /// The newest message's time, or the creation time: listings are ordered by it.
+    last_activity_at: String,
+}
+
+impl From<ConversationSummary> for ConversationBody {
+    fn from(summary: ConversationSummary) -> Self {
+        Self {
+            id: summary.id,
+            title: summary.title,
+            created_by: summary.created_by,
+            created_at: ms_to_rfc3339(summary.created_at_ms),
+            members: summary.members,
+            latest_message: summary.latest.as_ref().map(MessageBody::from),
+            last_activity_at: ms_to_rfc3339(summary.activity_ms),
+        }
+    }
+}
+
+/// A page of conversations.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ConversationPage {
+    conversations: Vec<ConversationBody>,
+    /// Pass as `before` for the next page; `null` on the last page.
+    next_before: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct PostMessage {
+#[into_params(parameter_in = Query)]
+pub(super) struct ConversationsQuery {
+    /// The `next_before` of the previous page.
+    #[param(max_length = 200, pattern = r"^-?[0-9]{1,18}\..+$")]
+    before: Option<String>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+}
+
+/// The caller's conversations, most recently active first, with members and latest message.
+#[utoipa::path(
+    get, path = "/api/conversations", tag = "chat",
+    security(("user_jwt" = [])),
+    params(ConversationsQuery),
+    responses(
+        (status = 200, description = "One page", body = ConversationPage),
+        (status = 400, description = "Bad `limit` or `before`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_conversations(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<ConversationsQuery>,
+) -> Result<web::Json<ConversationPage>, ApiError> {
+    let chat = &state.chat;
+    let user = authenticate(&request, chat, false).await?;
+    let ConversationsQuery { before, limit } = query.into_inner();
+    let limit = page_limit(limit, DEFAULT_CONVERSATIONS_PAGE, MAX_CONVERSATIONS_PAGE)?;
+    let cursor = before.as_deref().map(parse_cursor).transpose()?;
+    let page = chat.store.conversations_page(user, cursor, limit).await?;
+    let next_before = match page.last() {
+        Some(last) if page.len() == limit as usize => Some(format!("{}.{}", last.activity_ms, last.id)),
+        _ => None,
+    };
+    Ok(web::Json(ConversationPage {
+        conversations: page.into_iter().map(ConversationBody::from).collect(),
+        next_before,
+    }))
+}
+
+/// `<activity_ms>.<conversation id>`, as `next_before` writes it.
+fn parse_cursor(before: &str) -> Result<ConversationCursor, ApiError> {
+    let invalid = || ApiError::BadRequest("`before` must be the `next_before` of a previous page".into());
+    let (activity, id) = before.split_once('.').ok_or_else(invalid)?;
+    let activity_ms = activity.parse::<i64>().map_err(|_| invalid())?;
+    if id.is_empty() {
+        return Err(invalid());
+    }
+    Ok(ConversationCursor { activity_ms, id: id.to_owned() })
+}
+
+/// One conversation. Members only: anyone else gets `403`, whether or not it exists.
+#[utoipa::path(
+    get, path = "/api/conversations/{id}", tag = "chat",
+    security(("user_jwt" = [])),
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The conversation", body = ConversationBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a member (or no such conversation)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_conversation(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    conversation: web::Path<String>,
+) -> Result<web::Json<ConversationBody>, ApiError> {
+    let chat = &state.chat;
+    let user = authenticate(&request, chat, false).await?;
+    let conversation = conversation.into_inner();
+    require_member(chat, &conversation, &user).await?;
+    let summary = chat
+        .store
+        .conversation(conversation)
+        .await?
+        .ok_or_else(|| ApiError::Forbidden("not a member of this conversation (or it does not exist)".into()))?;
+    Ok(web::Json(summary.into()))
+}
+
+/// A message to send.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PostMessage {
+    /// The sender's own id for the message: resending it returns the original ack and stores
+    /// nothing.
+    #[schema(min_length = 1, max_length = 64)]
     client_msg_id: String,
+    /// 1 to 16384 bytes of UTF-8.
+    #[schema(min_length = 1)]
     body: String,
 }
 
-async fn post_message(
+/// Sends a message; answers once it is committed to disk.
+#[utoipa::path(
+    post, path = "/api/conversations/{id}/messages", tag = "chat",
+    security(("user_jwt" = [])),
+    params(("id" = String, Path, description = "Conversation id")),
+    request_body = PostMessage,
+    responses(
+        (status = 201, description = "Stored (or stored before, for a resend)", body = Ack),
+        (status = 400, description = "Invalid `client_msg_id` or `body`, or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a member (or no such conversation)", body = ErrorBody),
+        (status = 422, description = "`unknown_sender` or `rejected` (dead-lettered)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Not stored (pipeline or storage unavailable): send again", body = ErrorBody),
+    )
+)]
+pub(super) async fn post_message(
     request: HttpRequest,
     state: web::Data<AppState>,
     conversation: web::Path<String>,
@@ -142,23 +399,72 @@ async fn post_message(
     validate_body(&body).map_err(|(_, message)| ApiError::BadRequest(message))?;
     let conversation = conversation.into_inner();
     let message = NewMessage { id: message_id(&sender, &client_msg_id), conversation, sender, client_msg_id, body };
-    let ack = chat.submit(message).await.map_err(ApiError::Send)?;
+    let ack: Ack = chat.submit(message).await.map_err(ApiError::Send)?;
     Ok(HttpResponse::Created().json(ack))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct HistoryQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct HistoryQuery {
+    /// A message id of this conversation: the page holds older messages (`404` when it is not
+    /// a message of this conversation).
+    #[param(format = Uuid)]
     before: Option<String>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
-async fn history(
+/// A stored message.
+#[derive(Serialize, ToSchema)]
+pub(super) struct MessageBody {
+    id: String,
+    conversation: String,
+    sender: String,
+    body: String,
+    /// RFC 3339.
+    created_at: String,
+}
+
+impl From<&StoredMessage> for MessageBody {
+    fn from(message: &StoredMessage) -> Self {
+        Self {
+            id: message.id.clone(),
+            conversation: message.conversation.clone(),
+            sender: message.sender.clone(),
+            body: message.body.clone(),
+            created_at: ms_to_rfc3339(message.created_at_ms),
+        }
+    }
+}
+
+/// A page of history, newest first.
+#[derive(Serialize, ToSchema)]
+pub(super) struct HistoryPage {
+    messages: Vec<MessageBody>,
+}
+
+/// A conversation's messages, newest first.
+#[utoipa::path(
+    get, path = "/api/conversations/{id}/messages", tag = "chat",
+    security(("user_jwt" = [])),
+    params(("id" = String, Path, description = "Conversation id"), HistoryQuery),
+    responses(
+        (status = 200, description = "One page", body = HistoryPage),
+        (status = 400, description = "Bad `limit`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a member (or no such conversation)", body = ErrorBody),
+        (status = 404, description = "`before` is not a message of this conversation", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn history(
     request: HttpRequest,
     state: web::Data<AppState>,
     conversation: web::Path<String>,
     query: web::Query<HistoryQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<HistoryPage>, ApiError> {
     let chat = &state.chat;
     let user = authenticate(&request, chat, false).await?;
     let conversation = conversation.into_inner();
@@ -169,24 +475,60 @@ async fn history(
         .store
         .history(conversation, before, limit)
         .await?
-        .ok_or_else(|| ApiError::BadRequest("`before` is not a message of this conversation".into()))?;
-    let messages: Vec<Value> = messages.iter().map(message_json).collect();
-    Ok(HttpResponse::Ok().json(json!({ "messages": messages })))
+        .ok_or_else(|| ApiError::NotFound("`before` is not a message of this conversation".into()))?;
+    Ok(web::Json(HistoryPage { messages: messages.iter().map(MessageBody::from).collect() }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct SearchQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct SearchQuery {
+    /// Words that must all match.
+    #[param(min_length = 1, max_length = 256)]
     q: String,
+    /// Only this conversation (you must be a member).
     conversation: Option<String>,
+    /// Most hits (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
-async fn search(
+/// A search hit: a message plus its body with matches marked.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SearchHitBody {
+    id: String,
+    conversation: String,
+    sender: String,
+    body: String,
+    /// RFC 3339.
+    created_at: String,
+    /// The body with matched terms wrapped in `<mark>`…`</mark>`.
+    highlight: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct SearchResults {
+    hits: Vec<SearchHitBody>,
+}
+
+/// Full-text search over the conversations the caller belongs to.
+#[utoipa::path(
+    get, path = "/api/search", tag = "chat",
+    security(("user_jwt" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "Hits, best first", body = SearchResults),
+        (status = 400, description = "Empty or too long `q`, bad `limit`", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Not a member of `conversation`", body = ErrorBody),
+        (status = 503, description = "Search unavailable (circuit open) or storage unavailable", body = ErrorBody),
+    )
+)]
+pub(super) async fn search(
     request: HttpRequest,
     state: web::Data<AppState>,
     query: web::Query<SearchQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<SearchResults>, ApiError> {
     let chat = &state.chat;
     let user = authenticate(&request, chat, false).await?;
     let SearchQuery { q, conversation, limit } = query.into_inner();
@@ -207,20 +549,18 @@ async fn search(
         .map_err(|_| ApiError::Unavailable("search is unavailable (circuit open); try again later".into()))?;
     let result = chat.search.search(q, scope, limit).await;
     chat.search_breaker.record(permit, if result.is_ok() { Outcome::Success } else { Outcome::Failure });
-    let hits: Vec<Value> = result?
+    let hits = result?
         .into_iter()
-        .map(|hit| {
-            json!({
-                "id": hit.id,
-                "conversation": hit.conversation,
-                "sender": hit.sender,
-                "body": hit.body,
-                "created_at": ms_to_rfc3339(hit.created_at_ms),
-                "highlight": hit.highlight,
-            })
+        .map(|hit| SearchHitBody {
+            id: hit.id,
+            conversation: hit.conversation,
+            sender: hit.sender,
+            body: hit.body,
+            created_at: ms_to_rfc3339(hit.created_at_ms),
+            highlight: hit.highlight,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "hits": hits })))
+    Ok(web::Json(SearchResults { hits }))
 }
 
 /// `limit` (or `default`), refused outside 1..=`max`.
@@ -241,50 +581,101 @@ async fn require_member(chat: &Chat, conversation: &str, user: &str) -> Result<(
     }
 }
 
-fn message_json(message: &StoredMessage) -> Value {
-    json!({
-        "id": message.id,
-        "conversation": message.conversation,
-        "sender": message.sender,
-        "body": message.body,
-        "created_at": ms_to_rfc3339(message.created_at_ms),
-    })
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeadLetterQuery {
+    /// Most entries (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// Something rampart gave up on and kept.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DeadLetterBody {
+    id: String,
+    /// `message`, `delivery` or `quarantine`.
+    #[schema(value_type = String)]
+    kind: DeadLetterKind,
+    reason: String,
+    attempts: u32,
+    /// A message (`message`), `{"recipient","message_id"}` (`delivery`), or the quarantined
+    /// message's debug text (`quarantine`).
+    payload: Value,
+    /// RFC 3339.
+    at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct DeadLetterList {
+    dead_letters: Vec<DeadLetterBody>,
+}
+
+/// Dead letters, newest first.
+#[utoipa::path(
+    get, path = "/admin/dead-letters", tag = "admin",
+    security(("admin_token" = [])),
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "Newest first", body = DeadLetterList),
+        (status = 400, description = "Bad `limit`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
 pub(super) async fn list_dead_letters(
     state: web::Data<AppState>,
     query: web::Query<DeadLetterQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, MAX_DEAD_LETTERS_LISTED);
+) -> Result<web::Json<DeadLetterList>, ApiError> {
+    let limit = page_limit(query.limit, DEFAULT_DEAD_LETTERS_LISTED, MAX_DEAD_LETTERS_LISTED)?;
     let letters = state.chat.store.dead_letters(limit).await?;
-    let letters: Vec<Value> = letters
-        .iter()
-        .map(|letter| {
-            json!({
-                "id": letter.id,
-                "kind": letter.kind,
-                "reason": letter.reason,
-                "attempts": letter.attempts,
-                "payload": letter.payload,
-                "at": ms_to_rfc3339(letter.at_ms),
-            })
+    let dead_letters = letters
+        .into_iter()
+        .map(|letter| DeadLetterBody {
+            at: ms_to_rfc3339(letter.at_ms),
+            id: letter.id,
+            kind: letter.kind,
+            reason: letter.reason,
+            attempts: letter.attempts,
+            payload: letter.payload,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "dead_letters": letters })))
+    Ok(web::Json(DeadLetterList { dead_letters }))
+}
+
+/// What a retry did.
+#[derive(Serialize, ToSchema)]
+pub(super) struct RetryOutcome {
+    /// The dead letter's id (now removed).
+    retried: String,
+    /// For a message: its ack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack: Option<Ack>,
+    /// For a delivery: the recipient it is pending for again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requeued_for: Option<String>,
 }
 
 /// Re-injects one dead letter: a message goes through the pipeline again (same id, so it is
 /// stored at most once); a delivery goes back to pending. Removed from the list once accepted.
+#[utoipa::path(
+    post, path = "/admin/dead-letters/{id}/retry", tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses(
+        (status = 200, description = "Re-injected and removed from the list", body = RetryOutcome),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+        (status = 409, description = "Its payload cannot be replayed", body = ErrorBody),
+        (status = 422, description = "Refused again (back in dead letters under a new id)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Not stored: retry again", body = ErrorBody),
+    )
+)]
 pub(super) async fn retry_dead_letter(
     state: web::Data<AppState>,
     id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<web::Json<RetryOutcome>, ApiError> {
     let chat = &state.chat;
     let id = id.into_inner();
     let letter =
@@ -295,7 +686,7 @@ pub(super) async fn retry_dead_letter(
             let message: NewMessage = serde_json::from_value(letter.payload.clone())
                 .map_err(|_| ApiError::Conflict("this dead letter's payload is not a replayable message".into()))?;
             match chat.submit(message).await {
-                Ok(ack) => json!({ "retried": id, "ack": ack }),
+                Ok(ack) => RetryOutcome { retried: id.clone(), ack: Some(ack), requeued_for: None },
                 // Refused again: it is back in dead letters under a new id.
                 Err(error @ (SendError::Rejected(_) | SendError::UnknownSender(_))) => {
                     chat.store.remove_dead_letter(id.clone()).await?;
@@ -313,9 +704,9 @@ pub(super) async fn retry_dead_letter(
                 return Err(ApiError::Conflict("the delivery record no longer exists".into()));
             }
             chat.redeliver(recipient.clone());
-            json!({ "retried": id, "requeued_for": recipient })
+            RetryOutcome { retried: id.clone(), ack: None, requeued_for: Some(recipient) }
         }
     };
     chat.store.remove_dead_letter(id).await?;
-    Ok(HttpResponse::Ok().json(outcome))
+    Ok(web::Json(outcome))
 }

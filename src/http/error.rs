@@ -3,7 +3,18 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable code to match on (`bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `unavailable`, `rate_limited`, `unknown_sender`, `rejected`, `internal`, ...).
+    pub error: String,
+    /// A sentence for humans.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -21,6 +32,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Forbidden(String),
+    /// Users named in a request that do not exist.
+    #[error("unknown members: {}", .0.join(", "))]
+    UnknownMembers(Vec<String>),
+    /// The path exists, the method does not; carries the `Allow` header's value.
+    #[error("this route accepts only {0}")]
+    MethodNotAllowed(String),
     /// A message the pipeline refused; the code is the one WebSocket clients get.
     #[error("{0}")]
     Send(crate::chat::SendError),
@@ -42,6 +59,8 @@ impl ApiError {
             ApiError::AdminDisabled => "admin_disabled",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::UnknownMembers(_) => "unknown_members",
             ApiError::Send(error) => error.code(),
         }
     }
@@ -56,6 +75,8 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::AdminDisabled | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnknownMembers(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Send(error) => {
                 use crate::chat::SendError;
                 match error {
@@ -71,9 +92,15 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, allow.as_str()));
+            }
+            _ => {}
         }
-        response.json(json!({ "error": self.code(), "message": self.to_string() }))
+        response.json(ErrorBody { error: self.code().to_owned(), message: self.to_string() })
     }
 }

@@ -8,21 +8,40 @@
 
 use std::sync::atomic::Ordering;
 
+use std::collections::BTreeMap;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::resilience::CircuitState;
 use crate::supervision::ActorStatus;
 use crate::system_monitor::GetSample;
 
-pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/health+json").json(json!({ "status": "pass" }))
+const HEALTH_JSON: &str = "application/health+json";
+
+/// A health answer (IETF health-check format): the overall status and, for readiness, one
+/// entry per component check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks: Option<BTreeMap<String, Vec<Check>>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// Liveness: the process answers.
+#[utoipa::path(
+    get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = HealthBody, content_type = "application/health+json"))
+)]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().content_type(HEALTH_JSON).json(HealthBody { status: Status::Pass, checks: None })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Status {
     Pass,
@@ -30,9 +49,10 @@ enum Status {
     Fail,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Check {
     status: Status,
+    /// A count or a state name, depending on the check.
     #[serde(rename = "observedValue", skip_serializing_if = "Option::is_none")]
     observed_value: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,6 +65,15 @@ impl Check {
     }
 }
 
+/// Readiness: `fail` (503) when a required component fails or shutdown has begun; `warn` (200)
+/// while degraded but serving.
+#[utoipa::path(
+    get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready (`pass` or `warn`)", body = HealthBody, content_type = "application/health+json"),
+        (status = 503, description = "Not ready (`fail`)", body = HealthBody, content_type = "application/health+json"),
+    )
+)]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut checks: Vec<(String, Check)> = Vec::new();
     if state.shutting_down.load(Ordering::Acquire) {
@@ -103,9 +132,9 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 
 fn render(checks: Vec<(String, Check)>) -> HttpResponse {
     let overall = checks.iter().map(|(_, check)| check.status).max().unwrap_or(Status::Pass);
-    let mut by_component = Map::new();
+    let mut by_component: BTreeMap<String, Vec<Check>> = BTreeMap::new();
     for (component, check) in checks {
-        by_component.insert(component, json!([check]));
+        by_component.entry(component).or_default().push(check);
     }
     crate::telemetry::metrics().readiness.set(match overall {
         Status::Pass => 2,
@@ -114,6 +143,6 @@ fn render(checks: Vec<(String, Check)>) -> HttpResponse {
     });
     let status = if overall == Status::Fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     HttpResponse::build(status)
-        .content_type("application/health+json")
-        .json(json!({ "status": overall, "checks": by_component }))
+        .content_type(HEALTH_JSON)
+        .json(HealthBody { status: overall, checks: Some(by_component) })
 }

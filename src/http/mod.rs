@@ -9,6 +9,8 @@ mod boundary;
 mod chat;
 mod error;
 mod health;
+mod json_integer;
+mod openapi;
 mod ws;
 
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 
 pub use boundary::{RequestId, REQUEST_ID_HEADER};
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 use crate::config::Config;
 use crate::crash::CrashStore;
@@ -57,10 +60,11 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .app_data(
                 web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
             )
-            .route("/health", web::get().to(health::live))
-            .route("/ready", web::get().to(health::ready))
-            .route("/metrics", web::get().to(metrics))
-            .route("/ws", web::get().to(ws::upgrade))
+            .service(web::resource("/health").get(health::live))
+            .service(web::resource("/ready").get(health::ready))
+            .service(web::resource("/metrics").get(metrics))
+            .service(web::resource("/openapi.json").get(openapi::openapi_json))
+            .service(web::resource("/ws").get(ws::upgrade))
             .configure(chat::routes)
             .configure(admin::routes)
             .default_service(web::to(not_found))
@@ -80,6 +84,13 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
 /// Prometheus scrape endpoint (no auth: it carries no secrets, and scrapers rarely do bearer auth).
 /// OpenMetrics when the `Accept` header asks for it (Prometheus does), else the classic text
 /// format 0.0.4 that every scraper and `promtool check metrics` reads.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Every metric rampart exports", content(
+        (String = "text/plain"),
+        (String = "application/openmetrics-text"),
+    )))
+)]
 async fn metrics(request: actix_web::HttpRequest) -> HttpResponse {
     use crate::telemetry::exposition;
     let accept = request.headers().get(actix_web::http::header::ACCEPT).and_then(|value| value.to_str().ok());

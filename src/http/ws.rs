@@ -29,6 +29,19 @@ use crate::chat::session::{Disconnected, Inbound, Session};
 use crate::supervision::{ActorHandle, CallError, ChildSpec, RestartType};
 use crate::tasks::OwnedTask;
 
+/// The WebSocket of protocol v1 (see README): authenticate with `Authorization: Bearer` or
+/// `?token=` (browsers), then upgrade.
+#[utoipa::path(
+    get, path = "/ws", tag = "chat",
+    security(("user_jwt" = [])),
+    params(("token" = Option<String>, Query, description = "The JWT, for clients that cannot set headers")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol v1"),
+        (status = 400, description = "Not a WebSocket handshake", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 503, description = "Not accepting connections (shutting down, delivery unavailable)", body = super::error::ErrorBody),
+    )
+)]
 pub async fn upgrade(
     request: HttpRequest,
     payload: web::Payload,

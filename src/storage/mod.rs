@@ -14,7 +14,8 @@ mod db;
 mod search;
 
 pub use chat::{
-    ChatStore, CommitOutcome, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage, RequeueReport, StoredMessage,
+    ChatStore, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter,
+    NewMessage, RequeueReport, StoredMessage, User,
 };
 pub use db::Db;
 pub use search::{SearchHit, SearchStore};

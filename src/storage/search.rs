@@ -124,9 +124,14 @@ impl SearchStore {
 }
 
 /// `hello "world` → `"hello" "world"""`: each word a quoted FTS5 string (quotes doubled).
+/// Control characters separate words like whitespace: FTS5 ends a string at a NUL, so a NUL
+/// inside a quoted term was a syntax error ("unterminated string", found by schemathesis).
 fn match_expression(query: &str) -> Option<String> {
-    let terms: Vec<String> =
-        query.split_whitespace().map(|word| format!("\"{}\"", word.replace('"', "\"\""))).collect();
+    let terms: Vec<String> = query
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+        .collect();
     (!terms.is_empty()).then(|| terms.join(" "))
 }
 
@@ -161,6 +166,10 @@ mod tests {
         assert_eq!(hits[0].highlight, "the <mark>quick</mark> brown fox");
         // Operators and quotes in user input are literal, never a syntax error.
         assert!(store.search("quick OR \"(".into(), vec!["a".into(), "b".into()], 10).await.unwrap().is_empty());
+        // Regression: a NUL in the query was an FTS5 syntax error (503, and a breaker failure).
+        let scope = vec!["a".to_owned(), "b".to_owned()];
+        assert!(store.search("\u{16}ß3\u{0}F&(".into(), scope.clone(), 10).await.unwrap().is_empty());
+        assert!(store.search("\u{0}\u{1}".into(), scope, 10).await.unwrap().is_empty());
         drop(store);
         let reopened = SearchStore::open(dir.path(), 1).unwrap();
         assert_eq!(reopened.watermark().await.unwrap(), 3);

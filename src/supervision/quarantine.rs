@@ -13,17 +13,19 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 /// One quarantine event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuarantineRecord {
     pub actor: String,
     pub message_type: String,
     pub key: String,
+    /// RFC 3339.
     #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[schema(value_type = String)]
     pub at: SystemTime,
     pub event: QuarantineEvent,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QuarantineEvent {
     /// The key crashed the actor `crashes` times and is now refused.

@@ -18,9 +18,11 @@ pub use config::SystemMonitorConfig;
 use crate::supervision::{Registry, SupervisedMessage};
 
 /// One observation of the process.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Sample {
+    /// RFC 3339.
     #[serde(serialize_with = "crate::rfc3339::serialize")]
+    #[schema(value_type = String)]
     pub at: SystemTime,
     /// Resident set size; `None` where the platform does not tell (non-Linux).
     pub rss_bytes: Option<u64>,

@@ -133,7 +133,7 @@ async fn unauthenticated_and_unauthorized_requests_are_refused() {
     assert_eq!((status, body["error"].as_str()), (409, Some("conflict")), "{body}");
     let (status, body) =
         chat.http.post(&chat.url("/api/conversations"), Some(&mallory), json!({"members": ["alice", "nobody"]})).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "members that are not users: {body}");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("nobody")), "{body}");
 }
 

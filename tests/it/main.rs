@@ -4,6 +4,7 @@ mod admin_api;
 mod alerts;
 mod auth;
 mod chat;
+mod chat_api;
 mod chat_client;
 mod crashes;
 mod deployment;
@@ -11,6 +12,7 @@ mod http_boundary;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod openapi;
 #[cfg(feature = "otel")]
 mod otel;
 mod prometheus_rules;

@@ -1,0 +1,145 @@
+//! `GET /openapi.json` on the real binary: the contract is there and complete, and (with
+//! schemathesis installed; CI requires it with `RAMPART_REQUIRE_SCHEMATHESIS=1`) a real fuzzer
+//! finds no 5xx and no response that breaks the schema, over every operation, with a user token
+//! and the admin token, against a server holding real data.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::chat_client::{ChatServer, ADMIN_TOKEN};
+use crate::support::eventually;
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis/schemathesis.toml");
+/// Fixed, so a CI failure replays; raise `RAMPART_SCHEMATHESIS_EXAMPLES` locally to dig deeper.
+const SEED: &str = "20261130";
+
+/// Every route rampart serves, as `METHOD path` in OpenAPI form.
+const ROUTES: &[&str] = &[
+    "GET /health",
+    "GET /ready",
+    "GET /metrics",
+    "GET /openapi.json",
+    "GET /ws",
+    "GET /api/me",
+    "POST /api/users",
+    "GET /api/conversations",
+    "POST /api/conversations",
+    "GET /api/conversations/{id}",
+    "GET /api/conversations/{id}/messages",
+    "POST /api/conversations/{id}/messages",
+    "GET /api/search",
+    "GET /admin/dead-letters",
+    "POST /admin/dead-letters/{id}/retry",
+    "GET /admin/actors",
+    "GET /admin/journal",
+    "GET /admin/quarantine",
+    "GET /admin/system",
+    "GET /admin/crashes",
+    "GET /admin/crashes/{id}",
+    "POST /admin/chaos/panic",
+    "GET /admin/chaos/http-panic",
+    "POST /admin/chaos/task-panic",
+    "POST /admin/chaos/thread-panic",
+    "POST /admin/chaos/log-flood",
+];
+
+#[actix_rt::test]
+async fn the_openapi_document_covers_every_route_with_schemas_and_security() {
+    let server = ChatServer::start(&[]);
+    let (status, document) = server.http.get(&server.url("/openapi.json"), None).await;
+    assert_eq!(status, 200);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"), "{}", document["openapi"]);
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<String> = ROUTES.iter().map(|route| (*route).to_owned()).collect();
+    expected.sort();
+    assert_eq!(documented, expected, "documented operations vs routes");
+
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["user_jwt"]["scheme"], "bearer");
+    assert_eq!(schemes["user_jwt"]["bearerFormat"], "JWT");
+    assert_eq!(schemes["admin_token"]["scheme"], "bearer");
+    let error = &document["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["required"], serde_json::json!(["error", "message"]));
+    // Every operation but liveness, readiness, metrics and this document is authenticated, and
+    // every authenticated one documents its 401 with the error body.
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let public = ["/health", "/ready", "/metrics", "/openapi.json"].contains(&path.as_str());
+            let security = operation["security"].as_array().map_or(0, Vec::len);
+            assert_eq!(security == 0, public, "{method} {path}: security {}", operation["security"]);
+            if !public {
+                let unauthorized = &operation["responses"]["401"]["content"]["application/json"]["schema"];
+                assert_eq!(unauthorized["$ref"], "#/components/schemas/ErrorBody", "{method} {path}");
+            }
+        }
+    }
+}
+
+/// Where schemathesis is: `RAMPART_SCHEMATHESIS` (CI points it into its venv), else on PATH.
+fn schemathesis() -> Option<String> {
+    let candidate = std::env::var("RAMPART_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let works = Command::new(&candidate).arg("--version").output().is_ok_and(|output| output.status.success());
+    works.then_some(candidate)
+}
+
+#[actix_rt::test]
+async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
+    let required = std::env::var("RAMPART_REQUIRE_SCHEMATHESIS").is_ok_and(|v| v == "1");
+    let Some(schemathesis) = schemathesis() else {
+        assert!(!required, "schemathesis is required here (RAMPART_REQUIRE_SCHEMATHESIS=1) but not installed");
+        eprintln!("schemathesis not installed: skipping the contract fuzzing");
+        return;
+    };
+    // Real data, so lists, history, search and conversation bodies are checked non-empty.
+    let server = ChatServer::start(&[]);
+    server.create_user("alice").await;
+    server.create_user("bob").await;
+    let conversation = server.conversation("alice", &["bob"]).await;
+    let alice = server.token("alice");
+    for n in 0..5 {
+        let (status, body) = server.post_message(&alice, &conversation, &format!("seed-{n}"), "hello there").await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let search = server.url("/api/search?q=hello");
+    eventually("the seed messages are searchable", Duration::from_secs(15), || {
+        let (http, search, alice) = (&server.http, search.clone(), alice.clone());
+        async move {
+            let (_, body) = http.get(&search, Some(&alice)).await;
+            body["hits"].as_array().is_some_and(|hits| hits.len() == 5)
+        }
+    })
+    .await;
+
+    let examples = std::env::var("RAMPART_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "60".into());
+    let output = Command::new(schemathesis)
+        .args(["--no-color", "--config-file", CONFIG, "run", &server.url("/openapi.json")])
+        .args(["--checks", "all", "--max-examples", &examples, "--seed", SEED, "--workers", "2"])
+        .args(["--request-timeout", "10"])
+        .env("RAMPART_USER_TOKEN", &alice)
+        .env("RAMPART_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RAMPART_CONVERSATION_ID", &conversation)
+        .output()
+        .expect("run schemathesis");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "schemathesis found problems:\n{report}");
+    // Every operation selected and tested (schemathesis leaves the document's own route out).
+    let number_after = |label: &str| -> Option<String> {
+        let rest = &report[report.find(label)? + label.len()..];
+        Some(rest.trim_start().split(|c: char| !c.is_ascii_digit() && c != '/').next()?.to_owned())
+    };
+    let (selected, tested) = (number_after("Selected:"), number_after("Tested:"));
+    let all = format!("{}/{}", ROUTES.len() - 1, ROUTES.len() - 1);
+    assert_eq!(selected.as_deref(), Some(all.as_str()), "{report}");
+    assert_eq!(tested.as_deref(), Some(&all[..all.find('/').unwrap()]), "{report}");
+    // The server lived through it.
+    let (status, health): (u16, Value) = server.http.get(&server.url("/health"), None).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("pass")));
+}
