@@ -132,6 +132,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
+        started_at: std::time::SystemTime::now(),
         chat: chat.clone(),
         circuit_breakers,
         shutting_down: shutting_down.clone(),

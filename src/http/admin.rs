@@ -30,6 +30,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(require_admin_token))
             .service(web::resource("/dead-letters").get(super::chat::list_dead_letters))
             .service(web::resource("/dead-letters/{id}/retry").post(super::chat::retry_dead_letter))
+            .service(web::resource("/info").get(info))
             .service(web::resource("/actors").get(list_actors))
             .service(web::resource("/journal").get(journal))
             .service(web::resource("/quarantine").get(quarantine))
@@ -78,6 +79,33 @@ pub(super) fn bearer_token(headers: &header::HeaderMap) -> Option<&str> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
+}
+
+/// What the console needs to know about this server.
+#[derive(Serialize, ToSchema)]
+pub(super) struct InfoBody {
+    version: String,
+    /// RFC 3339: when this process started.
+    started_at: String,
+    /// Whether `/admin/chaos/*` is enabled.
+    chaos_enabled: bool,
+}
+
+/// This server: version, start time, whether chaos is enabled.
+#[utoipa::path(
+    get, path = "/admin/info", tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "About this server", body = InfoBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
+pub(super) async fn info(state: web::Data<AppState>) -> web::Json<InfoBody> {
+    web::Json(InfoBody {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: rfc3339::format(state.started_at),
+        chaos_enabled: state.config.chaos.enabled,
+    })
 }
 
 /// One actor in the tree.

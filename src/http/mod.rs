@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod json_integer;
 mod openapi;
+mod web_client;
 mod ws;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub circuit_breakers: Arc<CircuitBreakers>,
     /// Set by `app::run` the moment shutdown begins; `/ready` fails from then on.
     pub shutting_down: Arc<AtomicBool>,
+    /// When this process started (`/admin/info`).
+    pub started_at: std::time::SystemTime,
     /// The chat components (pipeline, delivery, sessions, stores).
     pub chat: Arc<crate::chat::Chat>,
 }
@@ -65,6 +68,7 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .service(web::resource("/metrics").get(metrics))
             .service(web::resource("/openapi.json").get(openapi::openapi_json))
             .service(web::resource("/ws").get(ws::upgrade))
+            .configure(web_client::routes)
             .configure(chat::routes)
             .configure(admin::routes)
             .default_service(web::to(not_found))

@@ -12,7 +12,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, chat, error, health, ws};
+use super::{admin, chat, error, health, web_client, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,9 @@ use super::{admin, chat, error, health, ws};
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
+        web_client::index,
+        web_client::console,
+        web_client::asset,
         health::live,
         health::ready,
         super::metrics,
@@ -37,6 +40,7 @@ use super::{admin, chat, error, health, ws};
         chat::search,
         chat::list_dead_letters,
         chat::retry_dead_letter,
+        admin::info,
         admin::list_actors,
         admin::journal,
         admin::quarantine,
@@ -56,6 +60,7 @@ use super::{admin, chat, error, health, ws};
         (name = "admin", description = "Operators: the actor tree, failures, crashes, dead letters"),
         (name = "chaos", description = "Deliberate failures, only with chaos.enabled = true (404 otherwise)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "web", description = "The web client and the console (HTML, scripts, styles)"),
     )
 )]
 struct ApiDoc;

@@ -3,6 +3,7 @@
 mod admin_api;
 mod alerts;
 mod auth;
+mod browser;
 mod chat;
 mod chat_api;
 mod chat_client;

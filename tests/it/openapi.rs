@@ -17,6 +17,10 @@ const SEED: &str = "20261130";
 
 /// Every route rampart serves, as `METHOD path` in OpenAPI form.
 const ROUTES: &[&str] = &[
+    "GET /",
+    "GET /console",
+    "GET /static/{path}",
+    "GET /admin/info",
     "GET /health",
     "GET /ready",
     "GET /metrics",
@@ -68,11 +72,13 @@ async fn the_openapi_document_covers_every_route_with_schemas_and_security() {
     assert_eq!(schemes["admin_token"]["scheme"], "bearer");
     let error = &document["components"]["schemas"]["ErrorBody"];
     assert_eq!(error["required"], serde_json::json!(["error", "message"]));
-    // Every operation but liveness, readiness, metrics and this document is authenticated, and
+    // Every operation but liveness, readiness, metrics, this document and the web client's
+    // files is authenticated, and
     // every authenticated one documents its 401 with the error body.
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
-            let public = ["/health", "/ready", "/metrics", "/openapi.json"].contains(&path.as_str());
+            let public = ["/health", "/ready", "/metrics", "/openapi.json", "/", "/console", "/static/{path}"]
+                .contains(&path.as_str());
             let security = operation["security"].as_array().map_or(0, Vec::len);
             assert_eq!(security == 0, public, "{method} {path}: security {}", operation["security"]);
             if !public {

@@ -1,0 +1,228 @@
+// Browser tests of rampart's web client and console, in Debian's Chromium driven by
+// playwright-core. Run by tests/it/browser.rs inside a network namespace that has only loopback;
+// this script starts (and restarts) the rampart binary itself, so both live in that namespace.
+//
+// Scenarios: two pages as two users exchange messages and see acks; a page survives a server
+// restart and catches up (a message typed while the server is down is sent and acked after);
+// the console shows a restart after a chaos panic. Exits non-zero on the first failure.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const BIN = process.env.RAMPART_BIN;
+const CHROMIUM = process.env.RAMPART_CHROMIUM ?? '/usr/bin/chromium';
+const SCREENSHOTS = process.env.RAMPART_SCREENSHOTS;
+const ADMIN_TOKEN = 'browser-admin-token';
+const JWT_SECRET = 'browser-jwt-secret';
+/** Generous: CI machines are loaded. */
+const STEP_TIMEOUT_MS = 30_000;
+
+if (!BIN) throw new Error('RAMPART_BIN must point at the rampart binary');
+
+const dataDir = mkdtempSync(join(tmpdir(), 'rampart-browser-'));
+const env = {
+  ...process.env,
+  RAMPART__STORAGE__DATA_DIR: dataDir,
+  RAMPART__ADMIN__TOKEN: ADMIN_TOKEN,
+  RAMPART__AUTH__JWT_SECRET: JWT_SECRET,
+  RAMPART__CHAOS__ENABLED: 'true',
+  RAMPART__HTTP__WORKERS: '1',
+  RAMPART__LOG__FORMAT: 'json',
+};
+
+function log(...parts) {
+  console.log(`[browser] ${parts.join(' ')}`);
+}
+
+/** Starts rampart on `port` (0: any) and resolves with its base URL once it listens. */
+function startRampart(port) {
+  const child = spawn(BIN, [], { env: { ...env, RAMPART__HTTP__BIND: `127.0.0.1:${port}` }, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stderr.on('data', (chunk) => process.stderr.write(chunk));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('rampart did not start')), STEP_TIMEOUT_MS);
+    child.on('exit', (code) => reject(new Error(`rampart exited early with ${code}`)));
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const match = line.match(/listening on (http:\/\/[0-9.:]+)/);
+      if (match) {
+        clearTimeout(timer);
+        child.removeAllListeners('exit');
+        resolve({ child, url: match[1] });
+      }
+    });
+  });
+}
+
+function stopRampart(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    child.once('exit', resolve);
+    child.kill('SIGTERM');
+  });
+}
+
+function token(user) {
+  const output = execFileSync(BIN, ['token', '--user', user], { env }).toString().trim().split('\n');
+  return output[output.length - 1];
+}
+
+async function adminPost(url, path, body) {
+  const response = await fetch(`${url}${path}`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${ADMIN_TOKEN}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+async function shot(page, name) {
+  if (!SCREENSHOTS) return;
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+  log('screenshot', name);
+}
+
+/** Waits until the message list of `page` shows `body` with `status`. */
+async function expectMessage(page, body, status) {
+  const item = page.locator('#messages li', { hasText: body });
+  await item.first().waitFor({ timeout: STEP_TIMEOUT_MS });
+  if (status) {
+    await page.waitForFunction(
+      ([text, wanted]) => [...document.querySelectorAll('#messages li')].some((li) => li.querySelector('.body')?.textContent === text && li.dataset.status === wanted),
+      [body, status],
+      { timeout: STEP_TIMEOUT_MS },
+    );
+  }
+}
+
+async function connected(page) {
+  await page.waitForSelector('#connection[data-state="open"]', { timeout: STEP_TIMEOUT_MS });
+}
+
+async function main() {
+  let server = await startRampart(0);
+  const port = Number(new URL(server.url).port);
+  log('rampart at', server.url);
+  for (const id of ['alice', 'bob']) await adminPost(server.url, '/api/users', { id, display_name: id[0].toUpperCase() + id.slice(1) });
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+    ],
+  });
+  const errors = [];
+  const newPage = async (name) => {
+    const context = await browser.newContext({ viewport: { width: 1200, height: 720 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP_TIMEOUT_MS);
+    page.on('pageerror', (error) => errors.push(`${name}: ${error.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error' && !/WebSocket|Failed to load resource|ERR_CONNECTION_REFUSED/.test(message.text())) {
+        errors.push(`${name} console: ${message.text()}`);
+      }
+    });
+    return page;
+  };
+
+  try {
+    // 1. Two users, two pages: a conversation, messages both ways, acks shown.
+    const alice = await newPage('alice');
+    await alice.goto(`${server.url}/#token=${token('alice')}`);
+    await connected(alice);
+    await alice.waitForSelector('#me:has-text("Alice")');
+    const bob = await newPage('bob');
+    await bob.goto(`${server.url}/`);
+    await bob.fill('#token-input', token('bob'));
+    await bob.click('#token-form button[type="submit"]');
+    await connected(bob);
+
+    await alice.fill('#new-title', 'lunch');
+    await alice.fill('#new-members', 'bob');
+    await alice.click('#new-conversation button[type="submit"]');
+    await alice.waitForSelector('#thread-title:has-text("lunch")');
+    await alice.fill('#body', 'hi bob, lunch at noon?');
+    await alice.press('#body', 'Enter');
+    await expectMessage(alice, 'hi bob, lunch at noon?', 'acked');
+    log('alice sent and saw the ack');
+
+    await bob.locator('#conversations li', { hasText: 'lunch' }).waitFor();
+    await bob.waitForSelector('#conversations .unread');
+    await bob.click('#conversations li:has-text("lunch")');
+    await expectMessage(bob, 'hi bob, lunch at noon?');
+    await bob.fill('#body', 'noon works <b>great</b>');
+    await bob.press('#body', 'Enter');
+    await expectMessage(bob, 'noon works <b>great</b>', 'acked');
+    await expectMessage(alice, 'noon works <b>great</b>');
+    log('bob received it live, replied, alice received the reply (markup shown as text)');
+
+    // Search with highlights.
+    await alice.fill('#search-input', 'lunch');
+    await alice.press('#search-input', 'Enter');
+    await alice.waitForSelector('#hits mark');
+    const marked = await alice.textContent('#hits mark');
+    if (marked.toLowerCase() !== 'lunch') throw new Error(`highlight marks ${marked}`);
+    await alice.click('#close-search');
+    await shot(bob, 'chat');
+
+    // 2. The server restarts: both pages reconnect; a message typed while it is down is sent
+    // (and acked) once it is back, and the other page catches up.
+    await stopRampart(server.child);
+    log('rampart stopped');
+    await alice.waitForSelector('#connection[data-state="reconnecting"]');
+    await alice.fill('#body', 'typed while the server was down');
+    await alice.press('#body', 'Enter');
+    await expectMessage(alice, 'typed while the server was down', 'pending');
+    server = await startRampart(port);
+    log('rampart restarted on the same port');
+    await connected(alice);
+    await connected(bob);
+    await expectMessage(alice, 'typed while the server was down', 'acked');
+    await expectMessage(bob, 'typed while the server was down');
+    log('the pending message was resent and acked; bob caught up');
+    const duplicates = await bob.evaluate(() => {
+      const ids = [...document.querySelectorAll('#messages li')].map((li) => li.dataset.id);
+      return ids.length - new Set(ids).size;
+    });
+    if (duplicates) throw new Error(`bob shows ${duplicates} duplicate message(s)`);
+
+    // 3. The console: the actor tree live; a chaos panic shows as a restart.
+    const consolePage = await newPage('console');
+    await consolePage.goto(`${server.url}/console`);
+    await consolePage.fill('#token-input', ADMIN_TOKEN);
+    await consolePage.click('#token-form button[type="submit"]');
+    const monitor = consolePage.locator('#actors tr[data-path="/root/system_monitor"]');
+    await monitor.waitFor();
+    if ((await monitor.locator('.restarts').textContent()).trim() !== '0') throw new Error('a restart before the panic');
+    await monitor.locator('button.panic').click();
+    await consolePage.waitForFunction(
+      () => document.querySelector('#actors tr[data-path="/root/system_monitor"] .restarts')?.textContent.trim() === '1',
+      null,
+      { timeout: STEP_TIMEOUT_MS },
+    );
+    await consolePage.locator('#crashes li', { hasText: '/root/system_monitor' }).first().waitFor();
+    await shot(consolePage, 'console');
+    await consolePage.locator('#crashes li', { hasText: '/root/system_monitor' }).first().click();
+    await consolePage.waitForSelector('#crash-detail h4:has-text("Recent actions")');
+    await consolePage.locator('#crash-detail .actions li', { hasText: 'chaos panic requested' }).first().waitFor();
+    log('the console showed the restart and the crash record with its recent actions');
+
+    if (errors.length) throw new Error(`page errors:\n${errors.join('\n')}`);
+  } finally {
+    await browser.close();
+    await stopRampart(server.child);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  log('all scenarios passed');
+}
+
+main().catch((error) => {
+  console.error(`[browser] FAILED: ${error.stack ?? error}`);
+  process.exit(1);
+});
