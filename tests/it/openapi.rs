@@ -125,7 +125,10 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
     .await;
 
     let examples = std::env::var("RAMPART_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "60".into());
+    // schemathesis keeps a cache in its working directory: not in the repository.
+    let scratch = tempfile::tempdir().expect("scratch dir");
     let output = Command::new(schemathesis)
+        .current_dir(scratch.path())
         .args(["--no-color", "--config-file", CONFIG, "run", &server.url("/openapi.json")])
         .args(["--checks", "all", "--max-examples", &examples, "--seed", SEED, "--workers", "2"])
         .args(["--request-timeout", "10"])
