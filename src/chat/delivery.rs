@@ -4,15 +4,20 @@
 //!
 //! Owns: the write-behind buffers of claims (pushed: in_flight, claimed now) and confirmations
 //! (delivered), flushed to storage every `FLUSH_DELAY`. A reconnecting recipient first gets
-//! everything undelivered, in commit order; messages committed meanwhile wait in the
-//! connection's `Syncing` buffer and follow without duplicates.
+//! everything undelivered, in commit order, then goes live without gaps or duplicates.
+//!
+//! Backlog replay is flow-controlled (credit-based): at most `REPLAY_WINDOW` replayed frames sit
+//! in the connection's outbox; the next page is read from storage and pushed only once the
+//! client has drained it to `REPLAY_WINDOW / 2`. A client reading a backlog of any size at any
+//! speed is therefore never cut off as "too slow" (that rule is for live traffic it cannot keep
+//! up with), and a replaying connection holds at most one window of frames plus its bounded
+//! `SyncBuffer` of live messages in memory.
 //!
 //! On a crash: the buffers are lost, which only leaves records pending or in flight — they are
 //! pushed again on reconnect or by the cleanup job (delivery is at least once; clients dedupe
 //! by message id). Connections live in `Presence`, not here, and a restarted hub resumes the
 //! backlog of every connection still syncing.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +31,10 @@ use crate::supervision::SupervisedMessage;
 
 /// Claims and confirmations are written at most this long after they happen.
 const FLUSH_DELAY: Duration = Duration::from_millis(10);
-/// Backlog rows read per query when a connection syncs.
+/// Backlog rows read per query (for redeliveries; a replay reads at most its window).
 const BACKLOG_PAGE: u32 = 500;
+/// Replayed frames kept in a connection's outbox at most (less for a small `ws.outbound_capacity`).
+const REPLAY_WINDOW: usize = 256;
 
 /// New messages, in commit order (from the batch writer).
 #[derive(Debug, Message)]
@@ -82,7 +89,7 @@ impl DeliveryHub {
         {
             let mut sync = connection.sync.lock();
             if let SyncState::Syncing(buffer) = &mut *sync {
-                buffer.push(message.clone());
+                buffer.keep(message.clone());
                 return;
             }
         }
@@ -126,48 +133,85 @@ impl DeliveryHub {
         );
     }
 
-    /// Loads `connection`'s backlog and switches it to live.
+    /// Replays `connection`'s backlog from the start, then switches it to live.
     fn sync(&mut self, connection: Arc<Connection>, ctx: &mut Context<Self>) {
+        self.replay(connection, 0, ctx);
+    }
+
+    /// One step of a replay: wait until the client has drained the previous page to half a
+    /// window, read the next page (seq > `after`) and push it. Continues until a short page.
+    fn replay(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
+        let window = replay_window(connection.outbox.capacity());
         let store = self.store.clone();
-        let user = connection.user.clone();
-        let load = async move {
-            let mut backlog = Vec::new();
-            let mut after = 0;
-            loop {
-                let page = store.undelivered(user.clone(), after, BACKLOG_PAGE, true).await?;
-                let full = page.len() == BACKLOG_PAGE as usize;
-                after = page.last().map_or(after, |message| message.seq);
-                backlog.extend(page);
-                if !full {
-                    return Ok::<_, crate::storage::StorageError>(backlog);
-                }
+        let waiting = connection.clone();
+        let step = async move {
+            if !waiting.outbox.wait_for_room(window / 2).await {
+                return Ok(None);
             }
+            let room = window.saturating_sub(waiting.outbox.queued()).max(1);
+            if let SyncState::Syncing(buffer) = &mut *waiting.sync.lock() {
+                buffer.clear();
+            }
+            let limit = u32::try_from(room).unwrap_or(u32::MAX);
+            let page = store.undelivered(waiting.user.clone(), after, limit, true).await?;
+            Ok::<_, crate::storage::StorageError>(Some((page, limit)))
         };
-        ctx.spawn(load.into_actor(self).map(move |loaded, hub, ctx| {
-            let backlog = match loaded {
-                Ok(backlog) => backlog,
+        ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
+            let (page, limit) = match loaded {
+                Ok(Some(loaded)) => loaded,
+                // The connection closed: nothing to replay to.
+                Ok(None) => return,
                 Err(error) => {
                     // Without its backlog the connection would silently miss messages: close it,
                     // the client reconnects and syncs again.
-                    tracing::warn!(%error, user = %connection.user, "could not load a backlog; closing the connection");
+                    tracing::warn!(%error, user = %connection.user, "could not load a backlog page; closing the connection");
                     connection.outbox.close(1011, "backlog unavailable, reconnect");
                     return;
                 }
             };
-            let buffered = match std::mem::replace(&mut *connection.sync.lock(), SyncState::Live) {
-                SyncState::Syncing(buffered) => buffered,
-                SyncState::Live => Vec::new(),
-            };
-            let sent: HashSet<i64> = backlog.iter().map(|message| message.seq).collect();
-            for message in &backlog {
-                hub.push(&connection, message, message_frame(message));
-            }
-            for message in buffered.iter().filter(|message| !sent.contains(&message.seq)) {
+            let cursor = page.last().map_or(after, |message| message.seq);
+            for message in &page {
                 hub.push(&connection, message, message_frame(message));
             }
             hub.schedule_flush(ctx);
+            if page.len() as u32 == limit {
+                hub.replay(connection, cursor, ctx);
+            } else {
+                hub.go_live(connection, cursor, ctx);
+            }
         }));
     }
+
+    /// The backlog is replayed up to `cursor`: push what was committed meanwhile and go live,
+    /// unless more was committed than the buffer kept (then replay on from storage).
+    fn go_live(&mut self, connection: Arc<Connection>, cursor: i64, ctx: &mut Context<Self>) {
+        let buffered = {
+            let mut sync = connection.sync.lock();
+            match &mut *sync {
+                SyncState::Syncing(buffer) if buffer.overflowed => None,
+                SyncState::Syncing(buffer) => {
+                    let buffered = std::mem::take(&mut buffer.messages);
+                    *sync = SyncState::Live;
+                    Some(buffered)
+                }
+                SyncState::Live => Some(Vec::new()),
+            }
+        };
+        let Some(mut buffered) = buffered else {
+            return self.replay(connection, cursor, ctx);
+        };
+        // Committed after the last page query started; some may have been in that page.
+        buffered.sort_by_key(|message| message.seq);
+        for message in buffered.iter().filter(|message| message.seq > cursor) {
+            self.push(&connection, message, message_frame(message));
+        }
+        self.schedule_flush(ctx);
+    }
+}
+
+/// Replayed frames in flight for a connection whose outbox holds `capacity`.
+fn replay_window(capacity: usize) -> usize {
+    REPLAY_WINDOW.min(capacity / 4).max(2)
 }
 
 impl Actor for DeliveryHub {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::storage::StoredMessage;
 
@@ -30,11 +30,15 @@ pub enum Outbound {
     Close(u16, String),
 }
 
-/// The frames queued for one client. Producers (session, delivery hub, reader task) never wait.
+/// The frames queued for one client. Producers (session, delivery hub, reader task) never wait;
+/// only the backlog replay waits for room (`wait_for_room`), so a client reading its backlog is
+/// never cut off for being slow.
 pub struct Outbox {
     sender: mpsc::UnboundedSender<Outbound>,
     /// Frames queued and not yet taken by the socket writer.
     queued: Arc<AtomicUsize>,
+    /// Signalled by the socket writer each time it takes a frame.
+    drained: Arc<Notify>,
     capacity: usize,
     closed: AtomicBool,
 }
@@ -43,12 +47,15 @@ pub struct Outbox {
 pub struct OutboxReceiver {
     receiver: mpsc::UnboundedReceiver<Outbound>,
     queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
 }
 
 impl OutboxReceiver {
     pub async fn next(&mut self) -> Option<Outbound> {
         let frame = self.receiver.recv().await?;
         self.queued.fetch_sub(1, Ordering::AcqRel);
+        // One stored permit at most: a waiter re-checks the level, so extra wake-ups are harmless.
+        self.drained.notify_one();
         Some(frame)
     }
 }
@@ -57,10 +64,36 @@ impl Outbox {
     pub fn new(capacity: usize) -> (Self, OutboxReceiver) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(Notify::new());
         (
-            Self { sender, queued: queued.clone(), capacity, closed: AtomicBool::new(false) },
-            OutboxReceiver { receiver, queued },
+            Self { sender, queued: queued.clone(), drained: drained.clone(), capacity, closed: AtomicBool::new(false) },
+            OutboxReceiver { receiver, queued, drained },
         )
+    }
+
+    /// Frames waiting for the socket writer.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The slow-client limit (`ws.outbound_capacity`).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Waits until at most `level` frames are queued; `false` if the connection closed first.
+    pub async fn wait_for_room(&self, level: usize) -> bool {
+        loop {
+            if self.is_closed() {
+                return false;
+            }
+            if self.queued() <= level {
+                return true;
+            }
+            // A close queues a frame the writer then takes, which wakes this too; the timeout
+            // only bounds how long a missed wake-up could cost.
+            let _ = tokio::time::timeout(ROOM_RECHECK, self.drained.notified()).await;
+        }
     }
 
     /// Queues a frame; `false` when the connection is closed or was just closed for being too
@@ -95,13 +128,48 @@ impl Outbox {
     }
 }
 
+/// Longest a backlog replay waits for room before looking again.
+const ROOM_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Delivery state of a connection, driven by the delivery hub.
 #[derive(Debug)]
 pub enum SyncState {
-    /// Its backlog of undelivered messages is being loaded; live pushes wait here meanwhile.
-    Syncing(Vec<Arc<StoredMessage>>),
+    /// Its backlog of undelivered messages is being replayed, page by page as the client reads;
+    /// messages committed since the latest page query wait here (see `SyncBuffer`).
+    Syncing(SyncBuffer),
     /// Backlog sent; new messages are pushed as they commit.
     Live,
+}
+
+/// Live messages that arrived while a connection replays its backlog. Cleared before each page
+/// query (everything in it is in storage and the query returns it), so it only holds what was
+/// committed since. Bounded: beyond `limit` messages are not kept and `overflowed` says so; the
+/// replay then queries again instead of going live, since storage has them all.
+#[derive(Debug, Default)]
+pub struct SyncBuffer {
+    pub messages: Vec<Arc<StoredMessage>>,
+    pub overflowed: bool,
+    pub limit: usize,
+}
+
+impl SyncBuffer {
+    pub fn new(limit: usize) -> Self {
+        Self { messages: Vec::new(), overflowed: false, limit }
+    }
+
+    pub fn keep(&mut self, message: Arc<StoredMessage>) {
+        if self.messages.len() < self.limit {
+            self.messages.push(message);
+        } else {
+            self.overflowed = true;
+        }
+    }
+
+    /// Before a page query: what is here is in storage too.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.overflowed = false;
+    }
 }
 
 /// One open WebSocket connection.
@@ -128,12 +196,13 @@ impl Presence {
 
     /// Registers a new connection in `Syncing` state.
     pub fn connect(self: &Arc<Self>, user: String, outbox: Outbox) -> ConnectionGuard {
+        let capacity = outbox.capacity();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let connection = Arc::new(Connection {
             id,
             user: user.clone(),
             outbox,
-            sync: Mutex::new(SyncState::Syncing(Vec::new())),
+            sync: Mutex::new(SyncState::Syncing(SyncBuffer::new(sync_buffer_limit(capacity)))),
             last_seen: Mutex::new(Instant::now()),
         });
         self.by_user.write().entry(user).or_default().push(connection.clone());
@@ -170,6 +239,12 @@ impl Presence {
         }
         crate::telemetry::metrics().ws_connections.dec();
     }
+}
+
+/// Live messages kept per replaying connection: a quarter of its outbox, so going live (the
+/// buffer pushed at once) never comes near the slow-client limit.
+pub fn sync_buffer_limit(outbound_capacity: usize) -> usize {
+    (outbound_capacity / 4).max(1)
 }
 
 /// Unregisters its connection when dropped (the socket ended).

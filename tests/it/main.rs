@@ -3,6 +3,7 @@
 mod admin_api;
 mod alerts;
 mod auth;
+mod backlog;
 mod browser;
 mod chat;
 mod chat_api;
