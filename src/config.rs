@@ -103,6 +103,9 @@ impl Default for CrashConfig {
     }
 }
 
+/// Shortest `http.disconnect_timeout` that actix-http's 500 ms date cache handles (see the field).
+pub const MIN_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(600);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -111,11 +114,19 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// After the last byte of a response on a connection rampart closes, how long it keeps
+    /// reading (and discarding) what the client still sends before closing the TCP connection.
+    /// A WebSocket after its close handshake is such a connection, and RFC 6455 wants it closed
+    /// at once, so shorter is better; but actix-http computes this deadline from a clock it
+    /// caches for 500 ms, and a deadline already past when it is set is never polled again (the
+    /// connection then stays open until the client does something). Hence at least 600 ms.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0 }
+        Self { bind: SocketAddr::from(([127, 0, 0, 1], 8080)), workers: 0, disconnect_timeout: MIN_DISCONNECT_TIMEOUT }
     }
 }
 
@@ -276,6 +287,12 @@ impl Config {
         if self.shutdown.readiness_delay >= self.shutdown.timeout {
             return Err("shutdown.readiness_delay must be shorter than shutdown.timeout".into());
         }
+        if self.http.disconnect_timeout < MIN_DISCONNECT_TIMEOUT {
+            return Err(format!(
+                "http.disconnect_timeout must be at least {}ms (shorter deadlines can leave connections open indefinitely)",
+                MIN_DISCONNECT_TIMEOUT.as_millis()
+            ));
+        }
         if self.health.check_timeout.is_zero() {
             return Err("health.check_timeout must be longer than 0s".into());
         }
@@ -356,6 +373,12 @@ mod tests {
         let env = env_of(&[("HTTP__BINDD", "127.0.0.1:0")]);
         let error = Config::load_from(None, env).unwrap_err().to_string();
         assert!(error.contains("bindd"), "{error}");
+    }
+
+    #[test]
+    fn a_disconnect_timeout_actix_cannot_honour_is_refused() {
+        let error = Config::load_from(None, env_of(&[("HTTP__DISCONNECT_TIMEOUT", "200ms")])).unwrap_err();
+        assert!(error.to_string().contains("http.disconnect_timeout must be at least 600ms"), "{error}");
     }
 
     #[test]

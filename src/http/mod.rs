@@ -76,6 +76,7 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .wrap(actix_web::middleware::from_fn(boundary::boundary))
     })
     .disable_signals()
+    .client_disconnect_timeout(config.http.disconnect_timeout)
     .shutdown_timeout(drain_timeout.as_secs().max(1));
     if config.http.workers > 0 {
         server = server.workers(config.http.workers);
