@@ -153,11 +153,30 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Reader threads per database file (history, search, deliveries); writes have one thread.
     pub readers: usize,
+    /// A WAL this large is checkpointed and restarted (writers wait for it, briefly).
+    pub wal_checkpoint_bytes: u64,
+    /// A restarted WAL file is truncated to this size (SQLite's `journal_size_limit`).
+    pub wal_size_limit_bytes: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), readers: 4 }
+        let wal = crate::storage::WalPolicy::default();
+        Self {
+            data_dir: PathBuf::from("./data"),
+            readers: 4,
+            wal_checkpoint_bytes: wal.checkpoint_bytes,
+            wal_size_limit_bytes: wal.size_limit_bytes,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn wal_policy(&self) -> crate::storage::WalPolicy {
+        crate::storage::WalPolicy {
+            checkpoint_bytes: self.wal_checkpoint_bytes,
+            size_limit_bytes: self.wal_size_limit_bytes,
+        }
     }
 }
 
@@ -301,6 +320,11 @@ impl Config {
         }
         if self.storage.readers == 0 {
             return Err("storage.readers must be at least 1".into());
+        }
+        if self.storage.wal_checkpoint_bytes == 0
+            || self.storage.wal_size_limit_bytes < self.storage.wal_checkpoint_bytes
+        {
+            return Err("storage.wal_checkpoint_bytes must be above 0 and at most storage.wal_size_limit_bytes".into());
         }
         self.auth.validate()?;
         self.ws.validate()?;

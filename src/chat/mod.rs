@@ -225,8 +225,10 @@ pub fn start(
     dead_letter_queue: &'static crate::queue::WakeQueue<crate::supervision::QuarantineRecord>,
 ) -> anyhow::Result<Arc<Chat>> {
     let data_dir = &config.storage.data_dir;
-    let store = ChatStore::open(data_dir, config.storage.readers).context("opening the chat database")?;
-    let search = SearchStore::open(data_dir, config.storage.readers.div_ceil(2)).context("opening the search index")?;
+    let wal = config.storage.wal_policy();
+    let store = ChatStore::open(data_dir, config.storage.readers, wal).context("opening the chat database")?;
+    let search =
+        SearchStore::open(data_dir, config.storage.readers.div_ceil(2), wal).context("opening the search index")?;
     let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);
     let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone());
     let search_breaker = breakers.create("search", config.search.breaker.clone());

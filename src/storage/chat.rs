@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
-use super::{Db, StorageError};
+use super::{Db, StorageError, WalPolicy};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the chat schema.
@@ -189,8 +189,8 @@ pub struct ChatStore {
 }
 
 impl ChatStore {
-    pub fn open(data_dir: &Path, readers: usize) -> Result<Self, StorageError> {
-        Ok(Self { db: Db::open("storage", &data_dir.join("rampart.db"), MIGRATIONS, readers)? })
+    pub fn open(data_dir: &Path, readers: usize, wal: WalPolicy) -> Result<Self, StorageError> {
+        Ok(Self { db: Db::open("storage", &data_dir.join("rampart.db"), MIGRATIONS, readers, wal)? })
     }
 
     /// `true` when created, `false` when the id is taken.
@@ -781,7 +781,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_recommitted_batch_stores_each_message_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChatStore::open(dir.path(), 1).unwrap();
+        let store = ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
         for user in ["alice", "bob"] {
             assert!(store.create_user(user.into(), user.into(), 1).await.unwrap());
         }
@@ -808,7 +808,7 @@ mod tests {
     #[actix_rt::test]
     async fn stale_deliveries_are_requeued_then_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChatStore::open(dir.path(), 1).unwrap();
+        let store = ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
         for user in ["alice", "bob"] {
             store.create_user(user.into(), user.into(), 1).await.unwrap();
         }
@@ -834,18 +834,18 @@ mod tests {
     #[test]
     fn a_database_from_a_newer_release_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(ChatStore::open(dir.path(), 1).unwrap());
+        drop(ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap());
         let connection = rusqlite::Connection::open(dir.path().join("rampart.db")).unwrap();
         connection.pragma_update(None, "user_version", 99).unwrap();
         drop(connection);
-        let refused = ChatStore::open(dir.path(), 1).err().expect("refused");
+        let refused = ChatStore::open(dir.path(), 1, WalPolicy::default()).err().expect("refused");
         assert!(refused.to_string().contains("newer"), "{refused}");
     }
 
     #[actix_rt::test]
     async fn a_panicking_job_leaves_the_thread_serving() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChatStore::open(dir.path(), 1).unwrap();
+        let store = ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
         let outcome: Result<(), StorageError> = store.db.write(|_| panic!("boom in a storage job")).await;
         assert!(matches!(outcome, Err(StorageError::Panicked(message)) if message.contains("boom")));
         assert!(store.create_user("carol".into(), "Carol".into(), 1).await.unwrap());

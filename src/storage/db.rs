@@ -27,8 +27,33 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Page cache per connection.
 const CACHE_KIB: i64 = 32 * 1024;
-/// How often the checkpointer copies committed WAL frames into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the checkpointer looks at the WAL (a `stat`) and copies committed frames into the
+/// database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest a blocking checkpoint waits for readers to move to the newest snapshot (writers wait
+/// meanwhile); past it, the checkpoint gives up and is tried again next interval.
+const CHECKPOINT_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How the WAL of a database is kept bounded.
+///
+/// Passive checkpoints (every `CHECKPOINT_INTERVAL`, never blocking anyone) copy frames into the
+/// database file but cannot restart the log while reads and writes keep coming, so under
+/// sustained load the WAL grew without bound (2 GiB in 20 s, measured). So: once the WAL passes
+/// `checkpoint_bytes`, a RESTART checkpoint (writers wait while it copies the rest and until
+/// readers are off the old frames, at most `CHECKPOINT_BUSY_TIMEOUT`) makes the next commit write
+/// from the start of the file; `journal_size_limit` then truncates the file to `size_limit_bytes`;
+/// and when the database has been idle for an interval the WAL is truncated to zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPolicy {
+    pub checkpoint_bytes: u64,
+    pub size_limit_bytes: u64,
+}
+
+impl Default for WalPolicy {
+    fn default() -> Self {
+        Self { checkpoint_bytes: 16 << 20, size_limit_bytes: 64 << 20 }
+    }
+}
 
 /// A database file. Cheap to clone.
 #[derive(Clone)]
@@ -49,7 +74,13 @@ struct Inner {
 impl Db {
     /// Opens (creating if needed) `path`, applies `migrations` (each one a batch of SQL run once,
     /// in order, tracked with `PRAGMA user_version`) and starts `readers` reader threads.
-    pub fn open(name: &'static str, path: &Path, migrations: &[&str], readers: usize) -> Result<Self, StorageError> {
+    pub fn open(
+        name: &'static str,
+        path: &Path,
+        migrations: &[&str],
+        readers: usize,
+        wal: WalPolicy,
+    ) -> Result<Self, StorageError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|error| StorageError::Open(format!("{}: {error}", parent.display())))?;
@@ -59,8 +90,18 @@ impl Db {
         // Checkpoints (copying the WAL into the database file) run on their own thread, so the
         // writer spends its time on commits; the writer no longer checkpoints by itself.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // After a checkpoint restarted the log, the next commit truncates the file to this.
+        writer.pragma_update(None, "journal_size_limit", i64::try_from(wal.size_limit_bytes).unwrap_or(i64::MAX))?;
         let (checkpoint_stop, checkpoint_stopped) = crossbeam_channel::bounded::<()>(0);
-        start_checkpointer(name, open_connection(path, false)?, checkpoint_stopped)?;
+        let checkpointer = open_connection(path, false)?;
+        checkpointer.busy_timeout(CHECKPOINT_BUSY_TIMEOUT)?;
+        checkpointer.pragma_update(
+            None,
+            "journal_size_limit",
+            i64::try_from(wal.size_limit_bytes).unwrap_or(i64::MAX),
+        )?;
+        let wal_path = wal_path(path);
+        start_checkpointer(name, checkpointer, wal_path, wal, checkpoint_stopped)?;
         let (writer_tx, writer_rx) = crossbeam_channel::unbounded::<Job>();
         start_thread(format!("{name}.writer"), name, writer, writer_rx)?;
         let (readers_tx, readers_rx) = crossbeam_channel::unbounded::<Job>();
@@ -181,20 +222,97 @@ fn start_thread(
         .map_err(|error| StorageError::Open(format!("starting a {name} thread: {error}")))
 }
 
-/// Runs a passive checkpoint every `CHECKPOINT_INTERVAL` until the `Db` is dropped. Passive: it
-/// never blocks the writer or readers; what it cannot copy now it copies next time.
-fn start_checkpointer(name: &'static str, connection: Connection, stop: Receiver<()>) -> Result<(), StorageError> {
+/// `<db>-wal`, where SQLite keeps the write-ahead log.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// What the checkpointer does at one tick, given the WAL's size now and at the previous tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checkpoint {
+    /// Copy what it can; blocks nobody.
+    Passive,
+    /// The log is large: copy everything and restart it (writers wait, bounded).
+    Restart,
+    /// Nothing was written since the last tick and a WAL is left: empty the file.
+    Truncate,
+}
+
+fn choose_checkpoint(size: u64, previous: u64, policy: WalPolicy) -> Checkpoint {
+    if size > 0 && size == previous {
+        // Idle first: a restarted log keeps its size until the next commit, so a large idle WAL
+        // would otherwise be restarted over and over and never shrink.
+        Checkpoint::Truncate
+    } else if size >= policy.checkpoint_bytes {
+        Checkpoint::Restart
+    } else {
+        Checkpoint::Passive
+    }
+}
+
+/// Keeps the WAL bounded (see [`WalPolicy`]) until the `Db` is dropped, and reports its size in
+/// `rampart_sqlite_wal_bytes{db}` and the time writers waited in blocking checkpoints in
+/// `rampart_sqlite_checkpoint_seconds{db}`.
+fn start_checkpointer(
+    name: &'static str,
+    connection: Connection,
+    wal: PathBuf,
+    policy: WalPolicy,
+    stop: Receiver<()>,
+) -> Result<(), StorageError> {
+    let metrics = crate::telemetry::metrics();
+    let labels = crate::telemetry::DbLabels { db: name.to_owned() };
     std::thread::Builder::new()
         .name(format!("{name}.checkpoint"))
-        .spawn(move || loop {
-            if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
-                return;
-            }
-            let checkpoint = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0));
-            if let Err(error) = checkpoint {
-                tracing::warn!(db = name, %error, "WAL checkpoint failed; retrying");
+        .spawn(move || {
+            let mut previous = 0;
+            loop {
+                if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+                    return;
+                }
+                let size = std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+                let mode = choose_checkpoint(size, previous, policy);
+                let sql = match mode {
+                    Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+                    Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+                    Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+                };
+                let started = std::time::Instant::now();
+                let outcome = connection.query_row(sql, [], |row| row.get::<_, i64>(0));
+                if mode != Checkpoint::Passive {
+                    metrics.checkpoint_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+                }
+                match outcome {
+                    // 1: busy (a reader kept an old snapshot past the busy timeout): next tick.
+                    Ok(busy) if busy != 0 && mode == Checkpoint::Restart => {
+                        tracing::debug!(db = name, wal_bytes = size, "WAL restart checkpoint busy; retrying");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(db = name, %error, "WAL checkpoint failed; retrying"),
+                }
+                previous = std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+                metrics.wal_bytes.get_or_create(&labels).set(i64::try_from(previous).unwrap_or(i64::MAX));
             }
         })
         .map(drop)
         .map_err(|error| StorageError::Open(format!("starting the {name} checkpointer: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_logs_restart_idle_logs_truncate_and_busy_ones_checkpoint_passively() {
+        let policy = WalPolicy { checkpoint_bytes: 100, size_limit_bytes: 400 };
+        assert_eq!(choose_checkpoint(150, 90, policy), Checkpoint::Restart);
+        assert_eq!(choose_checkpoint(100, 0, policy), Checkpoint::Restart);
+        assert_eq!(choose_checkpoint(50, 50, policy), Checkpoint::Truncate, "idle since the last tick");
+        // Regression: a large idle log was restarted forever and never truncated.
+        assert_eq!(choose_checkpoint(150, 150, policy), Checkpoint::Truncate);
+        assert_eq!(choose_checkpoint(50, 20, policy), Checkpoint::Passive);
+        assert_eq!(choose_checkpoint(0, 0, policy), Checkpoint::Passive, "nothing to truncate");
+    }
 }

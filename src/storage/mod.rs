@@ -17,7 +17,7 @@ pub use chat::{
     ChatStore, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter,
     NewMessage, RequeueReport, StoredMessage, User,
 };
-pub use db::Db;
+pub use db::{Db, WalPolicy};
 pub use search::{SearchHit, SearchStore};
 
 /// Why a storage call failed.

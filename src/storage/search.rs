@@ -9,7 +9,7 @@ use std::path::Path;
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{Db, StorageError, StoredMessage};
+use super::{Db, StorageError, StoredMessage, WalPolicy};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the index. rowid = messages.seq, so re-indexing a message replaces it.
@@ -41,8 +41,8 @@ pub struct SearchStore {
 }
 
 impl SearchStore {
-    pub fn open(data_dir: &Path, readers: usize) -> Result<Self, StorageError> {
-        Ok(Self { db: Db::open("search", &data_dir.join("search.db"), MIGRATIONS, readers)? })
+    pub fn open(data_dir: &Path, readers: usize, wal: WalPolicy) -> Result<Self, StorageError> {
+        Ok(Self { db: Db::open("search", &data_dir.join("search.db"), MIGRATIONS, readers, wal)? })
     }
 
     /// The highest message `seq` indexed so far.
@@ -154,7 +154,7 @@ mod tests {
     #[actix_rt::test]
     async fn finds_words_in_scope_only_and_keeps_the_watermark() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SearchStore::open(dir.path(), 1).unwrap();
+        let store = SearchStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
         assert_eq!(store.watermark().await.unwrap(), 0);
         let watermark = store
             .index(vec![stored(1, "a", "the quick brown fox"), stored(2, "b", "a quick reply"), stored(3, "a", "slow")])
@@ -171,7 +171,7 @@ mod tests {
         assert!(store.search("\u{16}ß3\u{0}F&(".into(), scope.clone(), 10).await.unwrap().is_empty());
         assert!(store.search("\u{0}\u{1}".into(), scope, 10).await.unwrap().is_empty());
         drop(store);
-        let reopened = SearchStore::open(dir.path(), 1).unwrap();
+        let reopened = SearchStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
         assert_eq!(reopened.watermark().await.unwrap(), 3);
     }
 }

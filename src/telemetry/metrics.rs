@@ -97,6 +97,12 @@ struct BuildLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DbLabels {
+    /// `storage` (rampart.db) or `search` (search.db).
+    pub db: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `ok` or `error`.
     pub outcome: String,
@@ -168,6 +174,9 @@ pub struct Metrics {
     /// JWKS fetches by outcome, and the keys the cache holds.
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     pub jwks_keys: Gauge,
+    /// Size of each SQLite write-ahead log, and how long blocking checkpoints held writers.
+    pub wal_bytes: Family<DbLabels, Gauge>,
+    pub checkpoint_duration: Family<DbLabels, Histogram>,
 }
 
 impl Metrics {
@@ -206,6 +215,10 @@ impl Metrics {
             ws_slow_clients: Counter::default(),
             jwks_refreshes: Family::default(),
             jwks_keys: Gauge::default(),
+            wal_bytes: Family::default(),
+            checkpoint_duration: Family::new_with_constructor(|| {
+                Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied())
+            }),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -311,6 +324,21 @@ impl Metrics {
         registry.register("jwks_keys", "Signing keys in the cached key set", metrics.jwks_keys.clone());
         for outcome in ["ok", "error"] {
             drop(metrics.jwks_refreshes.get_or_create(&OutcomeLabels::of(outcome)));
+        }
+        registry.register_with_unit(
+            "sqlite_wal",
+            "Size of each SQLite write-ahead log",
+            Unit::Bytes,
+            metrics.wal_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "sqlite_checkpoint",
+            "Blocking WAL checkpoints (restart, truncate): time writers waited",
+            Unit::Seconds,
+            metrics.checkpoint_duration.clone(),
+        );
+        for db in ["storage", "search"] {
+            drop(metrics.wal_bytes.get_or_create(&DbLabels { db: db.into() }));
         }
         for kind in ["message", "delivery", "quarantine"] {
             drop(metrics.dead_letters.get_or_create(&KindLabels { kind: kind.into() }));

@@ -12,8 +12,8 @@ pub mod otel;
 use std::time::Duration;
 
 pub use metrics::{
-    metrics, ActorLabels, HttpLabels, HttpRouteLabels, KindLabels, Metrics, NameLabels, OutcomeLabels, PanicSource,
-    ReasonLabels, SinkLabels, SourceLabels,
+    metrics, ActorLabels, DbLabels, HttpLabels, HttpRouteLabels, KindLabels, Metrics, NameLabels, OutcomeLabels,
+    PanicSource, ReasonLabels, SinkLabels, SourceLabels,
 };
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};

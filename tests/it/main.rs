@@ -20,3 +20,4 @@ mod otel;
 mod prometheus_rules;
 mod supervision;
 mod support;
+mod wal;
