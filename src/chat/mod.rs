@@ -41,7 +41,7 @@ pub use validator::{Validate, Validator};
 
 use crate::auth::Tokens;
 use crate::config::Config;
-use crate::resilience::{CircuitBreaker, CircuitBreakers};
+use crate::resilience::{CircuitBreaker, CircuitBreakers, Dependency};
 use crate::storage::{ChatStore, NewMessage, SearchStore};
 use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
 
@@ -230,8 +230,10 @@ pub fn start(
     let search =
         SearchStore::open(data_dir, config.storage.readers.div_ceil(2), wal).context("opening the search index")?;
     let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);
-    let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone());
-    let search_breaker = breakers.create("search", config.search.breaker.clone());
+    // The embedded store on this instance's disk: nothing can be stored while it fails. Search
+    // is optional: chat goes on without it.
+    let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone(), Dependency::LocalRequired);
+    let search_breaker = breakers.create("search", config.search.breaker.clone(), Dependency::SharedOrOptional);
     let directory = Directory::new(store.clone());
     let presence = Presence::new();
 

@@ -3,8 +3,9 @@
 //!
 //! Liveness checks nothing external: the process answers, so it is alive. Readiness runs each
 //! component check with `health.check_timeout`, concurrently, never blocking a worker, and fails
-//! (503) when a required component fails or once shutdown has begun. Degraded but serving
-//! (an actor restarting or stalled) is `warn` with 200.
+//! (503) when a required component fails, when the breaker of a local required dependency (the
+//! embedded store) is open, or once shutdown has begun. Degraded but serving (an actor
+//! restarting or stalled, a shared or optional dependency's breaker open) is `warn` with 200.
 
 use std::sync::atomic::Ordering;
 
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::resilience::CircuitState;
+use crate::resilience::{CircuitState, Dependency};
 use crate::supervision::ActorStatus;
 use crate::system_monitor::GetSample;
 
@@ -108,16 +109,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             paths => Check::new(Status::Warn, json!(paths.len()), format!("stalled: {}", paths.join(", "))),
         },
     ));
-    for breaker in state.circuit_breakers.all() {
-        let component = format!("circuit:{}", breaker.name());
-        let check = match breaker.state() {
-            CircuitState::Closed => Check::new(Status::Pass, json!("closed"), None),
-            CircuitState::HalfOpen => {
-                Check::new(Status::Warn, json!("half_open"), "trial calls in progress".to_owned())
-            }
-            CircuitState::Open => Check::new(Status::Warn, json!("open"), "calls are being rejected".to_owned()),
-        };
-        checks.push((component, check));
+    for (breaker, dependency) in state.circuit_breakers.all() {
+        checks.push((format!("circuit:{}", breaker.name()), circuit_check(breaker.state(), dependency)));
     }
     let monitor = state.system_monitor.send_timeout(GetSample, state.config.health.check_timeout).await;
     checks.push((
@@ -128,6 +121,24 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         },
     ));
     render(checks)
+}
+
+/// An open breaker fails readiness only for a local required dependency (README, "Readiness").
+fn circuit_check(state: CircuitState, dependency: Dependency) -> Check {
+    match (state, dependency) {
+        (CircuitState::Closed, _) => Check::new(Status::Pass, json!("closed"), None),
+        (CircuitState::HalfOpen, _) => {
+            Check::new(Status::Warn, json!("half_open"), "trial calls in progress".to_owned())
+        }
+        (CircuitState::Open, Dependency::LocalRequired) => Check::new(
+            Status::Fail,
+            json!("open"),
+            "calls are being rejected: this instance cannot serve (a local dependency)".to_owned(),
+        ),
+        (CircuitState::Open, Dependency::SharedOrOptional) => {
+            Check::new(Status::Warn, json!("open"), "calls are being rejected".to_owned())
+        }
+    }
 }
 
 fn render(checks: Vec<(String, Check)>) -> HttpResponse {
@@ -145,4 +156,19 @@ fn render(checks: Vec<(String, Check)>) -> HttpResponse {
     HttpResponse::build(status)
         .content_type(HEALTH_JSON)
         .json(HealthBody { status: overall, checks: Some(by_component) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_breaker_fails_readiness_only_for_a_local_required_dependency() {
+        let status = |state, dependency| circuit_check(state, dependency).status;
+        assert_eq!(status(CircuitState::Open, Dependency::LocalRequired), Status::Fail);
+        assert_eq!(status(CircuitState::Open, Dependency::SharedOrOptional), Status::Warn);
+        assert_eq!(status(CircuitState::HalfOpen, Dependency::LocalRequired), Status::Warn);
+        assert_eq!(status(CircuitState::Closed, Dependency::LocalRequired), Status::Pass);
+        assert_eq!(status(CircuitState::Closed, Dependency::SharedOrOptional), Status::Pass);
+    }
 }

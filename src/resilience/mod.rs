@@ -13,10 +13,23 @@ pub use circuit_breaker::{
     CallNotPermitted, CircuitBreaker, CircuitBreakerConfig, CircuitState, Fallback, Outcome, Permit,
 };
 
-/// Every breaker of the process, for `/ready` (`warn` while one is open) and the admin API.
+/// What a dependency is to this instance, which decides what its open breaker does to `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// Local to this instance and needed to serve (the embedded store on its own disk): while
+    /// its breaker is open this instance can do nothing useful, so readiness fails and a load
+    /// balancer sends traffic to instances that can serve.
+    LocalRequired,
+    /// Shared by every instance (MongoDB, Kafka, OpenSearch), or optional (search): readiness
+    /// warns. Failing it would take every instance out of rotation at once for an outage that
+    /// none of them can route around.
+    SharedOrOptional,
+}
+
+/// Every breaker of the process, for `/ready` and the admin API.
 #[derive(Default)]
 pub struct CircuitBreakers {
-    breakers: RwLock<Vec<Arc<CircuitBreaker>>>,
+    breakers: RwLock<Vec<(Arc<CircuitBreaker>, Dependency)>>,
 }
 
 impl CircuitBreakers {
@@ -24,14 +37,19 @@ impl CircuitBreakers {
         Arc::new(Self::default())
     }
 
-    /// Creates a breaker and keeps it listed.
-    pub fn create(&self, name: impl Into<String>, config: CircuitBreakerConfig) -> Arc<CircuitBreaker> {
+    /// Creates a breaker for `dependency` and keeps it listed.
+    pub fn create(
+        &self,
+        name: impl Into<String>,
+        config: CircuitBreakerConfig,
+        dependency: Dependency,
+    ) -> Arc<CircuitBreaker> {
         let breaker = CircuitBreaker::new(name, config);
-        self.breakers.write().push(breaker.clone());
+        self.breakers.write().push((breaker.clone(), dependency));
         breaker
     }
 
-    pub fn all(&self) -> Vec<Arc<CircuitBreaker>> {
+    pub fn all(&self) -> Vec<(Arc<CircuitBreaker>, Dependency)> {
         self.breakers.read().clone()
     }
 }

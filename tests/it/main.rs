@@ -10,6 +10,7 @@ mod chat_api;
 mod chat_client;
 mod crashes;
 mod deployment;
+mod disk_full;
 mod http_boundary;
 mod lifecycle;
 mod logging;

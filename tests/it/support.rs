@@ -96,13 +96,37 @@ impl RampartProcess {
         Self::start_in(data_dir.to_owned(), None, env, Stdout::Collect)
     }
 
+    /// Starts the binary through `prefix` (e.g. `nsenter -t PID -m`: inside another process's
+    /// mount namespace) on `data_dir`, with the usual test environment.
+    pub fn start_through(prefix: &[&str], data_dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let inner = rampart_command(data_dir, env, &[]);
+        let mut command = Command::new(prefix[0]);
+        command
+            .args(&prefix[1..])
+            .arg(inner.get_program())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        Self::spawn(command, None, env, Stdout::Collect)
+    }
+
     fn start_in(
         path: std::path::PathBuf,
         data_dir: Option<tempfile::TempDir>,
         env: &[(&str, &str)],
         stdout: Stdout,
     ) -> Self {
-        let mut child = rampart_command(&path, env, &[]).spawn().expect("spawn rampart");
+        Self::spawn(rampart_command(&path, env, &[]), data_dir, env, stdout)
+    }
+
+    fn spawn(mut command: Command, data_dir: Option<tempfile::TempDir>, env: &[(&str, &str)], stdout: Stdout) -> Self {
+        let mut child = command.spawn().expect("spawn rampart");
         let output = Arc::new(Mutex::new(String::new()));
         let child_stdout = child.stdout.take().expect("stdout");
         let held_stdout = match stdout {
