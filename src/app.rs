@@ -54,8 +54,12 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     // once, so the admin API and the console work on a first run without ever being open.
     let generated_admin_token = if config.admin.token.is_empty() {
         let path = config.storage.data_dir.join(ADMIN_TOKEN_FILE);
-        config.admin.token = crate::secret_file::read_or_create(&path)
+        let token = crate::secret_file::read_or_create(&path)
             .with_context(|| format!("reading or creating the admin token {}", path.display()))?;
+        let token = String::from_utf8(token)
+            .with_context(|| format!("the admin token in {} is not UTF-8 text", path.display()))?;
+        // A token an operator wrote with `echo` ends in a newline nobody can type.
+        config.admin.token = token.trim().to_owned();
         Some(path)
     } else {
         None

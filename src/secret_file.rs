@@ -12,10 +12,11 @@ use rand::RngCore as _;
 /// Bytes of entropy in a generated secret.
 const GENERATED_SECRET_BYTES: usize = 32;
 
-/// The secret stored at `path`, created there first if the file is missing or empty.
-pub fn read_or_create(path: &Path) -> std::io::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().to_owned()),
+/// The secret stored at `path` exactly as stored (an operator's own file is used byte for byte),
+/// created there first if the file is missing or empty.
+pub fn read_or_create(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(secret) if !secret.is_empty() => return Ok(secret),
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
@@ -34,12 +35,10 @@ pub fn read_or_create(path: &Path) -> std::io::Result<String> {
         Ok(mut file) => {
             file.write_all(secret.as_bytes())?;
             file.sync_all()?;
-            Ok(secret)
+            Ok(secret.into_bytes())
         }
         // Another process (a concurrent `rampart token`, say) created it first: use theirs.
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(std::fs::read_to_string(path)?.trim().to_owned())
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
         Err(error) => Err(error),
     }
 }
@@ -55,6 +54,10 @@ mod tests {
         let first = read_or_create(&path).unwrap();
         assert_eq!(first.len(), 2 * GENERATED_SECRET_BYTES);
         assert_eq!(read_or_create(&path).unwrap(), first);
+        // An operator's own file is used exactly as written (a JWT secret must not change).
+        let own = dir.path().join("own");
+        std::fs::write(&own, b"operator secret\n\xff").unwrap();
+        assert_eq!(read_or_create(&own).unwrap(), b"operator secret\n\xff");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -328,9 +328,7 @@ fn unix_now() -> u64 {
 }
 
 fn persisted_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
-    crate::secret_file::read_or_create(path)
-        .map(String::into_bytes)
-        .map_err(|source| AuthError::Secret { path: path.to_owned(), source })
+    crate::secret_file::read_or_create(path).map_err(|source| AuthError::Secret { path: path.to_owned(), source })
 }
 
 #[cfg(test)]
