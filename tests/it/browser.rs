@@ -31,12 +31,9 @@ fn missing_tools() -> Vec<String> {
 
 #[test]
 fn two_users_chat_survive_a_restart_and_the_console_shows_a_panic() {
-    let required = std::env::var("RAMPART_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let missing = missing_tools();
     if !missing.is_empty() {
-        assert!(!required, "browser tests are required here (RAMPART_REQUIRE_BROWSER=1); missing: {missing:?}");
-        eprintln!("skipping the browser tests; missing: {missing:?}");
-        return;
+        return crate::support::tool_missing("BROWSER", &missing.join(", "));
     }
     let mut command = Command::new("timeout");
     command

@@ -161,12 +161,7 @@ fn listening_line_on_a_terminal(extra: &[(&str, &str)]) -> String {
     let inner = crate::support::rampart_command(data_dir.path(), extra, &[]);
     let mut command = std::process::Command::new("script");
     command.args(["-qfec", env!("CARGO_BIN_EXE_rampart"), "/dev/null"]);
-    for (key, value) in inner.get_envs() {
-        match value {
-            Some(value) => command.env(key, value),
-            None => command.env_remove(key),
-        };
-    }
+    crate::support::copy_env(&inner, &mut command);
     let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -72,12 +72,10 @@ async fn every_rule_is_complete_and_uses_only_exported_metrics() {
 
 #[test]
 fn promtool_checks_and_unit_tests_the_rules() {
-    let required = std::env::var("RAMPART_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
     let available = Command::new("promtool").arg("--version").output().is_ok_and(|out| out.status.success());
     if !available {
-        assert!(!required, "promtool is required here (RAMPART_REQUIRE_PROMTOOL=1) but not installed");
-        eprintln!("promtool not installed: skipping its checks (structural checks still run)");
-        return;
+        // The structural checks above still run.
+        return crate::support::tool_missing("PROMTOOL", "promtool (rule checks and unit tests)");
     }
     let dir = Path::new(RULES).parent().expect("rules dir");
     for args in [["check", "rules", RULES], ["test", "rules", RULE_TESTS]] {

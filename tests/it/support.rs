@@ -69,6 +69,26 @@ pub fn rampart_command(data_dir: &std::path::Path, env: &[(&str, &str)], args: &
     command
 }
 
+/// Gives `to` the environment changes of `from` (for a command that runs the binary through
+/// another program: `nsenter`, `script`).
+pub fn copy_env(from: &Command, to: &mut Command) {
+    for (key, value) in from.get_envs() {
+        match value {
+            Some(value) => to.env(key, value),
+            None => to.env_remove(key),
+        };
+    }
+}
+
+/// A test whose external tool is missing: fails where CI requires the tool
+/// (`RAMPART_REQUIRE_<REQUIREMENT>=1`), otherwise says it skips. The caller returns after it.
+pub fn tool_missing(requirement: &str, what: &str) {
+    let variable = format!("RAMPART_REQUIRE_{requirement}");
+    let required = std::env::var(&variable).is_ok_and(|value| value == "1");
+    assert!(!required, "required here ({variable}=1) but missing: {what}");
+    eprintln!("skipping, missing: {what}");
+}
+
 fn collect(stream: impl std::io::Read + Send + 'static, output: Arc<Mutex<String>>) {
     #[allow(clippy::disallowed_methods, reason = "test helper: ends when the child closes the pipe")]
     std::thread::spawn(move || {
