@@ -6,13 +6,18 @@
 //! Three runs, each on a fresh data directory:
 //! 1. throughput: every client keeps `WINDOW` messages in flight; acked msgs/s and ack latency;
 //! 2. latency at a fixed offered load (`BENCH_RATE`, default 10,000 msgs/s, open loop);
-//! 3. the same as 1 with `pipeline.batch_max_messages = 1`: one transaction per message.
+//! 3. the same as 1 with `pipeline.batch_max_messages = 1`: one transaction per message
+//!    (admission control off: `max_queue_delay` 1 h);
+//! 4. overload: `BENCH_OVERLOAD_CLIENTS` (default 200) connections offer 3× run 1's acked rate,
+//!    open loop, for `BENCH_OVERLOAD_SECONDS` (default 30); counts answers by code (every send
+//!    must be answered: `unanswered` must be 0), the accepted messages' latency, the process's
+//!    resident memory, and how fast a probe is served once the load stops.
 //!
 //! Run: `cargo bench -p rampart-bench --bench chat` (BENCH_SECONDS per run, default 5;
 //! BENCH_CLIENTS, default 50). Targets: run 1 ≥ 30,000 acked msgs/s; run 2 p99 ≤ 50 ms;
-//! run 1 / run 3 ≥ 20×.
+//! run 1 / run 3 ≥ 20×; run 4: nothing unanswered, accepted p99 ≤ 1 s, probe p99 ≤ 50 ms.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -46,6 +51,12 @@ fn start_app(data_dir: &std::path::Path, batch_max_messages: usize) -> (SocketAd
     config.ws.rate_limit_per_sec = 1_000_000;
     config.ws.burst = 1_000_000;
     config.pipeline.batch_max_messages = batch_max_messages;
+    if batch_max_messages == 1 {
+        // Run 3 measures what one transaction per message can do under the same closed-loop
+        // load as run 1 (3,200 in flight, ~2 s of queue): admission control would refuse most
+        // of it and measure something else.
+        config.pipeline.max_queue_delay = Duration::from_secs(3600);
+    }
     config.shutdown.readiness_delay = Duration::ZERO;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -103,16 +114,42 @@ async fn setup(address: SocketAddr, clients: usize) -> Setup {
 #[derive(Default)]
 struct Tally {
     acked: u64,
-    errors: u64,
+    /// Error frames by code.
+    refused: BTreeMap<String, u64>,
+    /// Sends that got no answer before the client gave up (10 s after its last frame).
+    unanswered: u64,
     latencies: Vec<Duration>,
+    /// How long each refusal took to arrive: refusing must be early and cheap.
+    refusal_latencies: Vec<Duration>,
+    /// When the last answer arrived.
+    last_answer: Option<Instant>,
 }
 
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.acked += other.acked;
-        self.errors += other.errors;
+        for (code, count) in other.refused {
+            *self.refused.entry(code).or_default() += count;
+        }
+        self.unanswered += other.unanswered;
         self.latencies.extend(other.latencies);
+        self.refusal_latencies.extend(other.refusal_latencies);
+        self.last_answer = self.last_answer.max(other.last_answer);
     }
+
+    fn errors(&self) -> u64 {
+        self.refused.values().sum::<u64>() + self.unanswered
+    }
+}
+
+/// The `q` quantile of `samples` (sorted in place).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort_unstable();
+    samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or_default()
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 /// One client. `pace`: None keeps `WINDOW` in flight; Some(period) sends one every period.
@@ -176,7 +213,7 @@ async fn client(
             break;
         }
     }
-    tally.errors += sent_at.len() as u64; // never answered
+    tally.unanswered += sent_at.len() as u64;
     tally
 }
 
@@ -191,11 +228,14 @@ fn record(
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return true };
     let number = value["client_msg_id"].as_str().and_then(|id| id.rsplit('-').next()).and_then(|n| n.parse().ok());
     let Some(started) = number.and_then(|n| sent_at.remove(&n)) else { return true };
+    tally.last_answer = Some(Instant::now());
     if value["type"] == "ack" {
         tally.acked += 1;
         tally.latencies.push(started.elapsed());
     } else {
-        tally.errors += 1;
+        let code = value["code"].as_str().unwrap_or("?").to_owned();
+        *tally.refused.entry(code).or_default() += 1;
+        tally.refusal_latencies.push(started.elapsed());
     }
     true
 }
@@ -205,50 +245,151 @@ struct Outcome {
     tally: Tally,
 }
 
+/// Resident memory of this process (server and load generator), from /proc.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Samples `rss_mib` every 50 ms until dropped; returns the peak.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("bench-rss".into()).spawn(move || {
+            let mut peak = 0.0f64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        Self { stop, thread: thread.expect("rss sampler thread") }
+    }
+
+    fn peak(self) -> f64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0.0)
+    }
+}
+
+/// What an overload run measures besides the tally.
+struct Overload {
+    offered_per_second: f64,
+    rss_before: f64,
+    rss_peak: f64,
+    /// From the end of the load to the last answer.
+    drained_in: Duration,
+    /// A probe client at 200 msgs/s for 2 s after the load.
+    probe: Tally,
+}
+
+fn run_clients(
+    setup: &Setup,
+    clients: usize,
+    seconds: f64,
+    pace: Option<Duration>,
+) -> impl std::future::Future<Output = (Tally, Instant, Instant)> {
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = setup
+        .clients
+        .iter()
+        .take(clients)
+        .enumerate()
+        .map(|(id, (token, conversation))| {
+            rampart::tasks::spawn_owned(
+                "bench.client",
+                client(setup.base.clone(), token.clone(), conversation.clone(), id, until, pace),
+            )
+        })
+        .collect();
+    async move {
+        let mut tally = Tally::default();
+        for task in tasks {
+            tally.merge(task.await.expect("client task"));
+        }
+        (tally, started, until)
+    }
+}
+
 fn run(label: &str, batch_max_messages: usize, clients: usize, seconds: f64, pace: Option<Duration>) -> Outcome {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let (address, stop) = start_app(data_dir.path(), batch_max_messages);
     let outcome = actix_rt::System::new().block_on(async move {
         let setup = setup(address, clients).await;
-        let started = Instant::now();
-        let until = started + Duration::from_secs_f64(seconds);
-        let tasks: Vec<_> = setup
-            .clients
-            .iter()
-            .enumerate()
-            .map(|(id, (token, conversation))| {
-                rampart::tasks::spawn_owned(
-                    "bench.client",
-                    client(setup.base.clone(), token.clone(), conversation.clone(), id, until, pace),
-                )
-            })
-            .collect();
-        let mut tally = Tally::default();
-        for task in tasks {
-            tally.merge(task.await.expect("client task"));
-        }
+        let (tally, started, _) = run_clients(&setup, clients, seconds, pace).await;
         let elapsed = started.elapsed().as_secs_f64();
         Outcome { per_second: tally.acked as f64 / elapsed, tally }
     });
     let _ = stop.send(());
     let mut latencies = outcome.tally.latencies.clone();
-    latencies.sort();
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
     println!(
         "{label:<44} {:>9.0} acked msgs/s  ({} acked, {} errors)  ack latency p50 {:>6.2} ms  p99 {:>6.2} ms  p999 {:>6.2} ms",
         outcome.per_second,
         outcome.tally.acked,
-        outcome.tally.errors,
-        quantile(0.50).as_secs_f64() * 1000.0,
-        quantile(0.99).as_secs_f64() * 1000.0,
-        quantile(0.999).as_secs_f64() * 1000.0,
+        outcome.tally.errors(),
+        ms(quantile(&mut latencies, 0.50)),
+        ms(quantile(&mut latencies, 0.99)),
+        ms(quantile(&mut latencies, 0.999)),
     );
     outcome
+}
+
+/// Run 4: open-loop load at `rate` msgs/s from `clients` connections for `seconds`.
+fn overload(label: &str, clients: usize, seconds: f64, rate: f64) {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let (address, stop) = start_app(data_dir.path(), 500);
+    let (tally, overload) = actix_rt::System::new().block_on(async move {
+        let setup = setup(address, clients + 1).await;
+        let rss_before = rss_mib();
+        let sampler = RssSampler::start();
+        let period = Duration::from_secs_f64(clients as f64 / rate);
+        let (tally, started, until) = run_clients(&setup, clients, seconds, Some(period)).await;
+        let rss_peak = sampler.peak();
+        let sent = tally.acked + tally.errors();
+        let offered_per_second = sent as f64 / (until - started).as_secs_f64();
+        let drained_in = tally.last_answer.map(|last| last.saturating_duration_since(until)).unwrap_or_default();
+        // The probe uses the last prepared client, idle until now.
+        let probe_setup = Setup { base: setup.base.clone(), clients: vec![setup.clients[clients].clone()] };
+        let (probe, _, _) = run_clients(&probe_setup, 1, 2.0, Some(Duration::from_millis(5))).await;
+        (tally, Overload { offered_per_second, rss_before, rss_peak, drained_in, probe })
+    });
+    let _ = stop.send(());
+    let Overload { offered_per_second, rss_before, rss_peak, drained_in, mut probe } = overload;
+    let mut latencies = tally.latencies.clone();
+    let mut refusals = tally.refusal_latencies.clone();
+    let elapsed = seconds + drained_in.as_secs_f64();
+    println!(
+        "{label:<44} offered {offered_per_second:.0} msgs/s; {:.0} acked msgs/s ({} acked); refused {:?} (p99 answer {:.2} ms); unanswered {}",
+        tally.acked as f64 / elapsed,
+        tally.acked,
+        tally.refused,
+        ms(quantile(&mut refusals, 0.99)),
+        tally.unanswered,
+    );
+    println!(
+        "{:<44} accepted p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms; RSS {rss_before:.0} MiB before, peak {rss_peak:.0} MiB; drained {:.2} s after the load; probe: {} acked, {} errors, p99 {:.2} ms",
+        "",
+        ms(quantile(&mut latencies, 0.50)),
+        ms(quantile(&mut latencies, 0.99)),
+        ms(quantile(&mut latencies, 1.0)),
+        drained_in.as_secs_f64(),
+        probe.acked,
+        probe.errors(),
+        ms(quantile(&mut probe.latencies, 0.99)),
+    );
 }
 
 fn main() {
@@ -256,13 +397,25 @@ fn main() {
     let seconds = env_number("BENCH_SECONDS", 5.0);
     let clients = env_number("BENCH_CLIENTS", 50.0) as usize;
     let rate = env_number("BENCH_RATE", 10_000.0);
+    let overload_seconds = env_number("BENCH_OVERLOAD_SECONDS", 30.0);
+    let overload_clients = env_number("BENCH_OVERLOAD_CLIENTS", 200.0) as usize;
+    let only_overload = std::env::var_os("BENCH_ONLY_OVERLOAD").is_some();
     println!("chat pipeline, {clients} WebSocket clients, {seconds} s per run, loopback");
     let batched = run("1. throughput (batch writer, 500/1MiB/5ms)", 500, clients, seconds, None);
-    let period = Duration::from_secs_f64(clients as f64 / rate);
-    run(&format!("2. latency at {rate:.0} msgs/s offered"), 500, clients, seconds, Some(period));
-    let single = run("3. throughput, one transaction per message", 1, clients, seconds, None);
-    println!(
-        "batch writer vs one transaction per message: {:.1}x (target >= 20x); throughput target >= 30000 msgs/s",
-        batched.per_second / single.per_second.max(1.0)
+    if !only_overload {
+        let period = Duration::from_secs_f64(clients as f64 / rate);
+        run(&format!("2. latency at {rate:.0} msgs/s offered"), 500, clients, seconds, Some(period));
+        let single = run("3. throughput, one transaction per message", 1, clients, seconds, None);
+        println!(
+            "batch writer vs one transaction per message: {:.1}x (target >= 20x); throughput target >= 30000 msgs/s",
+            batched.per_second / single.per_second.max(1.0)
+        );
+    }
+    let offered = 3.0 * batched.per_second;
+    overload(
+        &format!("4. overload: 3x run 1 ({offered:.0} msgs/s), {overload_clients} connections, {overload_seconds} s"),
+        overload_clients,
+        overload_seconds,
+        offered,
     );
 }

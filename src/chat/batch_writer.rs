@@ -98,6 +98,7 @@ pub struct BatchWriter {
     pub(super) delivery: ActorHandle<DeliveryHub>,
     pub(super) indexer: ActorHandle<Indexer>,
     pub(super) ledger: Ledger,
+    pub(super) admission: Arc<super::Admission>,
     /// `chaos.enabled`: bodies containing `CHAOS_POISON_MARKER` make the commit job panic.
     pub(super) chaos: bool,
     /// A message that failed this many times while committed alone is poison
@@ -186,6 +187,22 @@ impl BatchWriter {
             let batch = match state.suspects.pop_front() {
                 Some(batch) => batch,
                 None if !state.open.is_empty() => {
+                    // Admitted before the admission limit came down, and waited too long since:
+                    // answered `unavailable` rather than stored late (see `chat::admission`).
+                    let waited = state.open[0].received.elapsed();
+                    if self.admission.expired(waited) {
+                        let keep = state.open.iter().position(|s| !self.admission.expired(s.received.elapsed()));
+                        let keep = keep.unwrap_or(state.open.len());
+                        let expired: Vec<Submission> = state.open.drain(..keep).collect();
+                        state.open_bytes -= expired.iter().map(|s| s.message.body.len()).sum::<usize>();
+                        drop(state);
+                        for submission in expired {
+                            let waited = submission.received.elapsed();
+                            submission.answer(Err(self.admission.expired_error(waited)));
+                        }
+                        ctx.notify(Kick);
+                        return;
+                    }
                     // Messages that arrived during the previous commit may exceed one batch:
                     // take at most batch_max_messages / batch_max_bytes, leave the rest open.
                     let (mut count, mut bytes) = (0, 0);
@@ -225,6 +242,9 @@ impl BatchWriter {
                 let metrics = crate::telemetry::metrics();
                 metrics.batch_size.observe(batch.len() as f64);
                 metrics.commit_duration.observe(took.as_secs_f64());
+                if let Some(oldest) = batch.iter().map(|submission| submission.received).min() {
+                    self.admission.committed(oldest.elapsed(), batch.len());
+                }
                 let mut fresh = Vec::with_capacity(outcomes.len());
                 for (submission, outcome) in batch.into_iter().zip(outcomes) {
                     let ack = Ack {

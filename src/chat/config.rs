@@ -71,6 +71,11 @@ pub struct PipelineConfig {
     pub unknown_sender_wait: Duration,
     /// Messages waiting in the pipeline; beyond this, senders get `unavailable` at once.
     pub queue_capacity: usize,
+    /// Overload budget: when the oldest message waiting for a commit has waited longer, new
+    /// sends are refused `unavailable` at once until the wait is back under half of it
+    /// (see `chat::admission`). Bounds the latency of what is accepted under overload.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_delay: Duration,
     /// The storage circuit breaker.
     pub breaker: CircuitBreakerConfig,
 }
@@ -87,6 +92,7 @@ impl Default for PipelineConfig {
             retry_max: Duration::from_secs(2),
             unknown_sender_wait: Duration::from_secs(2),
             queue_capacity: 65536,
+            max_queue_delay: Duration::from_millis(500),
             breaker: CircuitBreakerConfig::default(),
         }
     }
@@ -155,6 +161,9 @@ impl PipelineConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_max_messages == 0 || self.batch_max_bytes == 0 || self.queue_capacity == 0 {
             return Err("pipeline.batch_max_messages, batch_max_bytes and queue_capacity must be at least 1".into());
+        }
+        if self.max_queue_delay < Duration::from_millis(10) {
+            return Err("pipeline.max_queue_delay must be at least 10ms".into());
         }
         if self.max_attempts == 0 || self.storage_timeout.is_zero() {
             return Err("pipeline.max_attempts and pipeline.storage_timeout must be positive".into());

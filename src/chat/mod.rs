@@ -9,6 +9,7 @@
 //! (sender, client_msg_id), so every retry — by the client, by a restarted batch writer, by a
 //! dead-letter replay — lands on the same row.
 
+mod admission;
 mod batch_writer;
 mod cleanup;
 mod config;
@@ -28,6 +29,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+pub use admission::Admission;
 pub use batch_writer::BatchWriter;
 pub use cleanup::CleanupJob;
 pub use config::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
@@ -111,6 +113,8 @@ pub struct Submission {
     pub crashes: u32,
     /// Of those, failures while it was committed alone: only these make it poison.
     pub crashes_alone: u32,
+    /// The admission slot this message holds until answered (none for operator replays).
+    ticket: Option<admission::Ticket>,
 }
 
 impl Submission {
@@ -120,7 +124,13 @@ impl Submission {
     }
 
     pub fn with_reply(message: NewMessage, reply: Reply) -> Self {
-        Self { message, reply: Some(reply), received: Instant::now(), crashes: 0, crashes_alone: 0 }
+        Self { message, reply: Some(reply), received: Instant::now(), crashes: 0, crashes_alone: 0, ticket: None }
+    }
+
+    /// Holds `ticket` until answered.
+    pub fn with_ticket(mut self, ticket: admission::Ticket) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 
     pub fn answer(mut self, result: AckResult) {
@@ -134,6 +144,8 @@ impl Submission {
         if let Err(error) = &result {
             crate::telemetry::message_rejected(error.code());
         }
+        // Answered: its slot is free for the next send.
+        self.ticket = None;
         match self.reply.take() {
             Some(Reply::Waiter(reply)) => {
                 let _ = reply.send(result);
@@ -197,12 +209,22 @@ pub struct Chat {
     pub sessions: SupervisorHandle,
     pub session_deps: Arc<session::SessionDeps>,
     pub search_breaker: Arc<CircuitBreaker>,
+    /// Refuses sends early while the pipeline is behind (`pipeline.max_queue_delay`).
+    pub admission: Arc<Admission>,
 }
 
 impl Chat {
     /// Sends `message` through the pipeline and waits for its ack (or refusal).
     pub async fn submit(&self, message: NewMessage) -> AckResult {
+        let ticket = match self.admission.admit() {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                crate::telemetry::message_rejected(refused.code());
+                return Err(refused);
+            }
+        };
         let (submission, receiver) = Submission::new(message);
+        let submission = submission.with_ticket(ticket);
         if let Err(error) = self.validator.try_send(Validate(submission)) {
             tracing::debug!(%error, "validator refused a message");
         }
@@ -258,10 +280,15 @@ pub fn start(
         }))
         .context("starting delivery")?;
 
+    let admission = Admission::new(
+        config.pipeline.max_queue_delay,
+        config.pipeline.batch_max_messages,
+        config.pipeline.queue_capacity,
+    );
     let ledger = batch_writer::Ledger::new();
     let (batch_store, batch_config, batch_delivery, batch_indexer, chaos) =
         (store.clone(), config.pipeline.clone(), delivery.clone(), indexer.clone(), config.chaos.enabled);
-    let batch_ledger = ledger.clone();
+    let (batch_ledger, batch_admission) = (ledger.clone(), admission.clone());
     let poison_after = config.supervisor.quarantine_after;
     let batch_writer = chat
         .spawn(
@@ -272,6 +299,7 @@ pub fn start(
                 delivery: batch_delivery.clone(),
                 indexer: batch_indexer.clone(),
                 ledger: batch_ledger.clone(),
+                admission: batch_admission.clone(),
                 chaos,
                 poison_after,
                 stopping: false,
@@ -318,6 +346,7 @@ pub fn start(
     let session_deps = Arc::new(session::SessionDeps {
         validator: validator.clone(),
         delivery: delivery.clone(),
+        admission: admission.clone(),
         config: config.ws.clone(),
     });
     Ok(Arc::new(Chat {
@@ -333,6 +362,7 @@ pub fn start(
         batch_writer,
         sessions,
         search_breaker,
+        admission,
     }))
 }
 

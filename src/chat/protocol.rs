@@ -27,7 +27,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("forbidden", "not a member of the conversation (or it does not exist)"),
     ("unknown_sender", "the token's user does not exist (after `pipeline.unknown_sender_wait`)"),
     ("rate_limited", "more than `ws.rate_limit_per_sec` sends; slow down"),
-    ("unavailable", "not stored (storage or pipeline unavailable): send again"),
+    ("unavailable", "not stored (storage unavailable, or the server overloaded): send again, after a pause"),
     ("rejected", "the message failed alone repeatedly and was dead-lettered"),
     ("internal", "the session crashed on that frame and was restarted; send again"),
 ];

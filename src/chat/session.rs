@@ -28,6 +28,7 @@ use crate::supervision::{ActorHandle, SupervisedMessage};
 pub struct SessionDeps {
     pub validator: ActorHandle<Validator>,
     pub delivery: ActorHandle<DeliveryHub>,
+    pub admission: Arc<super::Admission>,
     pub config: WsConfig,
 }
 
@@ -104,9 +105,21 @@ impl Session {
             self.connection.outbox.text(protocol::error_frame(&error));
             return;
         }
+        // Overloaded: refuse before the message costs anything downstream.
+        let ticket = match self.deps.admission.admit() {
+            Ok(ticket) => ticket,
+            Err(refused) => {
+                let mut error = FrameError::new(refused.code(), refused.to_string());
+                error.client_msg_id = Some(client_msg_id);
+                crate::telemetry::message_rejected(refused.code());
+                self.connection.outbox.text(protocol::error_frame(&error));
+                return;
+            }
+        };
         let sender = self.connection.user.clone();
         let message = NewMessage { id: message_id(&sender, &client_msg_id), conversation, sender, client_msg_id, body };
-        let submission = Submission::with_reply(message, Reply::Connection(self.connection.clone()));
+        let submission =
+            Submission::with_reply(message, Reply::Connection(self.connection.clone())).with_ticket(ticket);
         if let Err(error) = self.deps.validator.try_send(Validate(submission)) {
             // The dropped submission already told the client `unavailable`.
             tracing::debug!(%error, "validator refused a message");

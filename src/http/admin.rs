@@ -18,6 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::crash::StoredCrash;
 use crate::rfc3339;
+use crate::storage::{FaultPlan, FaultState};
 use crate::supervision::{short_type_name, ActorRecord, GroupSummary, JournalEntry, ListingRow, QuarantineRecord};
 use crate::system_monitor::{GetSample, Sample};
 
@@ -42,6 +43,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .service(web::resource("/chaos/log-flood").post(chaos_log_flood))
             .service(web::resource("/chaos/task-panic").post(chaos_task_panic))
             .service(web::resource("/chaos/thread-panic").post(chaos_thread_panic))
+            .service(
+                web::resource("/chaos/storage")
+                    .get(chaos_storage_state)
+                    .post(chaos_storage_inject)
+                    .delete(chaos_storage_clear),
+            )
             .route("/chaos/{rest:.*}", web::route().to(chaos_unknown)),
     );
 }
@@ -457,6 +464,70 @@ pub(super) async fn chaos_panic(
     }
     tracing::warn!(actor = %path, "chaos: panic requested through the admin API");
     Ok(HttpResponse::Accepted().json(ChaosPanicAccepted { actor: path, requested: "panic".into() }))
+}
+
+/// The storage faults injected now, and how many batches they failed so far.
+#[utoipa::path(
+    get, path = "/admin/chaos/storage", tag = "chaos",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The injected faults", body = FaultState),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Chaos is disabled", body = ErrorBody),
+    )
+)]
+pub(super) async fn chaos_storage_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    Ok(HttpResponse::Ok().json(state.chat.store.faults().state()))
+}
+
+/// Injects storage faults into the embedded chat database: an I/O error (`eio`) or a full disk
+/// (`enospc`) halfway through the next `writes` message batches (or every batch until cleared),
+/// and/or a slow disk (`delay_ms` before every write). Replaces what was injected before.
+#[utoipa::path(
+    post, path = "/admin/chaos/storage", tag = "chaos",
+    security(("admin_token" = [])),
+    request_body = FaultPlan,
+    responses(
+        (status = 200, description = "Injected", body = FaultState),
+        (status = 400, description = "Malformed or out-of-range plan", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Chaos is disabled", body = ErrorBody),
+    )
+)]
+pub(super) async fn chaos_storage_inject(
+    state: web::Data<AppState>,
+    body: web::Json<FaultPlan>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    let plan = body.into_inner();
+    crate::action!("admin", "chaos storage faults injected", plan = format!("{plan:?}"));
+    let injected = state.chat.store.faults().set(plan.clone()).map_err(ApiError::BadRequest)?;
+    tracing::warn!(?plan, "chaos: storage faults injected through the admin API");
+    Ok(HttpResponse::Ok().json(injected))
+}
+
+/// Clears injected storage faults.
+#[utoipa::path(
+    delete, path = "/admin/chaos/storage", tag = "chaos",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Cleared; `injected` still counts what they did", body = FaultState),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "Chaos is disabled", body = ErrorBody),
+    )
+)]
+pub(super) async fn chaos_storage_clear(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.chaos.enabled {
+        return Err(chaos_disabled());
+    }
+    crate::action!("admin", "chaos storage faults cleared");
+    tracing::info!("chaos: storage faults cleared through the admin API");
+    Ok(HttpResponse::Ok().json(state.chat.store.faults().clear()))
 }
 
 /// Panics inside the handler: how operators check the HTTP panic boundary live.

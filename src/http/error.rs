@@ -99,6 +99,10 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, allow.as_str()));
             }
+            // Overload, a full pipeline or storage retrying: worth trying again shortly.
+            ApiError::Send(crate::chat::SendError::Unavailable(_) | crate::chat::SendError::RateLimited) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
             _ => {}
         }
         response.json(ErrorBody { error: self.code().to_owned(), message: self.to_string() })

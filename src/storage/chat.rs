@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
-use super::{Db, StorageError, WalPolicy};
+use super::{Db, Faults, StorageError, WalPolicy};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the chat schema.
@@ -193,6 +193,11 @@ impl ChatStore {
         Ok(Self { db: Db::open("storage", &data_dir.join("rampart.db"), MIGRATIONS, readers, wal)? })
     }
 
+    /// Fault injection for this store (`chaos.enabled`).
+    pub fn faults(&self) -> &Arc<Faults> {
+        self.db.faults()
+    }
+
     /// `true` when created, `false` when the id is taken.
     pub async fn create_user(&self, id: String, display_name: String, now_ms: i64) -> Result<bool, StorageError> {
         self.db
@@ -344,10 +349,12 @@ impl ChatStore {
         now_ms: i64,
         inspect: impl Fn(&NewMessage) + Send + 'static,
     ) -> Result<Vec<CommitOutcome>, StorageError> {
+        let faults = self.db.faults().clone();
         self.db
             .write(move |connection| {
                 let transaction = connection.transaction()?;
-                let outcomes = commit_in(&transaction, &batch, now_ms, &inspect)?;
+                let fail_point = || faults.fail_point();
+                let outcomes = commit_in(&transaction, &batch, now_ms, &inspect, &fail_point)?;
                 transaction.commit()?;
                 Ok(outcomes)
             })
@@ -639,6 +646,7 @@ fn commit_in(
     batch: &[NewMessage],
     now_ms: i64,
     inspect: &dyn Fn(&NewMessage),
+    fail_point: &dyn Fn() -> Result<(), rusqlite::Error>,
 ) -> Result<Vec<CommitOutcome>, StorageError> {
     let mut insert = transaction.prepare_cached(
         "INSERT INTO messages (id, conversation, sender, client_msg_id, body, created_at)
@@ -650,7 +658,11 @@ fn commit_in(
     )?;
     let mut original = transaction.prepare_cached(&format!("{SELECT_MESSAGE} WHERE id = ?1"))?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for message in batch {
+    for (index, message) in batch.iter().enumerate() {
+        // Injected I/O faults strike halfway, after real rows were written.
+        if index == batch.len() / 2 {
+            fail_point()?;
+        }
         inspect(message);
         let inserted = insert.execute(params![
             message.id,

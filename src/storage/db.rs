@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use super::faults::Faults;
 use super::StorageError;
 use crate::supervision::contain;
 
@@ -69,6 +70,8 @@ struct Inner {
     readers: Sender<Job>,
     /// Never sent on; dropping it (with the last `Db` clone) ends the checkpointer.
     _checkpoint_stop: Sender<()>,
+    /// Injected faults (`POST /admin/chaos/storage`).
+    faults: Arc<Faults>,
 }
 
 impl Db {
@@ -116,6 +119,7 @@ impl Db {
                 writer: writer_tx,
                 readers: readers_tx,
                 _checkpoint_stop: checkpoint_stop,
+                faults: Arc::default(),
             }),
         })
     }
@@ -124,13 +128,26 @@ impl Db {
         &self.inner.path
     }
 
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.inner.faults
+    }
+
     /// Runs `job` on the writer thread (the only connection that writes).
     pub async fn write<T, F>(&self, job: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        self.run(&self.inner.writer, job).await
+        let faults = self.inner.faults.clone();
+        self.run(&self.inner.writer, move |connection| {
+            // An injected slow disk: the writer thread is busy for this long, as with a real one.
+            let delay = faults.delay();
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            job(connection)
+        })
+        .await
     }
 
     /// Runs `job` on one of the reader threads (read-only connections).
@@ -150,6 +167,13 @@ impl Db {
         let (reply_tx, reply_rx) = oneshot::channel();
         let name = self.inner.name;
         let boxed: Job = Box::new(move |connection| {
+            // The caller timed out and gave up (its sender was told `unavailable`): do not
+            // spend the thread on work nobody waits for. Behind a slow disk such jobs would
+            // otherwise pile up and keep the queue long after the disk recovered.
+            if reply_tx.is_closed() {
+                crate::telemetry::metrics().storage_jobs_abandoned.inc();
+                return;
+            }
             let outcome = match contain(|| job(connection)) {
                 Ok(result) => result,
                 Err(panic) => {

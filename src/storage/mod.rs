@@ -11,6 +11,7 @@
 
 mod chat;
 mod db;
+mod faults;
 mod search;
 
 pub use chat::{
@@ -18,6 +19,7 @@ pub use chat::{
     NewMessage, RequeueReport, StoredMessage, User,
 };
 pub use db::{Db, WalPolicy};
+pub use faults::{FaultPlan, FaultState, Faults, IoFault};
 pub use search::{SearchHit, SearchStore};
 
 /// Why a storage call failed.

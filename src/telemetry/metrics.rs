@@ -159,6 +159,14 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// Failed commit attempts (each retried with backoff).
     pub commit_failures: Counter,
+    /// How long the oldest message of the latest committed batch waited (seconds), the
+    /// adaptive in-flight limit, the messages in flight, and the sends refused over the limit.
+    pub pipeline_queue_delay: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub pipeline_admission_limit: Gauge,
+    pub pipeline_in_flight: Gauge,
+    pub messages_shed: Counter,
+    /// Storage jobs skipped because their caller had timed out before they started.
+    pub storage_jobs_abandoned: Counter,
     /// Records moved to dead letters, by kind (`message`, `delivery`, `quarantine`).
     pub dead_letters: Family<KindLabels, Counter>,
     /// Messages pushed to connected clients (including redeliveries).
@@ -206,6 +214,11 @@ impl Metrics {
             batch_size: Histogram::new(BATCH_SIZE_BUCKETS.iter().copied()),
             commit_duration: Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied()),
             commit_failures: Counter::default(),
+            pipeline_queue_delay: Gauge::default(),
+            pipeline_admission_limit: Gauge::default(),
+            pipeline_in_flight: Gauge::default(),
+            messages_shed: Counter::default(),
+            storage_jobs_abandoned: Counter::default(),
             dead_letters: Family::default(),
             deliveries_pushed: Counter::default(),
             deliveries_requeued: Counter::default(),
@@ -293,6 +306,32 @@ impl Metrics {
             metrics.commit_duration.clone(),
         );
         registry.register("commit_failures", "Failed batch commit attempts", metrics.commit_failures.clone());
+        registry.register_with_unit(
+            "pipeline_queue_delay",
+            "How long the oldest message of the latest committed batch waited since it was taken",
+            Unit::Seconds,
+            metrics.pipeline_queue_delay.clone(),
+        );
+        registry.register(
+            "pipeline_admission_limit",
+            "Messages the pipeline admits at once (adapts to keep waits under pipeline.max_queue_delay)",
+            metrics.pipeline_admission_limit.clone(),
+        );
+        registry.register(
+            "pipeline_in_flight",
+            "Messages admitted and not answered yet (at the latest commit)",
+            metrics.pipeline_in_flight.clone(),
+        );
+        registry.register(
+            "storage_jobs_abandoned",
+            "Storage jobs skipped because their caller had already timed out",
+            metrics.storage_jobs_abandoned.clone(),
+        );
+        registry.register(
+            "messages_shed",
+            "Sends refused unavailable because the pipeline was at its admission limit",
+            metrics.messages_shed.clone(),
+        );
         registry.register("dead_letters", "Records moved to dead letters, by kind", metrics.dead_letters.clone());
         registry.register(
             "deliveries_pushed",

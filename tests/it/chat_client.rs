@@ -106,6 +106,21 @@ impl ChatServer {
     }
 }
 
+/// The answers to a burst of sends.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// (client_msg_id, message id)
+    pub acked: Vec<(String, String)>,
+    pub refused: Vec<Refusal>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub client_msg_id: String,
+    pub code: String,
+    pub message: String,
+}
+
 pub struct WsClient {
     framed: Framed<BoxedSocket, Codec>,
 }
@@ -124,6 +139,32 @@ impl WsClient {
             json!({"type": "send", "conversation": conversation, "client_msg_id": client_msg_id, "body": body}),
         )
         .await;
+    }
+
+    /// Sends one message per id of `client_msg_ids` (100 at a time, then reading their answers);
+    /// every send must get exactly one answer, an `ack` or an `error`.
+    pub async fn send_burst(&mut self, conversation: &str, client_msg_ids: &[String], body: &str) -> Answers {
+        let mut answers = Answers::default();
+        for chunk in client_msg_ids.chunks(100) {
+            for id in chunk {
+                self.send_message(conversation, id, body).await;
+            }
+            for _ in chunk {
+                let reply = self.next_json().await;
+                let client_msg_id =
+                    reply["client_msg_id"].as_str().expect("answers name their client_msg_id").to_owned();
+                match reply["type"].as_str() {
+                    Some("ack") => answers.acked.push((client_msg_id, reply["id"].as_str().expect("id").to_owned())),
+                    Some("error") => answers.refused.push(Refusal {
+                        client_msg_id,
+                        code: reply["code"].as_str().expect("code").to_owned(),
+                        message: reply["message"].as_str().unwrap_or_default().to_owned(),
+                    }),
+                    _ => panic!("unexpected frame {reply}"),
+                }
+            }
+        }
+        answers
     }
 
     /// The next frame that is not a ping or pong; `None` when the stream ended.

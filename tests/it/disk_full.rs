@@ -76,24 +76,11 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Sends `count` messages on `ws` (in chunks, reading every reply); returns the acked ids and the
-/// error codes of the others. Every send gets exactly one answer.
+/// Sends `count` messages on `ws`; returns the acked ids and the error codes of the others.
 async fn send_all(ws: &mut WsClient, conversation: &str, prefix: &str, count: usize) -> (Vec<String>, Vec<String>) {
-    let (mut acked, mut refused) = (Vec::new(), Vec::new());
-    for chunk in (0..count).collect::<Vec<_>>().chunks(100) {
-        for n in chunk {
-            ws.send_message(conversation, &format!("{prefix}-{n}"), &"d".repeat(900)).await;
-        }
-        for _ in chunk {
-            let reply = ws.next_json().await;
-            match reply["type"].as_str() {
-                Some("ack") => acked.push(reply["id"].as_str().unwrap().to_owned()),
-                Some("error") => refused.push(reply["code"].as_str().unwrap().to_owned()),
-                _ => panic!("unexpected frame {reply}"),
-            }
-        }
-    }
-    (acked, refused)
+    let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
+    let answers = ws.send_burst(conversation, &ids, &"d".repeat(900)).await;
+    (answers.acked.into_iter().map(|(_, id)| id).collect(), answers.refused.into_iter().map(|r| r.code).collect())
 }
 
 async fn ready(chat: &ChatServer) -> (u16, Value) {

@@ -11,6 +11,7 @@ mod chat_client;
 mod crashes;
 mod deployment;
 mod disk_full;
+mod faults;
 mod http_boundary;
 mod lifecycle;
 mod logging;

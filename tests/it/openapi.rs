@@ -47,6 +47,9 @@ const ROUTES: &[&str] = &[
     "POST /admin/chaos/task-panic",
     "POST /admin/chaos/thread-panic",
     "POST /admin/chaos/log-flood",
+    "GET /admin/chaos/storage",
+    "POST /admin/chaos/storage",
+    "DELETE /admin/chaos/storage",
 ];
 
 #[actix_rt::test]
