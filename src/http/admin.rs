@@ -18,7 +18,7 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::crash::StoredCrash;
 use crate::rfc3339;
-use crate::storage::{FaultPlan, FaultState};
+use crate::storage::{FaultPlan, FaultState, IoFault};
 use crate::supervision::{short_type_name, ActorRecord, GroupSummary, JournalEntry, ListingRow, QuarantineRecord};
 use crate::system_monitor::{GetSample, Sample};
 
@@ -466,6 +466,22 @@ pub(super) async fn chaos_panic(
     Ok(HttpResponse::Accepted().json(ChaosPanicAccepted { actor: path, requested: "panic".into() }))
 }
 
+/// Storage faults to inject (replaces what was injected before).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ChaosStorageRequest {
+    /// Fail message batches halfway with this error.
+    #[serde(default)]
+    error: Option<IoFault>,
+    /// How many batches fail; absent: every batch until cleared. Ignored without `error`.
+    #[serde(default, deserialize_with = "super::json_integer::opt_u32")]
+    writes: Option<u32>,
+    /// Delay before every write, in milliseconds (a slow disk).
+    #[serde(default, deserialize_with = "super::json_integer::u32")]
+    #[schema(maximum = 60000)]
+    delay_ms: u32,
+}
+
 /// The storage faults injected now, and how many batches they failed so far.
 #[utoipa::path(
     get, path = "/admin/chaos/storage", tag = "chaos",
@@ -489,7 +505,7 @@ pub(super) async fn chaos_storage_state(state: web::Data<AppState>) -> Result<Ht
 #[utoipa::path(
     post, path = "/admin/chaos/storage", tag = "chaos",
     security(("admin_token" = [])),
-    request_body = FaultPlan,
+    request_body = ChaosStorageRequest,
     responses(
         (status = 200, description = "Injected", body = FaultState),
         (status = 400, description = "Malformed or out-of-range plan", body = ErrorBody),
@@ -499,12 +515,13 @@ pub(super) async fn chaos_storage_state(state: web::Data<AppState>) -> Result<Ht
 )]
 pub(super) async fn chaos_storage_inject(
     state: web::Data<AppState>,
-    body: web::Json<FaultPlan>,
+    body: web::Json<ChaosStorageRequest>,
 ) -> Result<HttpResponse, ApiError> {
     if !state.config.chaos.enabled {
         return Err(chaos_disabled());
     }
-    let plan = body.into_inner();
+    let ChaosStorageRequest { error, writes, delay_ms } = body.into_inner();
+    let plan = FaultPlan { error, writes, delay_ms: u64::from(delay_ms) };
     crate::action!("admin", "chaos storage faults injected", plan = format!("{plan:?}"));
     let injected = state.chat.store.faults().set(plan.clone()).map_err(ApiError::BadRequest)?;
     tracing::warn!(?plan, "chaos: storage faults injected through the admin API");

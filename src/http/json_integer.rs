@@ -17,6 +17,13 @@ pub fn u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> 
     }
 }
 
+/// An optional `u32` (absent or `null`: `None`), written as an integer or an integral number.
+pub fn opt_u32<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "u32")] u32);
+    Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|Wrapped(value)| value))
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(serde::Deserialize)]

@@ -27,17 +27,13 @@ pub enum IoFault {
 }
 
 /// What to inject; replaces whatever was injected before.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultPlan {
     /// Fail message batches mid-transaction with this error.
-    #[serde(default)]
     pub error: Option<IoFault>,
-    /// How many batches fail; absent: every batch until cleared.
-    #[serde(default)]
+    /// How many batches fail; `None`: every batch until cleared.
     pub writes: Option<u32>,
-    /// Delay before every write job, in milliseconds (a slow disk); at most 60000.
-    #[serde(default)]
+    /// Delay before every write job, in milliseconds (a slow disk); at most `MAX_DELAY_MS`.
     pub delay_ms: u64,
 }
 
@@ -66,12 +62,10 @@ impl Faults {
         if plan.delay_ms > MAX_DELAY_MS {
             return Err(format!("delay_ms must be at most {MAX_DELAY_MS}"));
         }
-        if plan.writes.is_some() && plan.error.is_none() {
-            return Err("writes needs an error to inject".into());
-        }
         let mut state = self.state.lock();
         state.error = plan.error;
-        state.remaining = plan.writes;
+        // Without an error to inject there is nothing to count.
+        state.remaining = plan.error.and(plan.writes);
         state.delay_ms = plan.delay_ms;
         Ok(state.clone())
     }
@@ -143,6 +137,6 @@ mod tests {
         assert!(faults.fail_point().is_ok());
         assert_eq!(faults.delay(), Duration::ZERO);
         assert!(faults.set(FaultPlan { delay_ms: MAX_DELAY_MS + 1, ..FaultPlan::default() }).is_err());
-        assert!(faults.set(FaultPlan { writes: Some(1), ..FaultPlan::default() }).is_err());
+        assert_eq!(faults.set(FaultPlan { writes: Some(1), ..FaultPlan::default() }).unwrap().remaining, None);
     }
 }
