@@ -39,6 +39,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub delivery: DeliveryConfig,
     pub search: SearchConfig,
+    /// The search engine when `search.kind = "elasticsearch"`.
+    pub elasticsearch: crate::storage::elasticsearch::ElasticsearchConfig,
     pub log: LogConfig,
     pub crash: CrashConfig,
     pub alerts: AlertsConfig,
@@ -314,6 +316,9 @@ impl Config {
         }
         if self.health.check_timeout.is_zero() {
             return Err("health.check_timeout must be longer than 0s".into());
+        }
+        if self.search.kind == crate::storage::SearchKind::Elasticsearch {
+            self.elasticsearch.validate()?;
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err("storage.data_dir must not be empty".into());

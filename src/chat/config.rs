@@ -127,6 +127,9 @@ impl Default for DeliveryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchConfig {
+    /// The engine: `sqlite` (embedded, the default) or `elasticsearch` (also OpenSearch;
+    /// configured in `[elasticsearch]`).
+    pub kind: crate::storage::SearchKind,
     /// Messages indexed per step.
     pub index_batch: u32,
     /// The indexer also looks for unindexed messages this often (it is poked after every commit).
@@ -138,7 +141,12 @@ pub struct SearchConfig {
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        Self { index_batch: 1000, poll_interval: Duration::from_secs(1), breaker: CircuitBreakerConfig::default() }
+        Self {
+            kind: crate::storage::SearchKind::Sqlite,
+            index_batch: 1000,
+            poll_interval: Duration::from_secs(1),
+            breaker: CircuitBreakerConfig::default(),
+        }
     }
 }
 

@@ -1,12 +1,17 @@
 //! `Indexer` (`/root/chat/indexer`): feeds the search index from committed messages.
 //!
-//! Owns: nothing durable — progress is the watermark stored in the index itself, so after a
-//! crash or restart the indexer continues from the last indexed message. Poked after each
-//! commit and polling every `search.poll_interval`; one step at a time.
+//! Owns: nothing durable — progress is the watermark (in the embedded index itself, or for an
+//! external engine in the chat store), so after a crash or restart the indexer continues from
+//! the last indexed message; indexing is by message id, so repeating a step is harmless. Poked
+//! after each commit and polling every `search.poll_interval`; one step at a time.
+//!
+//! A message the engine refuses for good (a mapping error) is dead-lettered (kind `index`)
+//! before the watermark moves past it; what is neither indexed nor refused for good (the engine
+//! down, or busy past its retries) keeps the watermark where it is.
 //!
 //! Must never: slow down or fail ingestion. It reads committed messages from a reader
-//! connection and writes only to the search database; failures are logged, counted and
-//! retried on the next poll, behind the `search` circuit breaker.
+//! connection and writes only to the search engine (and its watermark); failures are logged,
+//! counted and retried on the next poll, behind the `search` circuit breaker.
 
 use std::sync::Arc;
 
@@ -14,7 +19,7 @@ use actix::prelude::*;
 
 use crate::chat::SearchConfig;
 use crate::resilience::{CircuitBreaker, Outcome};
-use crate::storage::{ChatStore, SearchStore, StorageError};
+use crate::storage::{ChatStore, DeadLetterKind, NewDeadLetter, SearchStore, StorageError};
 use crate::supervision::SupervisedMessage;
 
 /// New messages were committed.
@@ -57,8 +62,25 @@ impl Indexer {
                 if count == 0 {
                     return Ok::<_, StorageError>(());
                 }
-                search.index(messages).await?;
-                crate::telemetry::metrics().search_indexed.inc_by(count as u64);
+                let outcome = search.index(messages).await?;
+                crate::telemetry::metrics().search_indexed.inc_by(outcome.indexed as u64);
+                for (message, reason) in outcome.rejected {
+                    tracing::error!(id = %message.id, reason, "the search engine refused a message; dead-lettered");
+                    let letter = NewDeadLetter {
+                        kind: DeadLetterKind::Index,
+                        reason: format!("the search engine refused it: {reason}"),
+                        attempts: 1,
+                        payload: serde_json::json!({"message_id": message.id}),
+                    };
+                    store.add_dead_letter(letter, crate::storage::now_ms()).await?;
+                    crate::telemetry::dead_lettered("index");
+                }
+                if let Some(through) = outcome.through {
+                    search.advance(through).await?;
+                }
+                if let Some(error) = outcome.incomplete {
+                    return Err(error);
+                }
                 if count < batch as usize {
                     return Ok(());
                 }

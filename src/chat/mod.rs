@@ -44,7 +44,8 @@ pub use validator::{Validate, Validator};
 use crate::auth::Tokens;
 use crate::config::Config;
 use crate::resilience::{CircuitBreaker, CircuitBreakers, Dependency};
-use crate::storage::{ChatStore, NewMessage, SearchStore};
+use crate::storage::elasticsearch::ElasticsearchSearch;
+use crate::storage::{ChatStore, NewMessage, SearchKind, SearchStore, SqliteSearch};
 use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
 
 /// A message whose body contains this is a poison message while `chaos.enabled`: the batch
@@ -249,8 +250,18 @@ pub fn start(
     let data_dir = &config.storage.data_dir;
     let wal = config.storage.wal_policy();
     let store = ChatStore::open(data_dir, config.storage.readers, wal).context("opening the chat database")?;
-    let search =
-        SearchStore::open(data_dir, config.storage.readers.div_ceil(2), wal).context("opening the search index")?;
+    let search = match config.search.kind {
+        SearchKind::Sqlite => SearchStore::Sqlite(
+            SqliteSearch::open(data_dir, config.storage.readers.div_ceil(2), wal)
+                .context("opening the search index")?,
+        ),
+        // Nothing is asked of the engine here: start-up never waits for it (the indexer
+        // creates the index on its first step, behind the search breaker).
+        SearchKind::Elasticsearch => SearchStore::Elasticsearch {
+            engine: ElasticsearchSearch::new(&config.elasticsearch).context("the search engine client")?,
+            progress: store.clone(),
+        },
+    };
     let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);
     // The embedded store on this instance's disk: nothing can be stored while it fails. Search
     // is optional: chat goes on without it.

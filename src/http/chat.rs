@@ -594,13 +594,14 @@ pub(super) struct DeadLetterQuery {
 #[derive(Serialize, ToSchema)]
 pub(super) struct DeadLetterBody {
     id: String,
-    /// `message`, `delivery` or `quarantine`.
+    /// `message`, `delivery`, `quarantine` or `index`.
     #[schema(value_type = String)]
     kind: DeadLetterKind,
     reason: String,
     attempts: u32,
-    /// A message (`message`), `{"recipient","message_id"}` (`delivery`), or the quarantined
-    /// message's debug text (`quarantine`).
+    /// A message (`message`), `{"recipient","message_id"}` (`delivery`), the quarantined
+    /// message's debug text (`quarantine`), or `{"message_id"}` of a stored message the search
+    /// engine refused (`index`).
     payload: Value,
     /// RFC 3339.
     at: String,
@@ -654,10 +655,14 @@ pub(super) struct RetryOutcome {
     /// For a delivery: the recipient it is pending for again.
     #[serde(skip_serializing_if = "Option::is_none")]
     requeued_for: Option<String>,
+    /// For an index dead letter: the message now in the search index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reindexed: Option<String>,
 }
 
 /// Re-injects one dead letter: a message goes through the pipeline again (same id, so it is
-/// stored at most once); a delivery goes back to pending. Removed from the list once accepted.
+/// stored at most once); a delivery goes back to pending; a message the search engine refused
+/// is indexed again. Removed from the list once accepted.
 #[utoipa::path(
     post, path = "/admin/dead-letters/{id}/retry", tag = "admin",
     security(("admin_token" = [])),
@@ -686,7 +691,7 @@ pub(super) async fn retry_dead_letter(
             let message: NewMessage = serde_json::from_value(letter.payload.clone())
                 .map_err(|_| ApiError::Conflict("this dead letter's payload is not a replayable message".into()))?;
             match chat.submit(message).await {
-                Ok(ack) => RetryOutcome { retried: id.clone(), ack: Some(ack), requeued_for: None },
+                Ok(ack) => RetryOutcome { retried: id.clone(), ack: Some(ack), requeued_for: None, reindexed: None },
                 // Refused again: it is back in dead letters under a new id.
                 Err(error @ (SendError::Rejected(_) | SendError::UnknownSender(_))) => {
                     chat.store.remove_dead_letter(id.clone()).await?;
@@ -704,7 +709,27 @@ pub(super) async fn retry_dead_letter(
                 return Err(ApiError::Conflict("the delivery record no longer exists".into()));
             }
             chat.redeliver(recipient.clone());
-            RetryOutcome { retried: id.clone(), ack: None, requeued_for: Some(recipient) }
+            RetryOutcome { retried: id.clone(), ack: None, requeued_for: Some(recipient), reindexed: None }
+        }
+        DeadLetterKind::Index => {
+            let Some(message_id) = letter.payload.get("message_id").and_then(Value::as_str).map(str::to_owned) else {
+                return Err(ApiError::Conflict("this dead letter's payload is not a message id".into()));
+            };
+            let message = chat
+                .store
+                .message(message_id.clone())
+                .await?
+                .ok_or_else(|| ApiError::Conflict("the message no longer exists".into()))?;
+            let outcome =
+                chat.search.index(vec![message]).await.map_err(|error| ApiError::Unavailable(error.to_string()))?;
+            if let Some(error) = outcome.incomplete {
+                return Err(ApiError::Unavailable(error.to_string()));
+            }
+            // Refused again: the dead letter stays.
+            if let Some((_, reason)) = outcome.rejected.into_iter().next() {
+                return Err(ApiError::Send(SendError::Rejected(reason)));
+            }
+            RetryOutcome { retried: id.clone(), ack: None, requeued_for: None, reindexed: Some(message_id) }
         }
     };
     chat.store.remove_dead_letter(id).await?;

@@ -60,6 +60,11 @@ const MIGRATIONS: &[&str] = &[
         payload TEXT NOT NULL,
         at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2: how far an external search engine has indexed (the embedded index keeps its own).
+    "CREATE TABLE search_progress (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// A message ready to commit. `id` is deterministic per (sender, client_msg_id).
@@ -132,6 +137,9 @@ pub enum DeadLetterKind {
     Delivery,
     /// A message quarantined by the supervision layer. Payload: its debug text.
     Quarantine,
+    /// A stored message the search engine refused to index (a mapping error). Payload:
+    /// `{"message_id"}`; the message itself is stored and in history.
+    Index,
 }
 
 impl DeadLetterKind {
@@ -140,6 +148,7 @@ impl DeadLetterKind {
             DeadLetterKind::Message => "message",
             DeadLetterKind::Delivery => "delivery",
             DeadLetterKind::Quarantine => "quarantine",
+            DeadLetterKind::Index => "index",
         }
     }
 
@@ -147,6 +156,7 @@ impl DeadLetterKind {
         match text {
             "message" => DeadLetterKind::Message,
             "delivery" => DeadLetterKind::Delivery,
+            "index" => DeadLetterKind::Index,
             _ => DeadLetterKind::Quarantine,
         }
     }
@@ -401,6 +411,34 @@ impl ChatStore {
                     .query_map(params![conversation, before_seq, limit], stored_message)?
                     .collect::<Result<_, _>>()?;
                 Ok(Some(messages))
+            })
+            .await
+    }
+
+    /// How far the external search engine `name` has indexed (0: nothing yet).
+    pub async fn search_watermark(&self, name: &'static str) -> Result<i64, StorageError> {
+        self.db
+            .read(move |connection| {
+                let seq = connection
+                    .prepare_cached("SELECT seq FROM search_progress WHERE name = ?1")?
+                    .query_row([name], |row| row.get(0))
+                    .optional()?;
+                Ok(seq.unwrap_or(0))
+            })
+            .await
+    }
+
+    /// Records that `name` has indexed (or dead-lettered) everything up to `seq`; never moves
+    /// the watermark back.
+    pub async fn set_search_watermark(&self, name: &'static str, seq: i64) -> Result<(), StorageError> {
+        self.db
+            .write(move |connection| {
+                connection.execute(
+                    "INSERT INTO search_progress (name, seq) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    params![name, seq],
+                )?;
+                Ok(())
             })
             .await
     }

@@ -11,6 +11,7 @@
 
 mod chat;
 mod db;
+pub mod elasticsearch;
 mod faults;
 mod search;
 
@@ -20,7 +21,7 @@ pub use chat::{
 };
 pub use db::{Db, WalPolicy};
 pub use faults::{FaultPlan, FaultState, Faults, IoFault};
-pub use search::{SearchHit, SearchStore};
+pub use search::{SearchHit, SqliteSearch};
 
 /// Why a storage call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum StorageError {
     /// The storage circuit breaker is open: calls are refused until it lets trial calls through.
     #[error("storage is unavailable (circuit open)")]
     CircuitOpen,
+    /// A remote engine (the search engine) failed or refused.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -61,4 +65,104 @@ pub fn now_ms() -> i64 {
 pub fn ms_to_rfc3339(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     crate::rfc3339::format(at)
+}
+
+/// Which search engine indexes and answers queries (`search.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchKind {
+    /// The embedded SQLite FTS5 index (`search.db`).
+    #[default]
+    Sqlite,
+    /// Elasticsearch or OpenSearch (`[elasticsearch]`).
+    Elasticsearch,
+}
+
+/// Name of the external engine's watermark in the chat store.
+const ELASTICSEARCH_PROGRESS: &str = "elasticsearch";
+
+/// The search backend the indexer feeds and `/api/search` asks. Cheap to clone.
+#[derive(Clone)]
+pub enum SearchStore {
+    Sqlite(SqliteSearch),
+    /// The engine, and the chat store that keeps how far it has indexed (the position belongs
+    /// to the store's commit order, and survives the engine losing its data).
+    Elasticsearch {
+        engine: elasticsearch::ElasticsearchSearch,
+        progress: ChatStore,
+    },
+}
+
+/// What one indexing step did.
+#[derive(Debug, Default)]
+pub struct IndexOutcome {
+    /// Everything up to this seq is indexed or refused for good (then in `rejected`); the
+    /// watermark may move here once those are dead-lettered (`SearchStore::advance`).
+    pub through: Option<i64>,
+    pub indexed: usize,
+    /// Refused for good by the engine, with its reason: to dead-letter.
+    pub rejected: Vec<(StoredMessage, String)>,
+    /// Why the step stopped before its end (the rest is retried on the next poll).
+    pub incomplete: Option<StorageError>,
+}
+
+impl SearchStore {
+    pub fn kind(&self) -> SearchKind {
+        match self {
+            SearchStore::Sqlite(_) => SearchKind::Sqlite,
+            SearchStore::Elasticsearch { .. } => SearchKind::Elasticsearch,
+        }
+    }
+
+    /// The highest message seq indexed (or dead-lettered) so far.
+    pub async fn watermark(&self) -> Result<i64, StorageError> {
+        match self {
+            SearchStore::Sqlite(index) => index.watermark().await,
+            SearchStore::Elasticsearch { progress, .. } => progress.search_watermark(ELASTICSEARCH_PROGRESS).await,
+        }
+    }
+
+    /// Indexes `messages` (ascending seq). The embedded index advances its watermark in the same
+    /// transaction; an external engine's moves with `advance`.
+    pub async fn index(&self, messages: Vec<StoredMessage>) -> Result<IndexOutcome, StorageError> {
+        match self {
+            SearchStore::Sqlite(index) => {
+                let indexed = messages.len();
+                let through = index.index(messages).await?;
+                Ok(IndexOutcome { through: Some(through), indexed, ..IndexOutcome::default() })
+            }
+            SearchStore::Elasticsearch { engine, .. } => {
+                let outcome = engine.index(&messages).await?;
+                Ok(IndexOutcome {
+                    through: outcome.through,
+                    indexed: outcome.indexed,
+                    rejected: outcome.rejected,
+                    incomplete: outcome.incomplete,
+                })
+            }
+        }
+    }
+
+    /// Moves the watermark to `through` (after the step's rejections are dead-lettered).
+    pub async fn advance(&self, through: i64) -> Result<(), StorageError> {
+        match self {
+            SearchStore::Sqlite(_) => Ok(()),
+            SearchStore::Elasticsearch { progress, .. } => {
+                progress.set_search_watermark(ELASTICSEARCH_PROGRESS, through).await
+            }
+        }
+    }
+
+    /// Best matches first, restricted to `conversations`; every word of `query` must match.
+    pub async fn search(
+        &self,
+        query: String,
+        conversations: Vec<String>,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, StorageError> {
+        match self {
+            SearchStore::Sqlite(index) => index.search(query, conversations, limit).await,
+            SearchStore::Elasticsearch { engine, .. } => engine.search(query, conversations, limit).await,
+        }
+    }
 }

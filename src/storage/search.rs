@@ -1,4 +1,4 @@
-//! `SearchStore`: the full-text index in `<data_dir>/search.db` (SQLite FTS5).
+//! `SqliteSearch`: the embedded full-text index in `<data_dir>/search.db` (SQLite FTS5).
 //!
 //! Owns: the index and its watermark (the highest message `seq` indexed), written in the same
 //! transaction so the indexer resumes exactly where it stopped. A separate file with its own
@@ -36,11 +36,11 @@ pub struct SearchHit {
 
 /// The search index. Cheap to clone.
 #[derive(Clone)]
-pub struct SearchStore {
+pub struct SqliteSearch {
     db: Db,
 }
 
-impl SearchStore {
+impl SqliteSearch {
     pub fn open(data_dir: &Path, readers: usize, wal: WalPolicy) -> Result<Self, StorageError> {
         Ok(Self { db: Db::open("search", &data_dir.join("search.db"), MIGRATIONS, readers, wal)? })
     }
@@ -154,7 +154,7 @@ mod tests {
     #[actix_rt::test]
     async fn finds_words_in_scope_only_and_keeps_the_watermark() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SearchStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        let store = SqliteSearch::open(dir.path(), 1, WalPolicy::default()).unwrap();
         assert_eq!(store.watermark().await.unwrap(), 0);
         let watermark = store
             .index(vec![stored(1, "a", "the quick brown fox"), stored(2, "b", "a quick reply"), stored(3, "a", "slow")])
@@ -171,7 +171,7 @@ mod tests {
         assert!(store.search("\u{16}ß3\u{0}F&(".into(), scope.clone(), 10).await.unwrap().is_empty());
         assert!(store.search("\u{0}\u{1}".into(), scope, 10).await.unwrap().is_empty());
         drop(store);
-        let reopened = SearchStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        let reopened = SqliteSearch::open(dir.path(), 1, WalPolicy::default()).unwrap();
         assert_eq!(reopened.watermark().await.unwrap(), 3);
     }
 }

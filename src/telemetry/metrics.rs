@@ -379,7 +379,7 @@ impl Metrics {
         for db in ["storage", "search"] {
             drop(metrics.wal_bytes.get_or_create(&DbLabels { db: db.into() }));
         }
-        for kind in ["message", "delivery", "quarantine"] {
+        for kind in ["message", "delivery", "quarantine", "index"] {
             drop(metrics.dead_letters.get_or_create(&KindLabels { kind: kind.into() }));
         }
         for sink in ["log", "slack", "webhook"] {

@@ -20,6 +20,7 @@ mod openapi;
 #[cfg(feature = "otel")]
 mod otel;
 mod prometheus_rules;
+mod search_engine;
 mod supervision;
 mod support;
 mod wal;
