@@ -1,27 +1,25 @@
-//! Embedded storage: SQLite files under `storage.data_dir`, reached only through this module.
+//! Storage and search behind narrow interfaces, one folder per backend.
 //!
-//! Owns: the schema and its migrations, every SQL statement, and the threads that run them
-//! (`db::Db`). The rest of rampart sees the narrow interfaces below — `ChatStore` for users,
-//! conversations, messages, deliveries and dead letters, `SearchStore` for the full-text index —
-//! so the MongoDB and OpenSearch backends can slot in behind the same calls.
+//! Owns: what the rest of rampart may ask of storage — `ChatStore` for users, conversations,
+//! messages, deliveries and dead letters, `SearchStore` for full-text search — and the
+//! backend-neutral types they speak (`model`). Backends: `sqlite/` (embedded, the default: the
+//! only code that knows SQL) and `elasticsearch/` (search on Elasticsearch/OpenSearch: the only
+//! code that knows its query DSL). The MongoDB chat store is to slot in beside `sqlite/` behind
+//! the same calls.
 //!
-//! Architecture Invariant: only this module knows SQL. No blocking SQLite call runs on an actix
-//! arbiter thread: everything goes through `Db::write` (one dedicated writer thread per file)
-//! or `Db::read` (a small reader pool).
+//! Architecture Invariant: no blocking call runs on an actix arbiter thread: SQLite jobs go
+//! through `Db::write` (one dedicated writer thread per file) or `Db::read` (a small reader
+//! pool); remote engines are called asynchronously.
 
-mod chat;
-mod db;
 pub mod elasticsearch;
-mod faults;
-mod search;
+mod model;
+pub mod sqlite;
 
-pub use chat::{
-    ChatStore, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter,
-    NewMessage, RequeueReport, StoredMessage, User,
+pub use model::{
+    CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
+    RequeueReport, SearchHit, StoredMessage, User,
 };
-pub use db::{Db, WalPolicy};
-pub use faults::{FaultPlan, FaultState, Faults, IoFault};
-pub use search::{SearchHit, SqliteSearch};
+pub use sqlite::{ChatStore, Db, FaultPlan, FaultState, Faults, IoFault, SqliteSearch, WalPolicy};
 
 /// Why a storage call failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -9,9 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
 
-use super::{Db, Faults, StorageError, WalPolicy};
+use super::db::{Db, WalPolicy};
+use super::faults::Faults;
+use crate::storage::{
+    CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
+    RequeueReport, StorageError, StoredMessage, User,
+};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the chat schema.
@@ -66,131 +70,6 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL
     ) WITHOUT ROWID;",
 ];
-
-/// A message ready to commit. `id` is deterministic per (sender, client_msg_id).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NewMessage {
-    pub id: String,
-    pub conversation: String,
-    pub sender: String,
-    pub client_msg_id: String,
-    pub body: String,
-}
-
-/// A committed message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// Commit order; history pages and the search watermark use it.
-    pub seq: i64,
-    pub id: String,
-    pub conversation: String,
-    pub sender: String,
-    pub client_msg_id: String,
-    pub body: String,
-    pub created_at_ms: i64,
-}
-
-/// A user record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: String,
-    pub display_name: String,
-    pub created_at_ms: i64,
-}
-
-/// A conversation with its members and latest message, as clients list it.
-#[derive(Debug, Clone)]
-pub struct ConversationSummary {
-    pub id: String,
-    pub title: String,
-    pub created_by: String,
-    pub created_at_ms: i64,
-    pub members: Vec<String>,
-    pub latest: Option<StoredMessage>,
-    /// The latest message's time, or the creation time of a conversation without messages:
-    /// listings are ordered by it, newest first.
-    pub activity_ms: i64,
-}
-
-/// Where a page of conversations ends: the next page lists those less active than this.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConversationCursor {
-    pub activity_ms: i64,
-    pub id: String,
-}
-
-/// What committing one message of a batch did.
-#[derive(Debug, Clone)]
-pub struct CommitOutcome {
-    pub message: StoredMessage,
-    /// The id was already stored (a retried batch or a resent message): nothing new was written
-    /// and `message` is the original.
-    pub duplicate: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadLetterKind {
-    /// A message that could not be stored (poison, unknown sender). Payload: a `NewMessage`.
-    Message,
-    /// A delivery that exhausted its attempts. Payload: `{"recipient", "message_id"}`.
-    Delivery,
-    /// A message quarantined by the supervision layer. Payload: its debug text.
-    Quarantine,
-    /// A stored message the search engine refused to index (a mapping error). Payload:
-    /// `{"message_id"}`; the message itself is stored and in history.
-    Index,
-}
-
-impl DeadLetterKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterKind::Message => "message",
-            DeadLetterKind::Delivery => "delivery",
-            DeadLetterKind::Quarantine => "quarantine",
-            DeadLetterKind::Index => "index",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "message" => DeadLetterKind::Message,
-            "delivery" => DeadLetterKind::Delivery,
-            "index" => DeadLetterKind::Index,
-            _ => DeadLetterKind::Quarantine,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct NewDeadLetter {
-    pub kind: DeadLetterKind,
-    pub reason: String,
-    pub attempts: u32,
-    pub payload: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
-    pub id: String,
-    pub kind: DeadLetterKind,
-    pub reason: String,
-    pub attempts: u32,
-    pub payload: serde_json::Value,
-    #[serde(skip)]
-    pub at_ms: i64,
-}
-
-/// What one cleanup pass did.
-#[derive(Debug, Clone, Default)]
-pub struct RequeueReport {
-    /// Recipients with records moved back to pending (to push again if online).
-    pub requeued: Vec<String>,
-    /// Records moved to dead letters after `max_attempts`.
-    pub dead_lettered: usize,
-    /// Records the pass looked at (equal to the batch size: more may be waiting).
-    pub examined: usize,
-}
 
 /// The chat database. Cheap to clone.
 #[derive(Clone)]

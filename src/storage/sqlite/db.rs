@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::faults::Faults;
-use super::StorageError;
+use crate::storage::StorageError;
 use crate::supervision::contain;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;

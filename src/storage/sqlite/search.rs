@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use rusqlite::params;
-use serde::Serialize;
 
-use super::{Db, StorageError, StoredMessage, WalPolicy};
+use super::db::{Db, WalPolicy};
+use crate::storage::{SearchHit, StorageError, StoredMessage};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the index. rowid = messages.seq, so re-indexing a message replaces it.
@@ -20,19 +20,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE watermark (only INTEGER PRIMARY KEY CHECK (only = 0), seq INTEGER NOT NULL);
     INSERT INTO watermark (only, seq) VALUES (0, 0);",
 ];
-
-/// One search result.
-#[derive(Debug, Clone, Serialize)]
-pub struct SearchHit {
-    pub id: String,
-    pub conversation: String,
-    pub sender: String,
-    pub body: String,
-    #[serde(skip)]
-    pub created_at_ms: i64,
-    /// The body with matched terms wrapped in `<mark>` … `</mark>`.
-    pub highlight: String,
-}
 
 /// The search index. Cheap to clone.
 #[derive(Clone)]

@@ -1,0 +1,16 @@
+//! The embedded backend: SQLite files under `storage.data_dir`, the default for chat storage and
+//! for search.
+//!
+//! Owns: the schema and its migrations, every SQL statement, and the threads that run them
+//! (`db::Db`): per file one writer thread, a small reader pool and a WAL checkpointer. No blocking
+//! SQLite call runs on an actix arbiter thread.
+
+mod chat;
+mod db;
+mod faults;
+mod search;
+
+pub use chat::ChatStore;
+pub use db::{Db, WalPolicy};
+pub use faults::{FaultPlan, FaultState, Faults, IoFault};
+pub use search::SqliteSearch;
