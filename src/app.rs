@@ -50,6 +50,7 @@ impl Outcome {
 /// Runs rampart until `shutdown` resolves or the tree gives up. Must be called inside an actix
 /// system (`actix_rt::System::new().block_on(..)`).
 pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Outcome> {
+    crate::tls::install_crypto_provider();
     // Like the JWT secret: with no admin token configured, the embedded default generates one
     // once, so the admin API and the console work on a first run without ever being open.
     let generated_admin_token = if config.admin.token.is_empty() {

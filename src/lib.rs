@@ -23,3 +23,4 @@ pub mod supervision;
 pub mod system_monitor;
 pub mod tasks;
 pub mod telemetry;
+pub mod tls;

@@ -10,6 +10,7 @@ use rampart::cli::{Cli, Command};
 use rampart::config::Config;
 
 fn main() -> ExitCode {
+    rampart::tls::install_crypto_provider();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -26,6 +27,8 @@ fn main() -> ExitCode {
                 &mut shown.alerts.slack_webhook_url,
                 &mut shown.alerts.webhook_url,
                 &mut shown.auth.jwt_secret,
+                &mut shown.elasticsearch.password,
+                &mut shown.elasticsearch.api_key,
             ] {
                 if !secret.is_empty() {
                     *secret = "<redacted>".into();

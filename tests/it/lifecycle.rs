@@ -39,13 +39,21 @@ fn missing_or_invalid_config_file_exits_2() {
 
 #[test]
 fn check_config_prints_effective_values_with_secrets_redacted() {
-    let (status, output) =
-        run_to_exit(&[("RAMPART__ADMIN__TOKEN", "s3cret"), ("RAMPART__CHAOS__ENABLED", "true")], &["check-config"]);
+    let env = [
+        ("RAMPART__ADMIN__TOKEN", "s3cret"),
+        ("RAMPART__CHAOS__ENABLED", "true"),
+        ("RAMPART__ELASTICSEARCH__USERNAME", "elastic"),
+        ("RAMPART__ELASTICSEARCH__PASSWORD", "es-s3cret"),
+    ];
+    let (status, output) = run_to_exit(&env, &["check-config"]);
     assert_eq!(status.code(), Some(0), "{output}");
-    assert!(!output.contains("s3cret"));
+    assert!(!output.contains("s3cret"), "{output}");
     let config: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(config["chaos"]["enabled"], true);
     assert_eq!(config["admin"]["token"], "<redacted>");
+    // Regression: the search engine's password was printed in clear.
+    assert_eq!(config["elasticsearch"]["password"], "<redacted>");
+    assert_eq!(config["elasticsearch"]["username"], "elastic");
 }
 
 #[test]

@@ -129,8 +129,8 @@ enum ItemResult {
 
 impl ElasticsearchSearch {
     pub fn new(config: &ElasticsearchConfig) -> Result<Self, StorageError> {
-        // reqwest is built without a bundled crypto provider: use ring, as the rest of rampart.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest is built without a bundled crypto provider: ring, as the rest of rampart.
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
