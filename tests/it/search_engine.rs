@@ -285,3 +285,53 @@ async fn ingestion_never_waits_for_the_engine_and_indexing_catches_up_after_an_o
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn indexer_panics_while_indexing_lose_nothing_and_index_nothing_twice() {
+    let Some(engine) = engine_url() else { return };
+    let scratch = Scratch::new(&engine, "chaos");
+    let chat = start(
+        &engine,
+        &scratch.prefix,
+        &[
+            ("RAMPART__CHAOS__ENABLED", "true"),
+            ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
+            ("RAMPART__WS__BURST", "100000"),
+            // Small steps, so panics land between and during them.
+            ("RAMPART__SEARCH__INDEX_BATCH", "25"),
+        ],
+    );
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let conversation = chat.conversation("alice", &["bob"]).await;
+    let mut alice = chat.ws("alice").await;
+    let mut panics = 0;
+    for round in 0..6 {
+        let ids: Vec<String> = (0..100).map(|n| format!("r{round}-{n}")).collect();
+        let answers = alice.send_burst(&conversation, &ids, "indexed under fire").await;
+        assert_eq!(answers.acked.len(), 100, "{:?}", answers.refused);
+        let (status, body) = chat
+            .http
+            .post(&chat.url("/admin/chaos/panic"), Some(ADMIN_TOKEN), json!({"actor": "/root/chat/indexer"}))
+            .await;
+        if status == 202 {
+            panics += 1;
+        } else {
+            assert_eq!(status, 409, "{body}"); // restarting at that instant
+        }
+    }
+    assert!(panics >= 3, "the indexer was made to panic: {panics}");
+    eventually("every message is indexed once", Duration::from_secs(60), || async {
+        scratch.count(&chat.http).await == 600
+    })
+    .await;
+    let (_, listing) = chat.http.get(&chat.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
+    let restarts = listing["actors"]
+        .as_array()
+        .and_then(|actors| actors.iter().find(|actor| actor["path"] == "/root/chat/indexer"))
+        .map(|indexer| indexer["restarts"].as_u64().unwrap_or(0))
+        .unwrap_or(0);
+    assert!(restarts >= 3, "restarts are visible: {listing}");
+    let (_, letters) = chat.http.get(&chat.url("/admin/dead-letters"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(letters["dead_letters"].as_array().map(Vec::len), Some(0), "nothing dead-lettered: {letters}");
+}
