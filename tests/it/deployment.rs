@@ -33,3 +33,59 @@ fn the_kubernetes_example_probes_the_right_routes_within_the_grace_period() {
     let readiness_timeout = container["readinessProbe"]["timeoutSeconds"].as_u64().expect("probe timeout");
     assert!(readiness_timeout > defaults.health.check_timeout.as_secs(), "the probe outlasts /ready's own checks");
 }
+
+const COMPOSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/docker-compose.yml");
+const COMPOSE_PROMETHEUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/prometheus.yml");
+
+#[test]
+fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
+    let compose: Value = serde_yaml::from_str(&std::fs::read_to_string(COMPOSE).expect("compose file")).expect("YAML");
+    let services = &compose["services"];
+    let rampart = &services["rampart"];
+    let environment = rampart["environment"].as_mapping().expect("rampart's environment");
+    // Every RAMPART__ key is one the binary knows (unknown keys fail check-config), with the
+    // values compose gives it (a `${VAR:?…}` stands for what the operator sets).
+    let env: Vec<(String, String)> = environment
+        .iter()
+        .map(|(key, value)| {
+            let key = key.as_str().expect("key").to_owned();
+            let value = match value {
+                Value::String(text) if text.starts_with("${") => "operator-secret".to_owned(),
+                Value::String(text) => text.clone(),
+                other => serde_yaml::to_string(other).expect("value").trim().to_owned(),
+            };
+            (key, value)
+        })
+        .collect();
+    assert!(env.iter().all(|(key, _)| key.starts_with("RAMPART__")), "{env:?}");
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, output) = crate::support::run_to_exit(&pairs, &["check-config"]);
+    assert_eq!(status.code(), Some(0), "compose's settings are refused: {output}");
+    let effective: serde_json::Value = serde_json::from_str(&output).expect("check-config JSON");
+    assert_eq!(effective["search"]["kind"], "elasticsearch");
+    assert_eq!(effective["http"]["bind"], "0.0.0.0:8080");
+    assert_eq!(effective["admin"]["token"], "<redacted>");
+
+    // The engine it points at is a service of the file, on the port it listens on.
+    let url = environment.get("RAMPART__ELASTICSEARCH__URL").and_then(Value::as_str).expect("engine URL");
+    let host = url.trim_start_matches("http://").split(':').next().expect("host");
+    assert!(services.get(host).is_some(), "{host} is a compose service");
+    assert!(url.ends_with(":9200"), "{url}");
+    // The published port is the one rampart binds, and the grace period covers its shutdown.
+    assert_eq!(rampart["ports"][0], "8080:8080");
+    let timeout = environment.get("RAMPART__SHUTDOWN__TIMEOUT").and_then(Value::as_str).map(seconds).unwrap();
+    let grace = rampart["stop_grace_period"].as_str().map(seconds).expect("stop_grace_period");
+    assert!(grace > timeout, "docker waits {grace}s, rampart may take {timeout}s");
+
+    // Prometheus scrapes rampart and loads the shipped rules, mounted from the repository.
+    let prometheus: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(COMPOSE_PROMETHEUS).expect("prometheus.yml")).expect("YAML");
+    assert_eq!(prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0], "rampart:8080");
+    assert_eq!(prometheus["scrape_configs"][0]["metrics_path"], "/metrics");
+    let rules = prometheus["rule_files"][0].as_str().expect("rule file");
+    let mounts = services["prometheus"]["volumes"].as_sequence().expect("volumes");
+    let mounted = mounts.iter().filter_map(Value::as_str).find(|mount| mount.ends_with(&format!(":{rules}:ro")));
+    let source = mounted.expect("the rule file is mounted").split(':').next().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker").join(source);
+    assert!(source.is_file(), "{} exists", source.display());
+}
