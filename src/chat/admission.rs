@@ -14,9 +14,9 @@
 //! admitted message then waits about limit / commit rate, which the feedback keeps near the
 //! budget whatever the disk's speed, and the queue never holds more than the limit.
 //!
-//! What was admitted before the limit came down can still wait longer: a message that has
-//! waited twice the budget when its batch is formed is answered `unavailable` instead of being
-//! stored late (`expired`). So an `ack` never comes later than about twice the budget plus one
+//! What was admitted before the limit came down can still wait longer: while more than one
+//! batch is in flight, a message that has waited twice the budget when its batch is formed is
+//! answered `unavailable` instead of being stored late (`expired`). So an `ack` never comes later than about twice the budget plus one
 //! commit, and a sender who hears `unavailable` knows the message was not stored.
 //!
 //! Why not a fixed queue length: the length a latency budget allows depends on how fast storage
@@ -152,9 +152,11 @@ impl Admission {
         }
     }
 
-    /// Whether a message that waited `waited` for its batch is too late to be stored.
+    /// Whether a message that waited `waited` for its batch is too late to be stored: only
+    /// while more than one batch is in flight (overload). A light load behind a disk that
+    /// stalls for a moment waits for it (bounded by `storage_timeout`) rather than being refused.
     pub fn expired(&self, waited: Duration) -> bool {
-        waited > self.budget * 2
+        waited > self.budget * 2 && self.in_flight() > self.floor
     }
 
     /// The answer to an expired message.
@@ -223,6 +225,14 @@ mod tests {
         admission.committed(Duration::from_millis(200), 1000);
         let limit = admission.limit();
         assert!((500..=1000).contains(&limit), "{limit}");
+    }
+
+    #[test]
+    fn only_an_overloaded_pipeline_refuses_late_messages() {
+        let admission = Admission::new(Duration::from_millis(100), 2, 100);
+        let mut tickets: Vec<Ticket> = (0..2).map(|_| admission.admit().unwrap()).collect();
+        assert!(!admission.expired(Duration::from_secs(5)), "one batch in flight: a stall is waited out");
+        tickets.push(admission.admit().unwrap());
         assert!(admission.expired(Duration::from_millis(201)));
         assert!(!admission.expired(Duration::from_millis(200)));
     }
