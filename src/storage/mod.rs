@@ -129,15 +129,7 @@ impl SearchStore {
                 let through = index.index(messages).await?;
                 Ok(IndexOutcome { through: Some(through), indexed, ..IndexOutcome::default() })
             }
-            SearchStore::Elasticsearch { engine, .. } => {
-                let outcome = engine.index(&messages).await?;
-                Ok(IndexOutcome {
-                    through: outcome.through,
-                    indexed: outcome.indexed,
-                    rejected: outcome.rejected,
-                    incomplete: outcome.incomplete,
-                })
-            }
+            SearchStore::Elasticsearch { engine, .. } => engine.index(&messages).await,
         }
     }
 

@@ -24,7 +24,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{SearchHit, StorageError, StoredMessage};
+use super::{IndexOutcome, SearchHit, StorageError, StoredMessage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,18 +87,6 @@ impl ElasticsearchConfig {
         }
         Ok(())
     }
-}
-
-/// What one indexing step settled.
-#[derive(Debug, Default)]
-pub struct BulkOutcome {
-    /// The highest seq of the settled prefix (indexed or refused for good), if any.
-    pub through: Option<i64>,
-    pub indexed: usize,
-    /// Refused for good (within the settled prefix): to dead-letter, with the engine's reason.
-    pub rejected: Vec<(StoredMessage, String)>,
-    /// Why the rest is not settled (retries exhausted, engine unreachable).
-    pub incomplete: Option<StorageError>,
 }
 
 /// The engine. Cheap to clone; one HTTP client (and connection pool) for the process.
@@ -230,7 +218,7 @@ impl ElasticsearchSearch {
     }
 
     /// Indexes `messages` (ascending seq) with `_bulk`; see the module docs for what is settled.
-    pub async fn index(&self, messages: &[StoredMessage]) -> Result<BulkOutcome, StorageError> {
+    pub async fn index(&self, messages: &[StoredMessage]) -> Result<IndexOutcome, StorageError> {
         self.prepare().await?;
         let mut results: Vec<Option<ItemResult>> = vec![None; messages.len()];
         let mut pending: Vec<usize> = (0..messages.len()).collect();
@@ -269,7 +257,7 @@ impl ElasticsearchSearch {
                 break;
             }
         }
-        let mut outcome = BulkOutcome::default();
+        let mut outcome = IndexOutcome::default();
         for (message, result) in messages.iter().zip(results) {
             match result {
                 Some(ItemResult::Indexed) => outcome.indexed += 1,
