@@ -5,8 +5,6 @@
 //! passing connections, so other tests keep theirs.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -184,7 +182,7 @@ async fn a_document_the_engine_refuses_is_dead_lettered_and_the_rest_are_indexed
 /// A TCP proxy to the engine that can stop passing connections (an outage as rampart sees it).
 struct Proxy {
     address: String,
-    up: Arc<AtomicBool>,
+    up: tokio::sync::watch::Sender<bool>,
     /// The accept loop, which owns the connections' tasks; dropping it ends them all.
     _accept: rampart::tasks::OwnedTask<()>,
 }
@@ -194,28 +192,21 @@ impl Proxy {
         let upstream = engine.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
-        let up = Arc::new(AtomicBool::new(true));
-        let flag = up.clone();
+        let (up, switch) = tokio::sync::watch::channel(true);
         let accept = rampart::tasks::spawn_owned("test.proxy", async move {
             let mut connections = Vec::new();
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if !flag.load(Ordering::SeqCst) {
+                if !*switch.borrow() {
                     drop(inbound); // refused: closed at once
                     continue;
                 }
-                let (upstream, flag) = (upstream.clone(), flag.clone());
+                let (upstream, mut switch) = (upstream.clone(), switch.clone());
                 connections.push(rampart::tasks::spawn_owned("test.proxy.connection", async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
                     // Pass bytes while up; an outage cuts open connections too.
                     let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    let watch = async {
-                        while flag.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            // poll of the switch
-                        }
-                    };
-                    tokio::select! { _ = copy => {}, _ = watch => {} }
+                    tokio::select! { _ = copy => {}, _ = switch.wait_for(|up| !up) => {} }
                 }));
             }
         });
@@ -223,7 +214,7 @@ impl Proxy {
     }
 
     fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::SeqCst);
+        self.up.send_replace(up);
     }
 }
 
