@@ -45,8 +45,14 @@ pub struct Admission {
     /// The latest reported wait of a committed batch's oldest message, in microseconds.
     queue_delay_us: AtomicU64,
     last_decrease: Mutex<Option<Instant>>,
-    /// Messages committed since `window.0`, for the commit rate.
-    window: Mutex<(Instant, usize, f64)>,
+    rate: Mutex<CommitRate>,
+}
+
+/// The commit rate, sampled every `RATE_WINDOW` and smoothed.
+struct CommitRate {
+    since: Instant,
+    committed: usize,
+    per_second: f64,
 }
 
 /// How often the commit rate is sampled.
@@ -79,7 +85,7 @@ impl Admission {
             in_flight: AtomicUsize::new(0),
             queue_delay_us: AtomicU64::new(0),
             last_decrease: Mutex::new(None),
-            window: Mutex::new((Instant::now(), 0, 0.0)),
+            rate: Mutex::new(CommitRate { since: Instant::now(), committed: 0, per_second: 0.0 }),
         });
         crate::telemetry::metrics().pipeline_admission_limit.set(admission.limit() as i64);
         admission
@@ -109,16 +115,17 @@ impl Admission {
     /// since it was taken, and the batch held `size` messages.
     pub fn committed(&self, delay: Duration, size: usize) {
         let rate = {
-            let mut window = self.window.lock();
-            window.1 += size;
-            let elapsed = window.0.elapsed();
+            let mut rate = self.rate.lock();
+            rate.committed += size;
+            let elapsed = rate.since.elapsed();
             if elapsed >= RATE_WINDOW {
-                let sample = window.1 as f64 / elapsed.as_secs_f64();
+                let sample = rate.committed as f64 / elapsed.as_secs_f64();
                 // Smoothed, so one stalled window (a checkpoint) does not halve the limit.
-                window.2 = if window.2 == 0.0 { sample } else { 0.5 * window.2 + 0.5 * sample };
-                *window = (Instant::now(), 0, window.2);
+                rate.per_second = if rate.per_second == 0.0 { sample } else { 0.5 * rate.per_second + 0.5 * sample };
+                rate.since = Instant::now();
+                rate.committed = 0;
             }
-            window.2
+            rate.per_second
         };
         self.queue_delay_us.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
         let metrics = crate::telemetry::metrics();

@@ -1,4 +1,4 @@
-//! What the backends store and return: messages, users, conversations, deliveries, dead
+//! What the backends keep and hand back — messages, users, conversations, deliveries, dead
 //! letters, search hits. Backend-neutral: no SQL, BSON or query DSL here.
 
 use serde::{Deserialize, Serialize};
