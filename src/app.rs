@@ -119,7 +119,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         .context("starting the system monitor")?;
 
     let circuit_breakers = CircuitBreakers::new();
-    let chat = match crate::chat::start(tree.root(), &config, &circuit_breakers, dead_letter_queue) {
+    let chat = match crate::chat::start(tree.root(), &config, &circuit_breakers, dead_letter_queue).await {
         Ok(chat) => chat,
         Err(error) => {
             tree.shutdown().await;

@@ -39,6 +39,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub delivery: DeliveryConfig,
     pub search: SearchConfig,
+    /// The chat store when `storage.kind = "mongodb"`.
+    pub mongodb: crate::storage::mongodb::MongoConfig,
     /// The search engine when `search.kind = "elasticsearch"`.
     pub elasticsearch: crate::storage::elasticsearch::ElasticsearchConfig,
     pub log: LogConfig,
@@ -151,6 +153,8 @@ pub struct ChaosConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Where chat is stored: `sqlite` (embedded, under `data_dir`) or `mongodb` (`[mongodb]`).
+    pub kind: crate::storage::StorageKind,
     /// Directory for everything rampart persists (embedded database, crash records, secrets).
     pub data_dir: PathBuf,
     /// Reader threads per database file (history, search, deliveries); writes have one thread.
@@ -165,6 +169,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         let wal = crate::storage::WalPolicy::default();
         Self {
+            kind: crate::storage::StorageKind::Sqlite,
             data_dir: PathBuf::from("./data"),
             readers: 4,
             wal_checkpoint_bytes: wal.checkpoint_bytes,
@@ -316,6 +321,9 @@ impl Config {
         }
         if self.health.check_timeout.is_zero() {
             return Err("health.check_timeout must be longer than 0s".into());
+        }
+        if self.storage.kind == crate::storage::StorageKind::Mongodb {
+            self.mongodb.validate()?;
         }
         if self.search.kind == crate::storage::SearchKind::Elasticsearch {
             self.elasticsearch.validate()?;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                     *secret = "<redacted>".into();
                 }
             }
+            shown.mongodb.uri = shown.mongodb.redacted_uri();
             match serde_json::to_string_pretty(&shown) {
                 Ok(text) => println!("{text}"),
                 Err(error) => eprintln!("rampart: {error}"),

@@ -246,16 +246,34 @@ impl BatchWriter {
                     self.admission.committed(oldest.elapsed(), batch.len());
                 }
                 let mut fresh = Vec::with_capacity(outcomes.len());
+                let mut rejected = Vec::new();
                 for (submission, outcome) in batch.into_iter().zip(outcomes) {
+                    let (message, duplicate) = match outcome {
+                        CommitOutcome::Stored { message, duplicate } => (message, duplicate),
+                        CommitOutcome::Rejected(reason) => {
+                            tracing::error!(id = %submission.message.id, reason, "the store refused a message; moving it to dead letters");
+                            rejected.push((submission, reason));
+                            continue;
+                        }
+                        CommitOutcome::Failed(reason) => {
+                            submission.answer(Err(SendError::Unavailable(reason)));
+                            continue;
+                        }
+                    };
                     let ack = Ack {
                         client_msg_id: submission.message.client_msg_id.clone(),
-                        id: outcome.message.id.clone(),
-                        created_at: crate::storage::ms_to_rfc3339(outcome.message.created_at_ms),
+                        id: message.id.clone(),
+                        created_at: crate::storage::ms_to_rfc3339(message.created_at_ms),
                     };
                     submission.answer(Ok(ack));
-                    if !outcome.duplicate {
-                        fresh.push(Arc::new(outcome.message));
+                    if !duplicate {
+                        fresh.push(Arc::new(message));
                     }
+                }
+                for (submission, reason) in rejected {
+                    let id = submission.message.id.clone();
+                    self.ledger.state.lock().rejecting.push((submission, reason));
+                    self.write_dead_letter(id, ctx);
                 }
                 metrics.messages_stored.inc_by(fresh.len() as u64);
                 if !fresh.is_empty() {

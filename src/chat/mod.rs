@@ -45,7 +45,8 @@ use crate::auth::Tokens;
 use crate::config::Config;
 use crate::resilience::{CircuitBreaker, CircuitBreakers, Dependency};
 use crate::storage::elasticsearch::ElasticsearchSearch;
-use crate::storage::{ChatStore, NewMessage, SearchKind, SearchStore, SqliteSearch};
+use crate::storage::mongodb::MongoChat;
+use crate::storage::{ChatStore, NewMessage, SearchKind, SearchStore, SqliteChat, SqliteSearch, StorageKind};
 use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
 
 /// A message whose body contains this is a poison message while `chaos.enabled`: the batch
@@ -241,7 +242,7 @@ impl Chat {
 }
 
 /// Opens the databases and starts `/root/chat` with its children.
-pub fn start(
+pub async fn start(
     root: &SupervisorHandle,
     config: &Arc<Config>,
     breakers: &CircuitBreakers,
@@ -249,7 +250,14 @@ pub fn start(
 ) -> anyhow::Result<Arc<Chat>> {
     let data_dir = &config.storage.data_dir;
     let wal = config.storage.wal_policy();
-    let store = ChatStore::open(data_dir, config.storage.readers, wal).context("opening the chat database")?;
+    let store = match config.storage.kind {
+        StorageKind::Sqlite => ChatStore::Sqlite(
+            SqliteChat::open(data_dir, config.storage.readers, wal).context("opening the chat database")?,
+        ),
+        StorageKind::Mongodb => {
+            ChatStore::Mongodb(MongoChat::open(&config.mongodb).await.context("opening the MongoDB chat store")?)
+        }
+    };
     let search = match config.search.kind {
         SearchKind::Sqlite => SearchStore::Sqlite(
             SqliteSearch::open(data_dir, config.storage.readers.div_ceil(2), wal)
@@ -263,9 +271,13 @@ pub fn start(
         },
     };
     let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);
-    // The embedded store on this instance's disk: nothing can be stored while it fails. Search
-    // is optional: chat goes on without it.
-    let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone(), Dependency::LocalRequired);
+    // Nothing can be stored while the store fails (the embedded one on this instance's disk, or
+    // MongoDB shared by the deployment). Search is optional: chat goes on without it.
+    let storage_dependency = match config.storage.kind {
+        StorageKind::Sqlite => Dependency::LocalRequired,
+        StorageKind::Mongodb => Dependency::SharedOrOptional,
+    };
+    let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone(), storage_dependency);
     let search_breaker = breakers.create("search", config.search.breaker.clone(), Dependency::SharedOrOptional);
     let directory = Directory::new(store.clone());
     let presence = Presence::new();

@@ -490,13 +490,14 @@ pub(super) struct ChaosStorageRequest {
         (status = 200, description = "The injected faults", body = FaultState),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Chaos is disabled", body = ErrorBody),
+        (status = 409, description = "The chat store is not the embedded one", body = ErrorBody),
     )
 )]
 pub(super) async fn chaos_storage_state(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if !state.config.chaos.enabled {
         return Err(chaos_disabled());
     }
-    Ok(HttpResponse::Ok().json(state.chat.store.faults().state()))
+    Ok(HttpResponse::Ok().json(storage_faults(&state)?.state()))
 }
 
 /// Injects storage faults into the embedded chat database: an I/O error (`eio`) or a full disk
@@ -511,6 +512,7 @@ pub(super) async fn chaos_storage_state(state: web::Data<AppState>) -> Result<Ht
         (status = 400, description = "Malformed or out-of-range plan", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Chaos is disabled", body = ErrorBody),
+        (status = 409, description = "The chat store is not the embedded one", body = ErrorBody),
     )
 )]
 pub(super) async fn chaos_storage_inject(
@@ -523,7 +525,7 @@ pub(super) async fn chaos_storage_inject(
     let ChaosStorageRequest { error, writes, delay_ms } = body.into_inner();
     let plan = FaultPlan { error, writes, delay_ms: u64::from(delay_ms) };
     crate::action!("admin", "chaos storage faults injected", plan = format!("{plan:?}"));
-    let injected = state.chat.store.faults().set(plan.clone()).map_err(ApiError::BadRequest)?;
+    let injected = storage_faults(&state)?.set(plan.clone()).map_err(ApiError::BadRequest)?;
     tracing::warn!(?plan, "chaos: storage faults injected through the admin API");
     Ok(HttpResponse::Ok().json(injected))
 }
@@ -536,6 +538,7 @@ pub(super) async fn chaos_storage_inject(
         (status = 200, description = "Cleared; `injected` still counts what they did", body = FaultState),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "Chaos is disabled", body = ErrorBody),
+        (status = 409, description = "The chat store is not the embedded one", body = ErrorBody),
     )
 )]
 pub(super) async fn chaos_storage_clear(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -544,7 +547,18 @@ pub(super) async fn chaos_storage_clear(state: web::Data<AppState>) -> Result<Ht
     }
     crate::action!("admin", "chaos storage faults cleared");
     tracing::info!("chaos: storage faults cleared through the admin API");
-    Ok(HttpResponse::Ok().json(state.chat.store.faults().clear()))
+    Ok(HttpResponse::Ok().json(storage_faults(&state)?.clear()))
+}
+
+/// The embedded store's fault injection; other stores are faulted by stopping their server.
+fn storage_faults(state: &AppState) -> Result<&std::sync::Arc<crate::storage::Faults>, ApiError> {
+    state.chat.store.faults().ok_or_else(|| {
+        ApiError::Conflict(
+            "storage fault injection works on the embedded store (storage.kind = \"sqlite\"); \
+             to fault MongoDB, stop or slow its server"
+                .into(),
+        )
+    })
 }
 
 /// Panics inside the handler: how operators check the HTTP panic boundary live.

@@ -4,8 +4,8 @@
 //! messages, deliveries and dead letters, `SearchStore` for full-text search — and the
 //! backend-neutral types they speak (`model`). Backends: `sqlite/` (embedded, the default: the
 //! only code that knows SQL) and `elasticsearch/` (search on Elasticsearch/OpenSearch: the only
-//! code that knows its query DSL). The MongoDB chat store is to slot in beside `sqlite/` behind
-//! the same calls.
+//! code that knows its query DSL) and `mongodb/` (the chat store on MongoDB: the only code that
+//! knows BSON).
 //!
 //! Architecture Invariant: no blocking call runs on an actix arbiter thread: SQLite jobs go
 //! through `Db::write` (one dedicated writer thread per file) or `Db::read` (a small reader
@@ -13,13 +13,16 @@
 
 pub mod elasticsearch;
 mod model;
+pub mod mongodb;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 pub use model::{
     CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
     RequeueReport, SearchHit, StoredMessage, User,
 };
-pub use sqlite::{ChatStore, Db, FaultPlan, FaultState, Faults, IoFault, SqliteSearch, WalPolicy};
+pub use sqlite::{Db, FaultPlan, FaultState, Faults, IoFault, SqliteChat, SqliteSearch, WalPolicy};
 
 /// Why a storage call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +66,213 @@ pub fn now_ms() -> i64 {
 pub fn ms_to_rfc3339(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     crate::rfc3339::format(at)
+}
+
+/// Where chat is stored (`storage.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// The embedded SQLite database (`rampart.db` under `storage.data_dir`).
+    #[default]
+    Sqlite,
+    /// MongoDB (`[mongodb]`), shared by every process of a deployment.
+    Mongodb,
+}
+
+/// The chat store every pipeline actor and handler talks to. Cheap to clone.
+#[derive(Clone)]
+pub enum ChatStore {
+    Sqlite(SqliteChat),
+    Mongodb(mongodb::MongoChat),
+}
+
+/// Calls the same method on whichever backend `$store` is.
+macro_rules! on_backend {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match $store {
+            ChatStore::Sqlite($backend) => $call,
+            ChatStore::Mongodb($backend) => $call,
+        }
+    };
+}
+
+impl ChatStore {
+    pub fn kind(&self) -> StorageKind {
+        match self {
+            ChatStore::Sqlite(_) => StorageKind::Sqlite,
+            ChatStore::Mongodb(_) => StorageKind::Mongodb,
+        }
+    }
+
+    /// Fault injection (`/admin/chaos/storage`): the embedded store only, whose disk it mimics.
+    pub fn faults(&self) -> Option<&Arc<Faults>> {
+        match self {
+            ChatStore::Sqlite(store) => Some(store.faults()),
+            ChatStore::Mongodb(_) => None,
+        }
+    }
+
+    /// `true` when created, `false` when the id is taken.
+    pub async fn create_user(&self, id: String, display_name: String, now_ms: i64) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.create_user(id, display_name, now_ms).await)
+    }
+
+    pub async fn user_exists(&self, id: String) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.user_exists(id).await)
+    }
+
+    pub async fn user(&self, id: String) -> Result<Option<User>, StorageError> {
+        on_backend!(self, store => store.user(id).await)
+    }
+
+    /// One conversation with its members and latest message, or `None` when it does not exist.
+    pub async fn conversation(&self, id: String) -> Result<Option<ConversationSummary>, StorageError> {
+        on_backend!(self, store => store.conversation(id).await)
+    }
+
+    /// A page of `user`'s conversations, most recently active first, after `cursor`.
+    pub async fn conversations_page(
+        &self,
+        user: String,
+        cursor: Option<ConversationCursor>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StorageError> {
+        on_backend!(self, store => store.conversations_page(user, cursor, limit).await)
+    }
+
+    /// Creates a conversation; `Err(unknown)` lists members that are not users. The creator is
+    /// not checked: their identity comes from a signed token, and their user record may be
+    /// provisioned a moment later (see `pipeline.unknown_sender_wait`).
+    pub async fn create_conversation(
+        &self,
+        id: String,
+        title: String,
+        created_by: String,
+        members: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Result<(), Vec<String>>, StorageError> {
+        on_backend!(self, store => store.create_conversation(id, title, created_by, members, now_ms).await)
+    }
+
+    /// The members of a conversation, or `None` when it does not exist.
+    pub async fn members(&self, conversation: String) -> Result<Option<Vec<String>>, StorageError> {
+        on_backend!(self, store => store.members(conversation).await)
+    }
+
+    /// Every conversation `user` is a member of.
+    pub async fn conversations_of(&self, user: String) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, store => store.conversations_of(user).await)
+    }
+
+    /// Commits a batch: every message gets an outcome, in batch order, and the deliveries of
+    /// stored messages (one per member other than the sender) are written before this returns.
+    pub async fn commit_batch(
+        &self,
+        batch: Arc<[NewMessage]>,
+        now_ms: i64,
+    ) -> Result<Vec<CommitOutcome>, StorageError> {
+        self.commit_batch_inspected(batch, now_ms, |_| {}).await
+    }
+
+    /// `commit_batch`, calling `inspect` on each message before it is written (a panic there
+    /// fails the batch as `StorageError::Panicked`, and nothing of it is acked).
+    pub async fn commit_batch_inspected(
+        &self,
+        batch: Arc<[NewMessage]>,
+        now_ms: i64,
+        inspect: impl Fn(&NewMessage) + Send + 'static,
+    ) -> Result<Vec<CommitOutcome>, StorageError> {
+        on_backend!(self, store => store.commit_batch_inspected(batch, now_ms, inspect).await)
+    }
+
+    /// Committed message by id (the original of a duplicate).
+    pub async fn message(&self, id: String) -> Result<Option<StoredMessage>, StorageError> {
+        on_backend!(self, store => store.message(id).await)
+    }
+
+    /// Newest first: up to `limit` messages of `conversation` older than message `before`.
+    /// `Ok(None)` when `before` is not a message of this conversation.
+    pub async fn history(
+        &self,
+        conversation: String,
+        before: Option<String>,
+        limit: u32,
+    ) -> Result<Option<Vec<StoredMessage>>, StorageError> {
+        on_backend!(self, store => store.history(conversation, before, limit).await)
+    }
+
+    /// How far the external search engine `name` has indexed (0: nothing yet).
+    pub async fn search_watermark(&self, name: &'static str) -> Result<i64, StorageError> {
+        on_backend!(self, store => store.search_watermark(name).await)
+    }
+
+    /// Records that `name` has indexed (or dead-lettered) everything up to `seq`; never moves
+    /// the watermark back.
+    pub async fn set_search_watermark(&self, name: &'static str, seq: i64) -> Result<(), StorageError> {
+        on_backend!(self, store => store.set_search_watermark(name, seq).await)
+    }
+
+    /// Messages committed after `seq`, in seq order (the search indexer's feed).
+    pub async fn messages_after(&self, seq: i64, limit: u32) -> Result<Vec<StoredMessage>, StorageError> {
+        on_backend!(self, store => store.messages_after(seq, limit).await)
+    }
+
+    /// Undelivered messages for `recipient` after `after_seq`, in seq order: pending ones, and
+    /// with `include_in_flight` also those pushed to a connection but never confirmed (what a
+    /// reconnecting client must get again).
+    pub async fn undelivered(
+        &self,
+        recipient: String,
+        after_seq: i64,
+        limit: u32,
+        include_in_flight: bool,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        on_backend!(self, store => store.undelivered(recipient, after_seq, limit, include_in_flight).await)
+    }
+
+    /// Marks deliveries pushed to a connection: in flight, claimed now.
+    pub async fn mark_in_flight(&self, claims: Vec<(String, i64)>, now_ms: i64) -> Result<(), StorageError> {
+        on_backend!(self, store => store.mark_in_flight(claims, now_ms).await)
+    }
+
+    /// Marks deliveries confirmed by their recipient. Ids that are not the recipient's are ignored.
+    pub async fn mark_delivered(&self, confirmations: Vec<(String, String)>) -> Result<(), StorageError> {
+        on_backend!(self, store => store.mark_delivered(confirmations).await)
+    }
+
+    /// One cleanup pass: up to `limit` deliveries in flight since before `stale_before_ms` go
+    /// back to pending with one more attempt, or to dead letters once `max_attempts` is reached.
+    pub async fn requeue_stale(
+        &self,
+        stale_before_ms: i64,
+        max_attempts: u32,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<RequeueReport, StorageError> {
+        on_backend!(self, store => store.requeue_stale(stale_before_ms, max_attempts, limit, now_ms).await)
+    }
+
+    /// Puts a dead-lettered delivery back to pending with a fresh attempt count.
+    pub async fn requeue_delivery(&self, recipient: String, message_id: String) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.requeue_delivery(recipient, message_id).await)
+    }
+
+    pub async fn add_dead_letter(&self, letter: NewDeadLetter, now_ms: i64) -> Result<String, StorageError> {
+        on_backend!(self, store => store.add_dead_letter(letter, now_ms).await)
+    }
+
+    /// Newest first.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
+        on_backend!(self, store => store.dead_letters(limit).await)
+    }
+
+    pub async fn dead_letter(&self, id: String) -> Result<Option<DeadLetter>, StorageError> {
+        on_backend!(self, store => store.dead_letter(id).await)
+    }
+
+    pub async fn remove_dead_letter(&self, id: String) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.remove_dead_letter(id).await)
+    }
 }
 
 /// Which search engine indexes and answers queries (`search.kind`).

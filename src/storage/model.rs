@@ -57,11 +57,16 @@ pub struct ConversationCursor {
 
 /// What committing one message of a batch did.
 #[derive(Debug, Clone)]
-pub struct CommitOutcome {
-    pub message: StoredMessage,
-    /// The id was already stored (a retried batch or a resent message): nothing new was written
-    /// and `message` is the original.
-    pub duplicate: bool,
+pub enum CommitOutcome {
+    /// Stored. `duplicate`: the id was already stored (a retried batch or a resent message),
+    /// nothing new was written and `message` is the original.
+    Stored { message: StoredMessage, duplicate: bool },
+    /// Refused for good by the store (the document itself is invalid there): the writer
+    /// dead-letters it and tells the sender.
+    Rejected(String),
+    /// Not stored this time for a reason of the store's (retries used up on this message alone):
+    /// the sender is told to send again.
+    Failed(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

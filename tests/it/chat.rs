@@ -7,12 +7,17 @@ use awc::ws::Message;
 use rampart::auth::Tokens;
 use serde_json::json;
 
-use crate::chat_client::{chat_env, ChatServer, ADMIN_TOKEN};
+use crate::chat_client::{Backend, ChatServer, ADMIN_TOKEN};
 use crate::support::{eventually, scrape, RampartProcess};
 
 #[actix_rt::test]
 async fn send_ack_history_and_search() {
-    let chat = ChatServer::start(&[]);
+    send_ack_history_and_search_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn send_ack_history_and_search_on(backend: &Backend) {
+    let chat = backend.start(&[]);
     for user in ["alice", "bob", "carol"] {
         chat.create_user(user).await;
     }
@@ -35,7 +40,7 @@ async fn send_ack_history_and_search() {
 
     // Indexed asynchronously: poll until it shows up.
     let bob_token = chat.token("bob");
-    eventually("message searchable", Duration::from_secs(10), || async {
+    eventually("message searchable", Duration::from_secs(30), || async {
         let (status, body) = chat.http.get(&chat.url("/api/search?q=quick"), Some(&bob_token)).await;
         status == 200
             && body["hits"].as_array().is_some_and(|hits| {
@@ -63,7 +68,12 @@ async fn send_ack_history_and_search() {
 
 #[actix_rt::test]
 async fn a_resent_message_gets_the_original_ack_and_is_stored_once() {
-    let chat = ChatServer::start(&[]);
+    a_resent_message_gets_the_original_ack_and_is_stored_once_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn a_resent_message_gets_the_original_ack_and_is_stored_once_on(backend: &Backend) {
+    let chat = backend.start(&[]);
     chat.create_user("alice").await;
     chat.create_user("bob").await;
     let conversation = chat.conversation("alice", &["bob"]).await;
@@ -232,7 +242,12 @@ async fn a_fast_sender_is_rate_limited_per_connection() {
 
 #[actix_rt::test]
 async fn online_recipients_get_pushes_and_a_reconnecting_one_gets_its_backlog_in_order() {
-    let chat = ChatServer::start(&[]);
+    online_recipients_get_pushes_and_a_reconnecting_one_gets_its_backlog_in_order_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn online_recipients_get_pushes_and_a_reconnecting_one_gets_its_backlog_in_order_on(backend: &Backend) {
+    let chat = backend.start(&[]);
     chat.create_user("alice").await;
     chat.create_user("bob").await;
     let conversation = chat.conversation("alice", &["bob"]).await;
@@ -278,7 +293,12 @@ async fn online_recipients_get_pushes_and_a_reconnecting_one_gets_its_backlog_in
 
 #[actix_rt::test]
 async fn the_cleanup_job_requeues_a_delivery_nobody_confirmed() {
-    let chat = ChatServer::start(&[
+    the_cleanup_job_requeues_a_delivery_nobody_confirmed_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn the_cleanup_job_requeues_a_delivery_nobody_confirmed_on(backend: &Backend) {
+    let chat = backend.start(&[
         ("RAMPART__DELIVERY__STALE_AFTER", "300ms"),
         ("RAMPART__DELIVERY__CLEANUP_INTERVAL", "200ms"),
         ("RAMPART__CHAOS__ENABLED", "true"),
@@ -311,8 +331,12 @@ async fn the_cleanup_job_requeues_a_delivery_nobody_confirmed() {
 
 #[actix_rt::test]
 async fn a_poison_message_is_bisected_out_to_dead_letters_while_the_rest_are_acked() {
-    let chat =
-        ChatServer::start(&[("RAMPART__CHAOS__ENABLED", "true"), ("RAMPART__PIPELINE__BATCH_MAX_DELAY", "50ms")]);
+    a_poison_message_is_bisected_out_to_dead_letters_while_the_rest_are_acked_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn a_poison_message_is_bisected_out_to_dead_letters_while_the_rest_are_acked_on(backend: &Backend) {
+    let chat = backend.start(&[("RAMPART__CHAOS__ENABLED", "true"), ("RAMPART__PIPELINE__BATCH_MAX_DELAY", "50ms")]);
     chat.create_user("alice").await;
     let conversation = chat.conversation("alice", &[]).await;
     let mut ws = chat.ws("alice").await;
@@ -369,7 +393,12 @@ async fn a_sender_created_shortly_after_its_first_message_succeeds() {
 
 #[actix_rt::test]
 async fn an_unknown_sender_is_dead_lettered_and_can_be_retried() {
-    let chat = ChatServer::start(&[("RAMPART__PIPELINE__UNKNOWN_SENDER_WAIT", "100ms")]);
+    an_unknown_sender_is_dead_lettered_and_can_be_retried_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn an_unknown_sender_is_dead_lettered_and_can_be_retried_on(backend: &Backend) {
+    let chat = backend.start(&[("RAMPART__PIPELINE__UNKNOWN_SENDER_WAIT", "100ms")]);
     chat.create_user("alice").await;
     let conversation = chat.conversation("ghost", &["alice"]).await;
     let (status, body) = chat.post_message(&chat.token("ghost"), &conversation, "g1", "boo").await;
@@ -432,7 +461,12 @@ async fn websocket_clients_get_1001_on_shutdown() {
 
 #[actix_rt::test]
 async fn batch_writer_panics_during_load_lose_and_duplicate_nothing_acked() {
-    let chat = ChatServer::start(&[("RAMPART__CHAOS__ENABLED", "true")]);
+    batch_writer_panics_during_load_lose_and_duplicate_nothing_acked_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn batch_writer_panics_during_load_lose_and_duplicate_nothing_acked_on(backend: &Backend) {
+    let chat = backend.start(&[("RAMPART__CHAOS__ENABLED", "true")]);
     chat.create_user("alice").await;
     let conversation = chat.conversation("alice", &[]).await;
     let mut ws = chat.ws("alice").await;
@@ -491,8 +525,13 @@ async fn batch_writer_panics_during_load_lose_and_duplicate_nothing_acked() {
 
 #[actix_rt::test]
 async fn acked_messages_survive_kill_9() {
+    acked_messages_survive_kill_9_on(&Backend::Sqlite).await;
+}
+
+/// Shared with the scale-out suite (`mongodb.rs`).
+pub async fn acked_messages_survive_kill_9_on(backend: &Backend) {
     let data_dir = tempfile::tempdir().expect("temp dir");
-    let env = chat_env(&[]);
+    let env = backend.env(&[]);
     let mut acked = Vec::new();
     let conversation;
     {
@@ -521,7 +560,7 @@ async fn acked_messages_survive_kill_9() {
     }
     // The search index catches up from its watermark: the last acked message is findable.
     let token = chat.token("alice");
-    eventually("index caught up after the restart", Duration::from_secs(10), || async {
+    eventually("index caught up after the restart", Duration::from_secs(30), || async {
         let (status, body) = chat.http.get(&chat.url("/api/search?q=durable%20299"), Some(&token)).await;
         status == 200 && body["hits"].as_array().is_some_and(|hits| hits.len() == 1)
     })

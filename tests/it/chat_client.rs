@@ -30,6 +30,112 @@ pub fn chat_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     env
 }
 
+/// Where a scenario's chat server stores chat: the embedded default, or a MongoDB database of
+/// the scenario's own (with search on an OpenSearch index of its own), so scenarios shared by
+/// both suites run side by side on one server.
+pub enum Backend {
+    Sqlite,
+    Mongodb { env: Vec<(String, String)> },
+}
+
+impl Backend {
+    /// The scale-out backends from `RAMPART_TEST_MONGODB_URI` and `RAMPART_TEST_ELASTICSEARCH_URL`
+    /// (`scripts/services.sh env`), with a fresh database name and index prefix; `None` (after a
+    /// loud skip message) when they are not set.
+    pub fn scale_out(name: &str) -> Option<Self> {
+        let uri = std::env::var("RAMPART_TEST_MONGODB_URI").ok().filter(|uri| !uri.is_empty());
+        let engine = std::env::var("RAMPART_TEST_ELASTICSEARCH_URL").ok().filter(|url| !url.is_empty());
+        let (Some(uri), Some(engine)) = (uri, engine) else {
+            crate::support::tool_missing(
+                "SERVICES",
+                "MongoDB and a search engine (scripts/services.sh up; RAMPART_TEST_MONGODB_URI, RAMPART_TEST_ELASTICSEARCH_URL)",
+            );
+            return None;
+        };
+        let nonce = uuid::Uuid::now_v7().simple().to_string();
+        let nonce = &nonce[nonce.len() - 10..];
+        let database = format!("rampart_test_{name}_{nonce}");
+        let env = vec![
+            ("RAMPART__STORAGE__KIND".into(), "mongodb".into()),
+            ("RAMPART__MONGODB__URI".into(), uri),
+            ("RAMPART__MONGODB__DATABASE".into(), database),
+            // Fresh search for tests; at most this long for an insert to land once stamped.
+            ("RAMPART__MONGODB__INDEX_SETTLE".into(), "2s".into()),
+            ("RAMPART__SEARCH__KIND".into(), "elasticsearch".into()),
+            ("RAMPART__ELASTICSEARCH__URL".into(), engine),
+            ("RAMPART__ELASTICSEARCH__INDEX_PREFIX".into(), format!("rampart-test-{name}-{nonce}-").replace('_', "-")),
+            ("RAMPART__SEARCH__POLL_INTERVAL".into(), "200ms".into()),
+        ];
+        Some(Backend::Mongodb { env })
+    }
+
+    /// The value this backend sets for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Mongodb { env } => env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()),
+        }
+    }
+
+    /// The chat environment for this backend, plus `extra`.
+    pub fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = match self {
+            Backend::Sqlite => Vec::new(),
+            Backend::Mongodb { env } => env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        };
+        env.extend_from_slice(extra);
+        chat_env(&env)
+    }
+
+    pub fn start(&self, extra: &[(&str, &str)]) -> ChatServer {
+        ChatServer::wrap(RampartProcess::start(&self.env(extra)))
+    }
+
+    /// Documents in the scenario's search index (after a refresh); 0 on the embedded backend.
+    pub async fn indexed(&self, http: &Http) -> u64 {
+        let Some((engine, prefix)) =
+            self.get("RAMPART__ELASTICSEARCH__URL").zip(self.get("RAMPART__ELASTICSEARCH__INDEX_PREFIX"))
+        else {
+            return 0;
+        };
+        let index = format!("{engine}/{prefix}messages");
+        let _ = http.post(&format!("{index}/_refresh"), None, json!({})).await;
+        let (_, body) = http.get(&format!("{index}/_count"), None).await;
+        body["count"].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for Backend {
+    /// Removes the scenario's database and search index (best effort: the servers may be gone).
+    fn drop(&mut self) {
+        let (Some(uri), Some(database)) = (self.get("RAMPART__MONGODB__URI"), self.get("RAMPART__MONGODB__DATABASE"))
+        else {
+            return;
+        };
+        if let Some((engine, prefix)) =
+            self.get("RAMPART__ELASTICSEARCH__URL").zip(self.get("RAMPART__ELASTICSEARCH__INDEX_PREFIX"))
+        {
+            for path in [format!("{prefix}messages"), format!("_index_template/{prefix}messages")] {
+                let _ = std::process::Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-X", "DELETE", &format!("{engine}/{path}")])
+                    .status();
+            }
+        }
+        let (uri, database) = (uri.to_owned(), database.to_owned());
+        // Own runtime: drop may run inside or outside one.
+        let cleanup = std::thread::Builder::new().name("test.drop-database".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let client = mongodb::Client::with_uri_str(&uri).await.ok()?;
+                client.database(&database).drop().await.ok()
+            })
+        });
+        if let Ok(cleanup) = cleanup {
+            let _ = cleanup.join();
+        }
+    }
+}
+
 impl ChatServer {
     pub fn start(extra: &[(&str, &str)]) -> Self {
         Self::wrap(RampartProcess::start(&chat_env(extra)))

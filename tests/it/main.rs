@@ -16,6 +16,7 @@ mod http_boundary;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod mongodb;
 mod openapi;
 #[cfg(feature = "otel")]
 mod otel;

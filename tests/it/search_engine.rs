@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::chat_client::{ChatServer, ADMIN_TOKEN};
-use crate::support::{eventually, Http, RampartProcess};
+use crate::support::{eventually, Http, Proxy, RampartProcess};
 
 fn engine_url() -> Option<String> {
     let url = std::env::var("RAMPART_TEST_ELASTICSEARCH_URL").ok().filter(|url| !url.is_empty());
@@ -177,45 +177,6 @@ async fn a_document_the_engine_refuses_is_dead_lettered_and_the_rest_are_indexed
     let retry = chat.url(&format!("/admin/dead-letters/{}/retry", letter["id"].as_str().unwrap()));
     let (status, body) = chat.http.post(&retry, Some(ADMIN_TOKEN), json!({})).await;
     assert_eq!((status, body["error"].as_str()), (422, Some("rejected")), "{body}");
-}
-
-/// A TCP proxy to the engine that can stop passing connections (an outage as rampart sees it).
-struct Proxy {
-    address: String,
-    up: tokio::sync::watch::Sender<bool>,
-    /// The accept loop, which owns the connections' tasks; dropping it ends them all.
-    _accept: rampart::tasks::OwnedTask<()>,
-}
-
-impl Proxy {
-    async fn start(engine: &str) -> Self {
-        let upstream = engine.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
-        let (up, switch) = tokio::sync::watch::channel(true);
-        let accept = rampart::tasks::spawn_owned("test.proxy", async move {
-            let mut connections = Vec::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if !*switch.borrow() {
-                    drop(inbound); // refused: closed at once
-                    continue;
-                }
-                let (upstream, mut switch) = (upstream.clone(), switch.clone());
-                connections.push(rampart::tasks::spawn_owned("test.proxy.connection", async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    // Pass bytes while up; an outage cuts open connections too.
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    tokio::select! { _ = copy => {}, _ = switch.wait_for(|up| !up) => {} }
-                }));
-            }
-        });
-        Self { address, up, _accept: accept }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
 }
 
 #[actix_rt::test]

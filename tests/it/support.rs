@@ -317,3 +317,71 @@ impl Http {
         self.request(awc::http::Method::POST, url, token, Some(body)).await
     }
 }
+
+/// A TCP proxy to a server (`http://host:port` or `host:port`) that can stop passing connections:
+/// an outage as rampart sees it, without stopping a server other tests share.
+pub struct Proxy {
+    pub address: String,
+    up: tokio::sync::watch::Sender<bool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Runs the accept loop and every connection on a runtime of its own: a test thread blocked
+    /// on starting a server (which connects through the proxy) must not stall it.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let (up, switch) = tokio::sync::watch::channel(true);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("test.proxy".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let mut connections = tokio::task::JoinSet::new();
+                    let accept = async {
+                        loop {
+                            let Ok((mut inbound, _)) = listener.accept().await else { return };
+                            if !*switch.borrow() {
+                                drop(inbound); // refused: closed at once
+                                continue;
+                            }
+                            let (upstream, mut switch) = (upstream.clone(), switch.clone());
+                            connections.spawn(async move {
+                                let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                                    return;
+                                };
+                                // Pass bytes while up; an outage cuts open connections too.
+                                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                                tokio::select! { _ = copy => {}, _ = switch.wait_for(|up| !up) => {} }
+                            });
+                        }
+                    };
+                    tokio::select! { _ = accept => {}, _ = stopped => {} }
+                    connections.abort_all();
+                });
+            })
+            .expect("proxy thread");
+        Self { address, up, stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

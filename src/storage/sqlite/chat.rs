@@ -1,4 +1,4 @@
-//! `ChatStore`: users, conversations, messages, per-recipient deliveries and dead letters in
+//! `SqliteChat`: users, conversations, messages, per-recipient deliveries and dead letters in
 //! `<data_dir>/rampart.db`.
 //!
 //! Owns: the chat schema and every statement on it. Message ids are derived by the caller from
@@ -71,13 +71,13 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
 ];
 
-/// The chat database. Cheap to clone.
+/// The embedded chat database. Cheap to clone.
 #[derive(Clone)]
-pub struct ChatStore {
+pub struct SqliteChat {
     db: Db,
 }
 
-impl ChatStore {
+impl SqliteChat {
     pub fn open(data_dir: &Path, readers: usize, wal: WalPolicy) -> Result<Self, StorageError> {
         Ok(Self { db: Db::open("storage", &data_dir.join("rampart.db"), MIGRATIONS, readers, wal)? })
     }
@@ -592,7 +592,7 @@ fn commit_in(
         if inserted == 1 {
             let seq = transaction.last_insert_rowid();
             deliveries.execute(params![seq, message.conversation, message.sender])?;
-            outcomes.push(CommitOutcome {
+            outcomes.push(CommitOutcome::Stored {
                 message: StoredMessage {
                     seq,
                     id: message.id.clone(),
@@ -606,7 +606,7 @@ fn commit_in(
             });
         } else {
             let stored = original.query_row([&message.id], stored_message)?;
-            outcomes.push(CommitOutcome { message: stored, duplicate: true });
+            outcomes.push(CommitOutcome::Stored { message: stored, duplicate: true });
         }
     }
     Ok(outcomes)
@@ -710,7 +710,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_recommitted_batch_stores_each_message_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        let store = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
         for user in ["alice", "bob"] {
             assert!(store.create_user(user.into(), user.into(), 1).await.unwrap());
         }
@@ -722,10 +722,14 @@ mod tests {
         let batch = vec![message("alice", "1", "c"), message("alice", "2", "c")];
         let batch: Arc<[NewMessage]> = batch.into();
         let first = store.commit_batch(batch.clone(), 10).await.unwrap();
-        assert!(first.iter().all(|outcome| !outcome.duplicate));
+        let duplicate = |outcome: &CommitOutcome| matches!(outcome, CommitOutcome::Stored { duplicate: true, .. });
+        assert!(!first.iter().any(duplicate));
         let second = store.commit_batch(batch, 20).await.unwrap();
-        assert!(second.iter().all(|outcome| outcome.duplicate));
-        assert_eq!(second[0].message.created_at_ms, 10, "the original is reported");
+        assert!(second.iter().all(duplicate));
+        assert!(
+            matches!(&second[0], CommitOutcome::Stored { message, .. } if message.created_at_ms == 10),
+            "the original is reported"
+        );
         let history = store.history("c".into(), None, 10).await.unwrap().unwrap();
         assert_eq!(history.len(), 2);
         assert_eq!(history[0].client_msg_id, "2", "newest first");
@@ -737,7 +741,7 @@ mod tests {
     #[actix_rt::test]
     async fn stale_deliveries_are_requeued_then_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        let store = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
         for user in ["alice", "bob"] {
             store.create_user(user.into(), user.into(), 1).await.unwrap();
         }
@@ -747,7 +751,8 @@ mod tests {
             .unwrap()
             .unwrap();
         let committed = store.commit_batch(vec![message("alice", "1", "c")].into(), 10).await.unwrap();
-        let seq = committed[0].message.seq;
+        let CommitOutcome::Stored { message, .. } = &committed[0] else { panic!("not stored") };
+        let seq = message.seq;
         store.mark_in_flight(vec![("bob".into(), seq)], 100).await.unwrap();
         let report = store.requeue_stale(200, 2, 10, 300).await.unwrap();
         assert_eq!(report.requeued, vec!["bob".to_owned()]);
@@ -763,18 +768,18 @@ mod tests {
     #[test]
     fn a_database_from_a_newer_release_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap());
+        drop(SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap());
         let connection = rusqlite::Connection::open(dir.path().join("rampart.db")).unwrap();
         connection.pragma_update(None, "user_version", 99).unwrap();
         drop(connection);
-        let refused = ChatStore::open(dir.path(), 1, WalPolicy::default()).err().expect("refused");
+        let refused = SqliteChat::open(dir.path(), 1, WalPolicy::default()).err().expect("refused");
         assert!(refused.to_string().contains("newer"), "{refused}");
     }
 
     #[actix_rt::test]
     async fn a_panicking_job_leaves_the_thread_serving() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChatStore::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        let store = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
         let outcome: Result<(), StorageError> = store.db.write(|_| panic!("boom in a storage job")).await;
         assert!(matches!(outcome, Err(StorageError::Panicked(message)) if message.contains("boom")));
         assert!(store.create_user("carol".into(), "Carol".into(), 1).await.unwrap());

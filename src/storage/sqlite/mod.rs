@@ -10,7 +10,7 @@ mod db;
 mod faults;
 mod search;
 
-pub use chat::ChatStore;
+pub use chat::SqliteChat;
 pub use db::{Db, WalPolicy};
 pub use faults::{FaultPlan, FaultState, Faults, IoFault};
 pub use search::SqliteSearch;
