@@ -13,6 +13,9 @@
 //!    must be answered: `unanswered` must be 0), the accepted messages' latency, the process's
 //!    resident memory, and how fast a probe is served once the load stops.
 //!
+//! With `BENCH_MONGODB_URI` (e.g. `mongodb://127.0.0.1:27017/?directConnection=true` from
+//! `scripts/services.sh up mongodb`) chat is stored in MongoDB instead, a fresh database per run.
+//!
 //! Run: `cargo bench -p rampart-bench --bench chat` (BENCH_SECONDS per run, default 5;
 //! BENCH_CLIENTS, default 50; BENCH_RUNS, default `1,2,3,4`, a subset; BENCH_WAL_CHECKPOINT_BYTES
 //! overrides `storage.wal_checkpoint_bytes`, a huge value measuring the old unbounded WAL). Targets: run 1 ≥ 30,000 acked msgs/s; run 2 p99 ≤ 50 ms;
@@ -63,6 +66,13 @@ fn start_app(data_dir: &std::path::Path, batch_max_messages: usize) -> (SocketAd
     // unbounded behaviour).
     if let Ok(bytes) = std::env::var("BENCH_WAL_CHECKPOINT_BYTES") {
         config.storage.wal_checkpoint_bytes = bytes.parse().expect("BENCH_WAL_CHECKPOINT_BYTES is a number");
+    }
+    // The same runs on MongoDB (a fresh database per run, left for inspection: drop
+    // rampart_bench_* when done).
+    if let Ok(uri) = std::env::var("BENCH_MONGODB_URI") {
+        config.storage.kind = rampart::storage::StorageKind::Mongodb;
+        config.mongodb.uri = uri;
+        config.mongodb.database = format!("rampart_bench_{}_{}", std::process::id(), address.port());
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -408,7 +418,11 @@ fn main() {
     // BENCH_RUNS=1,4 runs a subset (run 4 needs run 1's rate).
     let runs = std::env::var("BENCH_RUNS").unwrap_or_else(|_| "1,2,3,4".into());
     let selected = |run: &str| runs.split(',').any(|selected| selected.trim() == run);
-    println!("chat pipeline, {clients} WebSocket clients, {seconds} s per run, loopback");
+    let store = match std::env::var("BENCH_MONGODB_URI") {
+        Ok(uri) => format!("MongoDB at {uri}"),
+        Err(_) => "embedded SQLite".to_owned(),
+    };
+    println!("chat pipeline on {store}, {clients} WebSocket clients, {seconds} s per run, loopback");
     let batched = run("1. throughput (batch writer, 500/1MiB/5ms)", 500, clients, seconds, None);
     if selected("2") {
         let period = Duration::from_secs_f64(clients as f64 / rate);

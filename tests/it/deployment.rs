@@ -63,6 +63,7 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
     assert_eq!(status.code(), Some(0), "compose's settings are refused: {output}");
     let effective: serde_json::Value = serde_json::from_str(&output).expect("check-config JSON");
     assert_eq!(effective["search"]["kind"], "elasticsearch");
+    assert_eq!(effective["storage"]["kind"], "mongodb");
     assert_eq!(effective["http"]["bind"], "0.0.0.0:8080");
     assert_eq!(effective["admin"]["token"], "<redacted>");
 
@@ -71,6 +72,10 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
     let host = url.trim_start_matches("http://").split(':').next().expect("host");
     assert!(services.get(host).is_some(), "{host} is a compose service");
     assert!(url.ends_with(":9200"), "{url}");
+    let uri = environment.get("RAMPART__MONGODB__URI").and_then(Value::as_str).expect("MongoDB URI");
+    let host = uri.trim_start_matches("mongodb://").split([':', '/']).next().expect("host");
+    assert!(services.get(host).is_some(), "{host} is a compose service");
+    assert!(uri.contains(":27017/"), "{uri}");
     // The published port is the one rampart binds, and the grace period covers its shutdown.
     assert_eq!(rampart["ports"][0], "8080:8080");
     let timeout = environment.get("RAMPART__SHUTDOWN__TIMEOUT").and_then(Value::as_str).map(seconds).unwrap();

@@ -29,7 +29,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, WriteConcern};
@@ -154,6 +154,9 @@ const PERMANENT_WRITE_ERRORS: &[i32] = &[
     10334, // BSONObjectTooLarge
     17280, // KeyTooLong
 ];
+
+/// Conversation updates in flight per batch commit.
+const ACTIVITY_UPDATES_IN_FLIGHT: usize = 8;
 
 /// Rounds of retrying documents refused with a transient write error within one commit.
 const ITEM_RETRY_ROUNDS: u32 = 3;
@@ -572,14 +575,29 @@ impl MongoChat {
                 created_at,
             })
             .collect();
-        // Members are read while the messages are written.
         let conversations: Vec<&String> =
             batch.iter().map(|message| &message.conversation).collect::<HashSet<_>>().into_iter().collect();
-        let (written, members) =
-            futures_util::future::join(self.insert_messages(documents), self.members_of(conversations)).await;
+        let members = self.members_of(conversations).await?;
+        // The messages, their delivery records and the conversations' latest message are
+        // written together (one round trip each, concurrently), and all three must succeed
+        // before anything is acked: recipients find a message in their backlog once its sender
+        // was told it is stored. A delivery record may briefly precede its message (backlog
+        // reads skip it until the message exists); records of messages that end up not stored
+        // are removed below. Writing the same delivery twice (a retried batch, a resend) keeps
+        // the first.
+        let stamped: Vec<StoredMessage> = documents.iter().cloned().map(MessageDoc::into_stored).collect();
+        let stamped_refs: Vec<&StoredMessage> = stamped.iter().collect();
+        let (written, deliveries, activity) = futures_util::future::join3(
+            self.insert_messages(documents),
+            self.insert_deliveries(&stamped_refs, &members),
+            self.record_activity(&stamped_refs),
+        )
+        .await;
         let mut outcomes = written?;
-        let members = members?;
-        // Duplicates: read the originals back (they carry the original seq and time).
+        deliveries?;
+        activity?;
+        // Duplicates: read the originals back (they carry the original seq and time; their
+        // delivery records were written with the original's seq when first stored).
         let duplicates: Vec<&String> = outcomes
             .iter()
             .filter_map(|outcome| match outcome {
@@ -594,6 +612,19 @@ impl MongoChat {
                 originals.insert(message.id.clone(), message.into_stored());
             }
         }
+        // A duplicate's delivery records, if this commit wrote them (its first commit did not get
+        // that far), carry this commit's seq: give them the original's, which claims use.
+        for (message, stamp) in batch.iter().zip(&stamped) {
+            let Some(original) = originals.get(&message.id).filter(|original| original.seq != stamp.seq) else {
+                continue;
+            };
+            let recipients = members.get(&message.conversation).map(Vec::as_slice).unwrap_or_default();
+            let keys: Vec<String> = recipients.iter().map(|recipient| delivery_key(&message.id, recipient)).collect();
+            self.inner
+                .deliveries
+                .update_many(doc! {"_id": {"$in": keys}, "seq": stamp.seq}, doc! {"$set": {"seq": original.seq}})
+                .await?;
+        }
         let outcomes: Vec<CommitOutcome> = outcomes
             .drain(..)
             .map(|outcome| match outcome {
@@ -606,20 +637,21 @@ impl MongoChat {
                 Written::Failed(reason) => CommitOutcome::Failed(reason),
             })
             .collect();
-        let stored: Vec<&StoredMessage> = outcomes
+        // Delivery records of messages not stored: removed, so nothing waits on a message that
+        // does not exist. (If this fails, the batch is retried or answered unavailable; stray
+        // records are skipped by backlog reads and fixed by the resend.)
+        let strays: Vec<String> = batch
             .iter()
-            .filter_map(|outcome| match outcome {
-                CommitOutcome::Stored { message, .. } => Some(message),
-                _ => None,
+            .zip(&outcomes)
+            .filter(|(_, outcome)| !matches!(outcome, CommitOutcome::Stored { .. }))
+            .flat_map(|(message, _)| {
+                let recipients = members.get(&message.conversation).map(Vec::as_slice).unwrap_or_default();
+                recipients.iter().map(|recipient| delivery_key(&message.id, recipient)).collect::<Vec<_>>()
             })
             .collect();
-        // Before the ack: recipients must find the message in their backlog once its sender
-        // was told it is stored.
-        let deliveries = self.insert_deliveries(&stored, &members);
-        let activity = self.record_activity(&stored);
-        let (deliveries, activity) = futures_util::future::join(deliveries, activity).await;
-        deliveries?;
-        activity?;
+        if !strays.is_empty() {
+            self.inner.deliveries.delete_many(doc! {"_id": {"$in": strays}, "state": PENDING}).await?;
+        }
         Ok(outcomes)
     }
 
@@ -742,6 +774,12 @@ impl MongoChat {
                 *slot = message;
             }
         }
+        if newest.is_empty() {
+            return Ok(());
+        }
+        // One update per conversation, a few at a time. Not one `update` command with a
+        // statement each: FerretDB 1.24 hangs (every connection to PostgreSQL left idle, the
+        // server wedged) on such a command with tens of statements.
         let updates = newest.into_values().map(|message| {
             let at = DateTime::from_millis(message.created_at_ms);
             self.inner
@@ -752,7 +790,8 @@ impl MongoChat {
                 )
                 .into_future()
         });
-        for result in futures_util::future::join_all(updates).await {
+        let mut running = futures_util::stream::iter(updates).buffer_unordered(ACTIVITY_UPDATES_IN_FLIGHT);
+        while let Some(result) = running.next().await {
             result?;
         }
         Ok(())
