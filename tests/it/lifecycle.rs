@@ -44,6 +44,8 @@ fn check_config_prints_effective_values_with_secrets_redacted() {
         ("RAMPART__CHAOS__ENABLED", "true"),
         ("RAMPART__ELASTICSEARCH__USERNAME", "elastic"),
         ("RAMPART__ELASTICSEARCH__PASSWORD", "es-s3cret"),
+        ("RAMPART__STORAGE__KIND", "mongodb"),
+        ("RAMPART__MONGODB__URI", "mongodb://app:mongo-s3cret@db1:27017,db2:27017/?replicaSet=rs0"),
     ];
     let (status, output) = run_to_exit(&env, &["check-config"]);
     assert_eq!(status.code(), Some(0), "{output}");
@@ -54,6 +56,30 @@ fn check_config_prints_effective_values_with_secrets_redacted() {
     // Regression: the search engine's password was printed in clear.
     assert_eq!(config["elasticsearch"]["password"], "<redacted>");
     assert_eq!(config["elasticsearch"]["username"], "elastic");
+    // The MongoDB URI's password too, keeping the rest readable.
+    assert_eq!(config["mongodb"]["uri"], "mongodb://app:<redacted>@db1:27017,db2:27017/?replicaSet=rs0");
+}
+
+#[test]
+fn a_bad_mongodb_setting_is_refused_at_start_with_its_key() {
+    let env = [("RAMPART__STORAGE__KIND", "mongodb"), ("RAMPART__MONGODB__URI", "http://db:27017")];
+    let (status, output) = run_to_exit(&env, &["check-config"]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("mongodb.uri"), "{output}");
+}
+
+#[test]
+fn an_unreachable_mongodb_fails_start_up_naming_it() {
+    // Nothing listens on port 9 of loopback: refused at once, so start-up gives up after
+    // 4 × operation_timeout.
+    let env = [
+        ("RAMPART__STORAGE__KIND", "mongodb"),
+        ("RAMPART__MONGODB__URI", "mongodb://127.0.0.1:9/?directConnection=true"),
+        ("RAMPART__MONGODB__OPERATION_TIMEOUT", "250ms"),
+    ];
+    let (status, output) = run_to_exit(&env, &[]);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("opening the MongoDB chat store") && output.contains("127.0.0.1:9"), "{output}");
 }
 
 #[test]
