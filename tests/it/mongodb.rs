@@ -198,10 +198,20 @@ async fn mongodb_an_outage_refuses_sends_acks_nothing_falsely_and_resumes_by_its
         status == 201
     })
     .await;
+    // As a client would: resend each refused message until acked (503 while the breaker is
+    // still half-open and its trial calls are taken).
+    let token = chat.token("alice");
     for client_msg_id in &refused {
-        let (status, ack) = chat.post_message(&chat.token("alice"), &conversation, client_msg_id, "resent").await;
-        assert_eq!(status, 201, "{ack}");
-        acked.insert(client_msg_id.clone(), ack["id"].as_str().unwrap_or_default().to_owned());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let (status, ack) = chat.post_message(&token, &conversation, client_msg_id, "resent").await;
+            if status == 201 {
+                break ack["id"].as_str().unwrap_or_default().to_owned();
+            }
+            assert!(status == 503 && Instant::now() < deadline, "{status} {ack}");
+            tokio::time::sleep(Duration::from_millis(100)).await; // poll: Retry-After, shortened
+        };
+        acked.insert(client_msg_id.clone(), id);
     }
     assert_stored_once(&chat, "bob", &conversation, &acked).await;
     let stored = chat.all_messages("bob", &conversation).await;
