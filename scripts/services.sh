@@ -2,7 +2,7 @@
 # The real servers rampart's scale-out backends are tested against, on loopback, without Docker,
 # from package registries only:
 #
-#   scripts/services.sh up     [mongodb] [opensearch] [postgresql]   # default: mongodb opensearch
+#   scripts/services.sh up     [mongodb] [opensearch] [kafka] [postgresql]   # default: mongodb opensearch
 #   scripts/services.sh down   [...]
 #   scripts/services.sh status [...]
 #   scripts/services.sh env                                          # the RAMPART_TEST_* exports
@@ -12,6 +12,9 @@
 #   own). Address RAMPART_MONGODB_ADDR (127.0.0.1:27017).
 # - opensearch: OpenSearch 2.19.6 from Maven Central (scripts/opensearch/pom.xml), Java 17,
 #   single node, run as an unprivileged uid (it refuses root). Port RAMPART_OPENSEARCH_PORT (9200).
+# - kafka: Apache Kafka 4.4.0 from Maven Central jars (scripts/kafka/pom.xml), KRaft combined mode
+#   (broker + controller, one node), Java 17. Brokers at RAMPART_KAFKA_ADDR (127.0.0.1:9092), the
+#   controller on the next port.
 #
 # Downloads and builds are cached in RAMPART_SERVICES_CACHE (~/.cache/rampart/services); the
 # unpacked OpenSearch, data and logs live in RAMPART_SERVICES_DIR (/var/tmp/rampart-services-<uid>,
@@ -24,6 +27,8 @@ RUN=${RAMPART_SERVICES_DIR:-/var/tmp/rampart-services-$(id -u)}
 PG_PORT=${RAMPART_PG_PORT:-54329}
 MONGODB_ADDR=${RAMPART_MONGODB_ADDR:-127.0.0.1:27017}
 OPENSEARCH_PORT=${RAMPART_OPENSEARCH_PORT:-9200}
+KAFKA_ADDR=${RAMPART_KAFKA_ADDR:-127.0.0.1:9092}
+KAFKA_VERSION=4.4.0
 FERRETDB_VERSION=v1.24.2
 OPENSEARCH_VERSION=2.19.6
 # The unprivileged uid/gid PostgreSQL and OpenSearch run as (both refuse root).
@@ -297,15 +302,116 @@ opensearch_status() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Kafka
+
+kafka_libs() {
+    local libs="$CACHE/kafka-$KAFKA_VERSION/libs"
+    if [ ! -f "$libs/.complete" ]; then
+        command -v mvn >/dev/null || die "Maven is needed to fetch Kafka"
+        log "fetching Kafka $KAFKA_VERSION from Maven Central"
+        rm -rf "$libs"
+        mvn -q -f "$ROOT/scripts/kafka/pom.xml" dependency:copy-dependencies -DoutputDirectory="$libs" >&2
+        touch "$libs/.complete"
+    fi
+    echo "$libs"
+}
+
+# The JVM flags of every Kafka tool and of the server (C1 only: starts in about half the time).
+kafka_jvm() {
+    echo "-Xms256m -Xmx512m -XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile=$RUN/kafka/log4j2.properties"
+}
+
+kafka_up() {
+    local libs dir="$RUN/kafka" host=${KAFKA_ADDR%:*} port=${KAFKA_ADDR##*:}
+    libs=$(kafka_libs)
+    if [ -f "$dir/kafka.pid" ] && kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null; then
+        log "kafka already running on $KAFKA_ADDR"
+        return
+    fi
+    tcp_open "$KAFKA_ADDR" && die "$KAFKA_ADDR is taken by another process"
+    mkdir -p "$dir/data"
+    printf '%s\n' \
+        "process.roles=broker,controller" \
+        "node.id=1" \
+        "controller.quorum.voters=1@$host:$((port + 1))" \
+        "listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$((port + 1))" \
+        "advertised.listeners=PLAINTEXT://$host:$port" \
+        "controller.listener.names=CONTROLLER" \
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" \
+        "inter.broker.listener.name=PLAINTEXT" \
+        "log.dirs=$dir/data" \
+        "num.partitions=3" \
+        "offsets.topic.replication.factor=1" \
+        "transaction.state.log.replication.factor=1" \
+        "transaction.state.log.min.isr=1" \
+        "share.coordinator.state.topic.replication.factor=1" \
+        "share.coordinator.state.topic.min.isr=1" \
+        "group.initial.rebalance.delay.ms=0" \
+        >"$dir/server.properties"
+    printf '%s\n' \
+        "rootLogger.level=INFO" \
+        "rootLogger.appenderRef.stdout.ref=STDOUT" \
+        "appender.stdout.type=Console" \
+        "appender.stdout.name=STDOUT" \
+        "appender.stdout.layout.type=PatternLayout" \
+        "appender.stdout.layout.pattern=[%d] %p %m (%c)%n" \
+        >"$dir/log4j2.properties"
+    local jvm
+    read -r -a jvm <<<"$(kafka_jvm)"
+    if [ ! -f "$dir/data/meta.properties" ]; then
+        local cluster
+        cluster=$(java "${jvm[@]}" -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+        java "${jvm[@]}" -cp "$libs/*" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" \
+            >"$dir/format.log" 2>&1 || { tail -20 "$dir/format.log" >&2; die "formatting Kafka's storage failed"; }
+    fi
+    : >"$dir/kafka.log"
+    setsid java "${jvm[@]}" -cp "$libs/*" kafka.Kafka "$dir/server.properties" </dev/null >"$dir/kafka.log" 2>&1 &
+    echo $! >"$dir/kafka.pid"
+    local deadline=$((SECONDS + 90))
+    until grep -q "Kafka Server started" "$dir/kafka.log"; do
+        if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null; then
+            grep -E "ERROR|Exception" "$dir/kafka.log" | tail -20 >&2 || true
+            die "kafka did not start within 90 s (log: $dir/kafka.log)"
+        fi
+        sleep 0.3
+    done
+    log "kafka $KAFKA_VERSION (KRaft, broker + controller) up on $KAFKA_ADDR"
+}
+
+kafka_down() {
+    local pid_file="$RUN/kafka/kafka.pid" pid
+    if [ -f "$pid_file" ]; then
+        pid=$(cat "$pid_file")
+        if kill "$pid" 2>/dev/null; then
+            wait_for 30 bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+            log "kafka stopped"
+        fi
+        rm -f "$pid_file"
+    fi
+}
+
+kafka_status() {
+    if tcp_open "$KAFKA_ADDR"; then
+        echo "kafka: up ($KAFKA_ADDR, Kafka $KAFKA_VERSION KRaft)"
+    else
+        echo "kafka: down"
+        return 1
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
 
 command=${1:-}
 shift || true
 services=("$@")
-[ ${#services[@]} -gt 0 ] || services=(mongodb opensearch)
+if [ ${#services[@]} -eq 0 ]; then
+    # `down` with no names stops everything this script may have started.
+    if [ "$command" = down ]; then services=(kafka mongodb opensearch); else services=(mongodb opensearch); fi
+fi
 for service in "${services[@]}"; do
     case "$service" in
-        mongodb | opensearch | postgresql) ;;
-        *) die "unknown service $service (mongodb, opensearch, postgresql)" ;;
+        mongodb | opensearch | kafka | postgresql) ;;
+        *) die "unknown service $service (mongodb, opensearch, kafka, postgresql)" ;;
     esac
 done
 mkdir -p "$RUN"
@@ -330,9 +436,10 @@ case "$command" in
         echo "export RAMPART_TEST_SERVICES=1"
         echo "export RAMPART_TEST_MONGODB_URI=mongodb://$MONGODB_ADDR/?directConnection=true"
         echo "export RAMPART_TEST_ELASTICSEARCH_URL=$(opensearch_url)"
+        echo "export RAMPART_TEST_KAFKA_BROKERS=$KAFKA_ADDR"
         ;;
     *)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac
