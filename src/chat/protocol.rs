@@ -28,7 +28,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("unknown_sender", "the token's user does not exist (after `pipeline.unknown_sender_wait`)"),
     ("rate_limited", "more than `ws.rate_limit_per_sec` sends; slow down"),
     ("unavailable", "not stored (storage unavailable, or the server overloaded): send again, after a pause"),
-    ("rejected", "the message failed alone repeatedly and was dead-lettered"),
+    ("rejected", "the message failed alone repeatedly, or the store refused it for good, and was dead-lettered"),
     ("internal", "the session crashed on that frame and was restarted; send again"),
 ];
 
@@ -89,6 +89,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                     format!("field `conversation` must be 1 to {MAX_CONVERSATION_ID_CHARS} characters"),
                 )));
             }
+            no_nul("conversation", &conversation).map_err(|message| with_id(FrameError::new("invalid", message)))?;
             let body = string_field(&raw.body, "body").map_err(with_id)?;
             validate_body(&body).map_err(|(code, message)| with_id(FrameError::new(code, message)))?;
             Ok(ClientFrame::Send { conversation, client_msg_id, body })
@@ -112,22 +113,32 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     }
 }
 
-/// 1 to 64 characters.
+/// 1 to 64 characters, no NUL.
 pub fn validate_client_msg_id(id: &str) -> Result<(), String> {
     let chars = id.chars().count();
     if chars == 0 || chars > MAX_CLIENT_MSG_ID_CHARS {
         return Err(format!("field `client_msg_id` must be 1 to {MAX_CLIENT_MSG_ID_CHARS} characters"));
     }
-    Ok(())
+    no_nul("client_msg_id", id)
 }
 
-/// 1 to 16384 bytes; the error carries its code (`invalid` or `too_large`).
+/// 1 to 16384 bytes, no NUL; the error carries its code (`invalid` or `too_large`).
 pub fn validate_body(body: &str) -> Result<(), (&'static str, String)> {
     if body.is_empty() {
         return Err(("invalid", "field `body` must not be empty".into()));
     }
     if body.len() > MAX_BODY_BYTES {
         return Err(("too_large", format!("field `body` is {} bytes; the limit is {MAX_BODY_BYTES}", body.len())));
+    }
+    no_nul("body", body).map_err(|message| ("invalid", message))
+}
+
+/// Text that is stored must not contain U+0000: no chat text needs it, and some stores cannot
+/// keep it (PostgreSQL's jsonb under FerretDB refuses the whole insert, which would fail every
+/// batch the message joins).
+pub fn no_nul(field: &str, text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err(format!("field `{field}` must not contain U+0000 (NUL)"));
     }
     Ok(())
 }
@@ -194,7 +205,7 @@ pub fn reference_markdown() -> String {
     let client = [
         (
             r#"{"type":"send","conversation":"<id>","client_msg_id":"c-1","body":"hi"}"#,
-            "Sends a message. `client_msg_id`: 1 to 64 characters, yours; `body`: 1 to 16384 bytes.",
+            "Sends a message. `client_msg_id`: 1 to 64 characters, yours; `body`: 1 to 16384 bytes. No U+0000 in either.",
         ),
         (
             r#"{"type":"delivered","id":"0192f1c4-8d0e-7c4a-9b1e-3f2a5d6c7e8f"}"#,
@@ -205,7 +216,7 @@ pub fn reference_markdown() -> String {
     let server = [
         (
             ServerFrame::Ack { client_msg_id: "c-1", id, created_at: at }.to_json(),
-            "The message is committed to disk (only then). A resend gets the same `id`.",
+            "The message is durably stored (only then: on disk, or journaled by a majority on MongoDB). A resend gets the same `id`.",
         ),
         (
             ServerFrame::Error { client_msg_id: Some("c-1"), code: "forbidden", message: "not a member" }.to_json(),
@@ -323,5 +334,15 @@ mod tests {
             parse(&format!(r#"{{"type":"send","conversation":"c","client_msg_id":"7","body":"{big}"}}"#)).unwrap_err();
         assert_eq!((error.code, error.client_msg_id.as_deref()), ("too_large", Some("7")));
         assert_eq!(code(r#"{"type":"send","conversation":5,"client_msg_id":"1","body":"x"}"#), "invalid");
+        // Regression: a NUL in a body failed every FerretDB batch it joined.
+        for frame in [
+            r#"{"type":"send","conversation":"c","client_msg_id":"1","body":"a\u0000b"}"#,
+            r#"{"type":"send","conversation":"c","client_msg_id":"1\u0000","body":"x"}"#,
+            r#"{"type":"send","conversation":"c\u0000","client_msg_id":"1","body":"x"}"#,
+        ] {
+            let error = parse(frame).unwrap_err();
+            assert_eq!(error.code, "invalid", "{frame}");
+            assert!(error.message.contains("NUL"), "{}", error.message);
+        }
     }
 }

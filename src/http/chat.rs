@@ -144,6 +144,9 @@ pub(super) async fn create_user(
     if display_name.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::BadRequest(format!("display_name must be at most {MAX_TITLE_CHARS} characters")));
     }
+    if let Err(message) = crate::chat::protocol::no_nul("display_name", &display_name) {
+        return Err(ApiError::BadRequest(message));
+    }
     let chat = &state.chat;
     if !chat.store.create_user(id.clone(), display_name.clone(), now_ms()).await? {
         return Err(ApiError::Conflict(format!("user {id} already exists")));
@@ -215,6 +218,9 @@ pub(super) async fn create_conversation(
     let NewConversation { members, title } = body.into_inner();
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::BadRequest(format!("title must be at most {MAX_TITLE_CHARS} characters")));
+    }
+    if let Err(message) = crate::chat::protocol::no_nul("title", &title) {
+        return Err(ApiError::BadRequest(message));
     }
     let mut all = vec![creator.clone()];
     for UserId(member) in members {

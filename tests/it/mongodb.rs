@@ -64,6 +64,36 @@ async fn mongodb_acked_messages_survive_kill_9() {
     chat::acked_messages_survive_kill_9_on(&backend).await;
 }
 
+#[actix_rt::test]
+async fn mongodb_a_nul_in_a_body_is_refused_alone_and_its_batch_neighbours_are_acked() {
+    // Regression: FerretDB refuses a whole insert_many when one document holds U+0000
+    // (PostgreSQL jsonb), so a NUL body failed every batch it joined, for as long as its sender
+    // resent it. It is refused at the protocol now, before it can join a batch.
+    let Some(backend) = Backend::scale_out("nul") else { return };
+    let chat = backend.start(&[("RAMPART__PIPELINE__BATCH_MAX_DELAY", "50ms")]);
+    chat.create_user("alice").await;
+    let conversation = chat.conversation("alice", &[]).await;
+    let mut ws = chat.ws("alice").await;
+    for n in 0..20 {
+        let body = if n == 7 { "nul \u{0} inside".to_owned() } else { format!("fine {n}") };
+        ws.send_message(&conversation, &format!("n{n}"), &body).await;
+    }
+    let mut acked = 0;
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        let frame = ws.next_json().await;
+        match frame["type"].as_str() {
+            Some("ack") => acked += 1,
+            _ => refused.push(frame),
+        }
+    }
+    assert_eq!(acked, 19, "{refused:?}");
+    assert_eq!((refused[0]["code"].as_str(), refused[0]["client_msg_id"].as_str()), (Some("invalid"), Some("n7")));
+    assert_eq!(chat.all_messages("alice", &conversation).await.len(), 19);
+    let (status, body) = chat.post_message(&chat.token("alice"), &conversation, "h", "over http \u{0}").await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+}
+
 /// Every acked id (client id → message id) is stored exactly once; returns the stored ids.
 async fn assert_stored_once(chat: &ChatServer, user: &str, conversation: &str, acked: &HashMap<String, String>) {
     let stored = chat.all_messages(user, conversation).await;
