@@ -59,7 +59,7 @@ fn main() {
     runtime.block_on(async move {
         let database = format!("rampart_bench_storage_{}", std::process::id());
         let config = MongoConfig { uri: uri.clone(), database: database.clone(), ..Default::default() };
-        let store = match MongoChat::open(&config).await {
+        let store = match MongoChat::open(&config, false).await {
             Ok(store) => store,
             Err(error) => {
                 println!("storage bench skipped: no MongoDB at {uri} ({error}); start one with scripts/services.sh up mongodb");

@@ -56,13 +56,12 @@ impl Indexer {
         let (store, search, batch) = (self.store.clone(), self.search.clone(), self.config.index_batch);
         let catch_up = async move {
             loop {
-                let watermark = search.watermark().await?;
-                let messages = store.messages_after(watermark, batch).await?;
+                let messages = search.pending(&store, batch).await?;
                 let count = messages.len();
                 if count == 0 {
                     return Ok::<_, StorageError>(());
                 }
-                let outcome = search.index(messages).await?;
+                let outcome = search.index(messages.clone()).await?;
                 crate::telemetry::metrics().search_indexed.inc_by(outcome.indexed as u64);
                 for (message, reason) in outcome.rejected {
                     tracing::error!(id = %message.id, reason, "the search engine refused a message; dead-lettered");
@@ -76,7 +75,7 @@ impl Indexer {
                     crate::telemetry::dead_lettered("index");
                 }
                 if let Some(through) = outcome.through {
-                    search.advance(through).await?;
+                    search.advance(through, &messages).await?;
                 }
                 if let Some(error) = outcome.incomplete {
                     return Err(error);

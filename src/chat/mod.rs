@@ -46,7 +46,9 @@ use crate::config::Config;
 use crate::resilience::{CircuitBreaker, CircuitBreakers, Dependency};
 use crate::storage::elasticsearch::ElasticsearchSearch;
 use crate::storage::mongodb::MongoChat;
-use crate::storage::{ChatStore, NewMessage, SearchKind, SearchStore, SqliteChat, SqliteSearch, StorageKind};
+use crate::storage::{
+    ChatStore, NewMessage, SearchKind, SearchProgress, SearchStore, SqliteChat, SqliteSearch, StorageKind,
+};
 use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
 
 /// A message whose body contains this is a poison message while `chaos.enabled`: the batch
@@ -250,13 +252,16 @@ pub async fn start(
 ) -> anyhow::Result<Arc<Chat>> {
     let data_dir = &config.storage.data_dir;
     let wal = config.storage.wal_policy();
+    // With MongoDB and an external engine, each message carries an "unindexed" flag from its
+    // insert (see `SearchProgress::Flags`).
+    let flag_unindexed = config.search.kind == SearchKind::Elasticsearch;
     let store = match config.storage.kind {
         StorageKind::Sqlite => ChatStore::Sqlite(
             SqliteChat::open(data_dir, config.storage.readers, wal).context("opening the chat database")?,
         ),
-        StorageKind::Mongodb => {
-            ChatStore::Mongodb(MongoChat::open(&config.mongodb).await.context("opening the MongoDB chat store")?)
-        }
+        StorageKind::Mongodb => ChatStore::Mongodb(
+            MongoChat::open(&config.mongodb, flag_unindexed).await.context("opening the MongoDB chat store")?,
+        ),
     };
     let search = match config.search.kind {
         SearchKind::Sqlite => SearchStore::Sqlite(
@@ -267,7 +272,10 @@ pub async fn start(
         // creates the index on its first step, behind the search breaker).
         SearchKind::Elasticsearch => SearchStore::Elasticsearch {
             engine: ElasticsearchSearch::new(&config.elasticsearch).context("the search engine client")?,
-            progress: store.clone(),
+            progress: match &store {
+                ChatStore::Mongodb(mongo) => SearchProgress::Flags(mongo.clone()),
+                ChatStore::Sqlite(_) => SearchProgress::Watermark(store.clone()),
+            },
         },
     };
     let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);

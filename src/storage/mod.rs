@@ -289,15 +289,26 @@ pub enum SearchKind {
 /// Name of the external engine's watermark in the chat store.
 const ELASTICSEARCH_PROGRESS: &str = "elasticsearch";
 
+/// How the indexer of an external engine knows what is left to index.
+#[derive(Clone)]
+pub enum SearchProgress {
+    /// A seq watermark kept in the chat store (`search_progress`): exact where seqs follow
+    /// commit order (the embedded store has one writer).
+    Watermark(ChatStore),
+    /// A flag on each MongoDB message, set when it is inserted and cleared once it is indexed or
+    /// dead-lettered: exact in whatever order the writes of several processes land.
+    Flags(mongodb::MongoChat),
+}
+
 /// The search backend the indexer feeds and `/api/search` asks. Cheap to clone.
 #[derive(Clone)]
 pub enum SearchStore {
     Sqlite(SqliteSearch),
-    /// The engine, and the chat store that keeps how far it has indexed (the position belongs
-    /// to the store's commit order, and survives the engine losing its data).
+    /// The engine, and where the indexer's progress is kept (beside the messages, so it survives
+    /// the engine losing its data).
     Elasticsearch {
         engine: elasticsearch::ElasticsearchSearch,
-        progress: ChatStore,
+        progress: SearchProgress,
     },
 }
 
@@ -322,11 +333,14 @@ impl SearchStore {
         }
     }
 
-    /// The highest message seq indexed (or dead-lettered) so far.
-    pub async fn watermark(&self) -> Result<i64, StorageError> {
+    /// The next messages to index (at most `limit`, ascending seq), read from `store`.
+    pub async fn pending(&self, store: &ChatStore, limit: u32) -> Result<Vec<StoredMessage>, StorageError> {
         match self {
-            SearchStore::Sqlite(index) => index.watermark().await,
-            SearchStore::Elasticsearch { progress, .. } => progress.search_watermark(ELASTICSEARCH_PROGRESS).await,
+            SearchStore::Sqlite(index) => store.messages_after(index.watermark().await?, limit).await,
+            SearchStore::Elasticsearch { progress: SearchProgress::Watermark(chat), .. } => {
+                store.messages_after(chat.search_watermark(ELASTICSEARCH_PROGRESS).await?, limit).await
+            }
+            SearchStore::Elasticsearch { progress: SearchProgress::Flags(mongo), .. } => mongo.unindexed(limit).await,
         }
     }
 
@@ -343,12 +357,17 @@ impl SearchStore {
         }
     }
 
-    /// Moves the watermark to `through` (after the step's rejections are dead-lettered).
-    pub async fn advance(&self, through: i64) -> Result<(), StorageError> {
+    /// Records that the step's messages up to seq `through` are done (after its rejections
+    /// are dead-lettered): the watermark moves there, or their flags are cleared.
+    pub async fn advance(&self, through: i64, step: &[StoredMessage]) -> Result<(), StorageError> {
         match self {
             SearchStore::Sqlite(_) => Ok(()),
-            SearchStore::Elasticsearch { progress, .. } => {
-                progress.set_search_watermark(ELASTICSEARCH_PROGRESS, through).await
+            SearchStore::Elasticsearch { progress: SearchProgress::Watermark(chat), .. } => {
+                chat.set_search_watermark(ELASTICSEARCH_PROGRESS, through).await
+            }
+            SearchStore::Elasticsearch { progress: SearchProgress::Flags(mongo), .. } => {
+                let done = step.iter().filter(|message| message.seq <= through).map(|m| m.id.clone()).collect();
+                mongo.mark_indexed(done).await
             }
         }
     }

@@ -59,8 +59,6 @@ impl Backend {
             ("RAMPART__STORAGE__KIND".into(), "mongodb".into()),
             ("RAMPART__MONGODB__URI".into(), uri),
             ("RAMPART__MONGODB__DATABASE".into(), database),
-            // Fresh search for tests; at most this long for an insert to land once stamped.
-            ("RAMPART__MONGODB__INDEX_SETTLE".into(), "2s".into()),
             ("RAMPART__SEARCH__KIND".into(), "elasticsearch".into()),
             ("RAMPART__ELASTICSEARCH__URL".into(), engine),
             ("RAMPART__ELASTICSEARCH__INDEX_PREFIX".into(), format!("rampart-test-{name}-{nonce}-").replace('_', "-")),

@@ -94,6 +94,27 @@ async fn mongodb_a_nul_in_a_body_is_refused_alone_and_its_batch_neighbours_are_a
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
 }
 
+#[actix_rt::test]
+async fn mongodb_with_the_embedded_search_index_indexes_by_settled_seq() {
+    // One process on MongoDB with its own FTS5 index: the indexer reads seqs older than
+    // mongodb.index_settle.
+    let Some(backend) = Backend::scale_out("fts") else { return };
+    let chat = backend.start(&[("RAMPART__SEARCH__KIND", "sqlite"), ("RAMPART__MONGODB__INDEX_SETTLE", "500ms")]);
+    chat.create_user("alice").await;
+    let conversation = chat.conversation("alice", &[]).await;
+    for n in 0..30 {
+        let (status, _) =
+            chat.post_message(&chat.token("alice"), &conversation, &format!("s{n}"), "settled words").await;
+        assert_eq!(status, 201);
+    }
+    eventually("all 30 are searchable", Duration::from_secs(30), || async {
+        let (status, body) =
+            chat.http.get(&chat.url("/api/search?q=settled&limit=100"), Some(&chat.token("alice"))).await;
+        status == 200 && body["hits"].as_array().map(Vec::len) == Some(30)
+    })
+    .await;
+}
+
 /// Every acked id (client id → message id) is stored exactly once; returns the stored ids.
 async fn assert_stored_once(chat: &ChatServer, user: &str, conversation: &str, acked: &HashMap<String, String>) {
     let stored = chat.all_messages(user, conversation).await;
@@ -319,7 +340,7 @@ async fn mongodb_history_and_membership_queries_use_their_indexes() {
         database: backend.get("RAMPART__MONGODB__DATABASE").unwrap_or_default().to_owned(),
         ..Default::default()
     };
-    let store = rampart::storage::mongodb::MongoChat::open(&config).await.expect("open");
+    let store = rampart::storage::mongodb::MongoChat::open(&config, true).await.expect("open");
     let info = store.build_info().await.expect("buildInfo");
     let (history, membership) = store.explain_reads(&conversation, "alice").await.expect("explain");
     if let Some(version) = info.get("ferretdbVersion") {

@@ -13,8 +13,10 @@
 //! - `seq` orders messages for the search indexer and delivery backlogs without a shared counter
 //!   (FerretDB's `$inc` is not atomic under concurrency): milliseconds since 2025 in the high
 //!   bits, a random per-process node and a per-millisecond counter below ([`SeqClock`]). Seqs of
-//!   different processes interleave by time, not by commit, so the indexer reads only seqs older
-//!   than `mongodb.index_settle`: a write still in flight when its seq was passed would be missed.
+//!   different processes interleave by time, not by commit. So an external search engine's
+//!   indexer finds its work by a flag set at insert (`search_pending`), exact in any order; the
+//!   embedded search index (one per process) reads by seq, only seqs older than
+//!   `mongodb.index_settle`, so writes in flight land before the watermark passes them.
 //! - A conversation embeds its member list (membership is one document: created atomically,
 //!   checked through a multikey index) and its latest message's id and time (`activity`), updated
 //!   conditionally after each batch so listings sort by an index.
@@ -58,9 +60,10 @@ pub struct MongoConfig {
     /// Deadline of each operation other than batch commits (those use `pipeline.storage_timeout`).
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
-    /// The search indexer reads only messages stored at least this long ago: writes of this and
-    /// other processes still in flight get this long to land before the indexer passes their
-    /// `seq`. At least `pipeline.storage_timeout` is safe; less makes search fresher.
+    /// With the embedded search index, the indexer reads only messages stored at least this
+    /// long ago: writes still in flight get this long to land before the indexer passes their
+    /// `seq`. At least `pipeline.storage_timeout` is safe; less makes search fresher. (An
+    /// external engine's indexer finds messages by flag and does not wait.)
     #[serde(with = "humantime_serde")]
     pub index_settle: Duration,
     /// Connections per server in the driver's pool.
@@ -171,6 +174,10 @@ struct MessageDoc {
     client_msg_id: String,
     body: String,
     created_at: DateTime,
+    /// Present (true) until the search indexer has indexed or dead-lettered the message, when
+    /// the deployment indexes into an external engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    search_pending: Option<bool>,
 }
 
 impl MessageDoc {
@@ -269,8 +276,9 @@ const INDEXES: &[IndexSpec] = &[
     ("sender_client_msg_id", "messages", &[("sender", 1), ("client_msg_id", 1)], true),
     // History pages: equality on conversation, range and sort on (created_at, _id).
     ("conversation_created_at_id", "messages", &[("conversation", 1), ("created_at", -1), ("_id", -1)], false),
-    // The search indexer's feed.
+    // The search indexer's feed: by seq (embedded search), or by flag (an external engine).
     ("seq", "messages", &[("seq", 1)], false),
+    ("search_pending_seq", "messages", &[("search_pending", 1), ("seq", 1)], false),
     // Conversation listings and membership checks (multikey on members).
     ("members_activity_id", "conversations", &[("members", 1), ("activity", -1), ("_id", -1)], false),
     // The cleanup job's scan of stale claims.
@@ -297,6 +305,8 @@ struct Inner {
     clock: SeqClock,
     timeout: Duration,
     settle: Duration,
+    /// Mark each new message unindexed (`search_pending`) for an external engine's indexer.
+    flag_unindexed: bool,
 }
 
 impl MongoChat {
@@ -304,7 +314,10 @@ impl MongoChat {
     /// URI is malformed or the indexes cannot be created within `operation_timeout` × 4 (the
     /// server is unreachable or refuses): a process that cannot reach its store should not
     /// report itself started.
-    pub async fn open(config: &MongoConfig) -> Result<Self, StorageError> {
+    /// `flag_unindexed`: the deployment indexes into an external engine, whose indexer finds
+    /// its work by flag ([`MongoChat::unindexed`]); every process sharing the database must say
+    /// the same.
+    pub async fn open(config: &MongoConfig, flag_unindexed: bool) -> Result<Self, StorageError> {
         let mut options = ClientOptions::parse(&config.uri)
             .await
             .map_err(|error| StorageError::Open(format!("mongodb.uri {}: {error}", config.redacted_uri())))?;
@@ -326,6 +339,7 @@ impl MongoChat {
             clock: SeqClock::new(),
             timeout: config.operation_timeout,
             settle: config.index_settle,
+            flag_unindexed,
         };
         let store = Self { inner: Arc::new(inner) };
         tokio::time::timeout(config.operation_timeout * 4, store.create_indexes())
@@ -573,6 +587,7 @@ impl MongoChat {
                 client_msg_id: message.client_msg_id.clone(),
                 body: message.body.clone(),
                 created_at,
+                search_pending: self.inner.flag_unindexed.then_some(true),
             })
             .collect();
         let conversations: Vec<&String> =
@@ -861,6 +876,40 @@ impl MongoChat {
                 }
             }
             Ok(messages)
+        })
+        .await
+    }
+
+    /// Messages not indexed yet (flagged at insert), in seq order: an external engine's feed.
+    /// Complete whatever order writes land in: a message is found as soon as it is stored.
+    pub async fn unindexed(&self, limit: u32) -> Result<Vec<StoredMessage>, StorageError> {
+        self.timed(async {
+            // Expected plan: IXSCAN search_pending_seq.
+            let messages: Vec<MessageDoc> = self
+                .inner
+                .messages
+                .find(doc! {"search_pending": true})
+                .sort(doc! {"seq": 1})
+                .limit(i64::from(limit))
+                .await?
+                .try_collect()
+                .await?;
+            Ok(messages.into_iter().map(MessageDoc::into_stored).collect())
+        })
+        .await
+    }
+
+    /// Clears the flag of messages indexed (or dead-lettered) by the external engine.
+    pub async fn mark_indexed(&self, ids: Vec<String>) -> Result<(), StorageError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.timed(async {
+            self.inner
+                .messages
+                .update_many(doc! {"_id": {"$in": ids}}, doc! {"$unset": {"search_pending": ""}})
+                .await?;
+            Ok(())
         })
         .await
     }
