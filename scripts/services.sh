@@ -59,6 +59,15 @@ wait_for() {
     done
 }
 
+# Stops process $2 (named $1 in the log): TERM, then KILL after $3 seconds.
+stop_pid() {
+    local name=$1 pid=$2 grace=$3
+    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+        wait_for "$grace" bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+        log "$name stopped"
+    fi
+}
+
 tcp_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
 apt_install() {
@@ -156,16 +165,8 @@ mongodb_up() {
 }
 
 mongodb_down() {
-    local pid_file="$RUN/ferretdb.pid"
-    if [ -f "$pid_file" ]; then
-        local pid
-        pid=$(cat "$pid_file")
-        if kill "$pid" 2>/dev/null; then
-            wait_for 15 bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
-            log "mongodb (FerretDB) stopped"
-        fi
-        rm -f "$pid_file"
-    fi
+    stop_pid "mongodb (FerretDB)" "$(cat "$RUN/ferretdb.pid" 2>/dev/null || true)" 15
+    rm -f "$RUN/ferretdb.pid"
 }
 
 mongodb_status() {
@@ -282,12 +283,7 @@ opensearch_down() {
     local pid_file="$RUN/opensearch/opensearch.pid" pid
     # By its pid file, or (a node that never wrote one) by its configuration path.
     pid=$(cat "$pid_file" 2>/dev/null || pgrep -f "opensearch.path.conf=$RUN/opensearch/config" | head -1 || true)
-    if [ -n "$pid" ]; then
-        if kill "$pid" 2>/dev/null; then
-            wait_for 30 bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
-            log "opensearch stopped"
-        fi
-    fi
+    stop_pid opensearch "$pid" 30
     rm -f "$pid_file"
 }
 
@@ -379,15 +375,8 @@ kafka_up() {
 }
 
 kafka_down() {
-    local pid_file="$RUN/kafka/kafka.pid" pid
-    if [ -f "$pid_file" ]; then
-        pid=$(cat "$pid_file")
-        if kill "$pid" 2>/dev/null; then
-            wait_for 30 bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
-            log "kafka stopped"
-        fi
-        rm -f "$pid_file"
-    fi
+    stop_pid kafka "$(cat "$RUN/kafka/kafka.pid" 2>/dev/null || true)" 30
+    rm -f "$RUN/kafka/kafka.pid"
 }
 
 kafka_status() {

@@ -166,16 +166,8 @@ impl ChatStore {
 
     /// Commits a batch: every message gets an outcome, in batch order, and the deliveries of
     /// stored messages (one per member other than the sender) are written before this returns.
-    pub async fn commit_batch(
-        &self,
-        batch: Arc<[NewMessage]>,
-        now_ms: i64,
-    ) -> Result<Vec<CommitOutcome>, StorageError> {
-        self.commit_batch_inspected(batch, now_ms, |_| {}).await
-    }
-
-    /// `commit_batch`, calling `inspect` on each message before it is written (a panic there
-    /// fails the batch as `StorageError::Panicked`, and nothing of it is acked).
+    /// `inspect` sees each message before it is written (a panic there fails the batch as
+    /// `StorageError::Panicked`, and nothing of it is acked).
     pub async fn commit_batch_inspected(
         &self,
         batch: Arc<[NewMessage]>,

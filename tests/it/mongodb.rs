@@ -16,52 +16,33 @@ use crate::chat;
 use crate::chat_client::{Backend, ChatServer, ADMIN_TOKEN};
 use crate::support::{eventually, Proxy};
 
-#[actix_rt::test]
-async fn mongodb_send_ack_history_and_search() {
-    let Some(backend) = Backend::scale_out("send") else { return };
-    chat::send_ack_history_and_search_on(&backend).await;
+/// The embedded suite's scenario `$scenario` (`chat::<scenario>_on`), run on the scale-out
+/// backends with a database and index named after `$name`.
+macro_rules! on_scale_out {
+    ($($test:ident: $name:literal => $scenario:ident;)*) => {$(
+        #[actix_rt::test]
+        async fn $test() {
+            let Some(backend) = Backend::scale_out($name) else { return };
+            chat::$scenario(&backend).await;
+        }
+    )*};
 }
 
-#[actix_rt::test]
-async fn mongodb_a_resent_message_gets_the_original_ack_and_is_stored_once() {
-    let Some(backend) = Backend::scale_out("resend") else { return };
-    chat::a_resent_message_gets_the_original_ack_and_is_stored_once_on(&backend).await;
-}
-
-#[actix_rt::test]
-async fn mongodb_online_pushes_and_backlog_in_order() {
-    let Some(backend) = Backend::scale_out("backlog") else { return };
-    chat::online_recipients_get_pushes_and_a_reconnecting_one_gets_its_backlog_in_order_on(&backend).await;
-}
-
-#[actix_rt::test]
-async fn mongodb_the_cleanup_job_requeues_a_delivery_nobody_confirmed() {
-    let Some(backend) = Backend::scale_out("cleanup") else { return };
-    chat::the_cleanup_job_requeues_a_delivery_nobody_confirmed_on(&backend).await;
-}
-
-#[actix_rt::test]
-async fn mongodb_a_poison_message_is_bisected_out_to_dead_letters() {
-    let Some(backend) = Backend::scale_out("poison") else { return };
-    chat::a_poison_message_is_bisected_out_to_dead_letters_while_the_rest_are_acked_on(&backend).await;
-}
-
-#[actix_rt::test]
-async fn mongodb_an_unknown_sender_is_dead_lettered_and_can_be_retried() {
-    let Some(backend) = Backend::scale_out("unknown") else { return };
-    chat::an_unknown_sender_is_dead_lettered_and_can_be_retried_on(&backend).await;
-}
-
-#[actix_rt::test]
-async fn mongodb_batch_writer_panics_during_load_lose_and_duplicate_nothing() {
-    let Some(backend) = Backend::scale_out("writer_panics") else { return };
-    chat::batch_writer_panics_during_load_lose_and_duplicate_nothing_acked_on(&backend).await;
-}
-
-#[actix_rt::test]
-async fn mongodb_acked_messages_survive_kill_9() {
-    let Some(backend) = Backend::scale_out("kill9") else { return };
-    chat::acked_messages_survive_kill_9_on(&backend).await;
+on_scale_out! {
+    mongodb_send_ack_history_and_search: "send" => send_ack_history_and_search_on;
+    mongodb_a_resent_message_gets_the_original_ack_and_is_stored_once: "resend" =>
+        a_resent_message_gets_the_original_ack_and_is_stored_once_on;
+    mongodb_online_pushes_and_backlog_in_order: "backlog" =>
+        online_recipients_get_pushes_and_a_reconnecting_one_gets_its_backlog_in_order_on;
+    mongodb_the_cleanup_job_requeues_a_delivery_nobody_confirmed: "cleanup" =>
+        the_cleanup_job_requeues_a_delivery_nobody_confirmed_on;
+    mongodb_a_poison_message_is_bisected_out_to_dead_letters: "poison" =>
+        a_poison_message_is_bisected_out_to_dead_letters_while_the_rest_are_acked_on;
+    mongodb_an_unknown_sender_is_dead_lettered_and_can_be_retried: "unknown" =>
+        an_unknown_sender_is_dead_lettered_and_can_be_retried_on;
+    mongodb_batch_writer_panics_during_load_lose_and_duplicate_nothing: "writer_panics" =>
+        batch_writer_panics_during_load_lose_and_duplicate_nothing_acked_on;
+    mongodb_acked_messages_survive_kill_9: "kill9" => acked_messages_survive_kill_9_on;
 }
 
 #[actix_rt::test]
@@ -115,7 +96,7 @@ async fn mongodb_with_the_embedded_search_index_indexes_by_settled_seq() {
     .await;
 }
 
-/// Every acked id (client id → message id) is stored exactly once; returns the stored ids.
+/// Every acked id (client id → message id) is stored exactly once, and nothing twice.
 async fn assert_stored_once(chat: &ChatServer, user: &str, conversation: &str, acked: &HashMap<String, String>) {
     let stored = chat.all_messages(user, conversation).await;
     let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -344,7 +325,7 @@ async fn mongodb_history_and_membership_queries_use_their_indexes() {
     let info = store.build_info().await.expect("buildInfo");
     let (history, membership) = store.explain_reads(&conversation, "alice").await.expect("explain");
     if let Some(version) = info.get("ferretdbVersion") {
-        // FerretDB 1.24 on PostgreSQL turns every filter into a jsonb containment test that its
+        // FerretDB 1.24 on PostgreSQL makes every filter a jsonb containment test that its
         // btree indexes cannot serve (a sequential scan) and sorts in memory: index use cannot
         // be had there. What can be checked: the filters are simple enough to be pushed down to
         // PostgreSQL (not every document shipped to FerretDB and filtered in Go). On MongoDB

@@ -600,25 +600,21 @@ impl MongoChat {
         // reads skip it until the message exists); records of messages that end up not stored
         // are removed below. Writing the same delivery twice (a retried batch, a resend) keeps
         // the first.
-        let stamped: Vec<StoredMessage> = documents.iter().cloned().map(MessageDoc::into_stored).collect();
-        let stamped_refs: Vec<&StoredMessage> = stamped.iter().collect();
         let (written, deliveries, activity) = futures_util::future::join3(
-            self.insert_messages(documents),
-            self.insert_deliveries(&stamped_refs, &members),
-            self.record_activity(&stamped_refs),
+            self.insert_messages(&documents),
+            self.insert_deliveries(&documents, &members),
+            self.record_activity(&documents),
         )
         .await;
-        let mut outcomes = written?;
+        let written = written?;
         deliveries?;
         activity?;
-        // Duplicates: read the originals back (they carry the original seq and time; their
-        // delivery records were written with the original's seq when first stored).
-        let duplicates: Vec<&String> = outcomes
+        // Duplicates: read the originals back (they carry the original seq and time).
+        let duplicates: Vec<&String> = documents
             .iter()
-            .filter_map(|outcome| match outcome {
-                Written::Duplicate(id) => Some(id),
-                _ => None,
-            })
+            .zip(&written)
+            .filter(|(_, written)| matches!(written, Written::Duplicate))
+            .map(|(document, _)| &document.id)
             .collect();
         let mut originals: HashMap<String, StoredMessage> = HashMap::new();
         if !duplicates.is_empty() {
@@ -629,24 +625,28 @@ impl MongoChat {
         }
         // A duplicate's delivery records, if this commit wrote them (its first commit did not get
         // that far), carry this commit's seq: give them the original's, which claims use.
-        for (message, stamp) in batch.iter().zip(&stamped) {
-            let Some(original) = originals.get(&message.id).filter(|original| original.seq != stamp.seq) else {
+        for document in &documents {
+            let Some(original) = originals.get(&document.id).filter(|original| original.seq != document.seq) else {
                 continue;
             };
-            let recipients = members.get(&message.conversation).map(Vec::as_slice).unwrap_or_default();
-            let keys: Vec<String> = recipients.iter().map(|recipient| delivery_key(&message.id, recipient)).collect();
+            let recipients = members.get(&document.conversation).map(Vec::as_slice).unwrap_or_default();
+            let keys: Vec<String> = recipients.iter().map(|recipient| delivery_key(&document.id, recipient)).collect();
             self.inner
                 .deliveries
-                .update_many(doc! {"_id": {"$in": keys}, "seq": stamp.seq}, doc! {"$set": {"seq": original.seq}})
+                .update_many(doc! {"_id": {"$in": keys}, "seq": document.seq}, doc! {"$set": {"seq": original.seq}})
                 .await?;
         }
-        let outcomes: Vec<CommitOutcome> = outcomes
-            .drain(..)
-            .map(|outcome| match outcome {
-                Written::Stored(message) => CommitOutcome::Stored { message: message.into_stored(), duplicate: false },
-                Written::Duplicate(id) => match originals.remove(&id) {
+        let outcomes: Vec<CommitOutcome> = documents
+            .into_iter()
+            .zip(written)
+            .map(|(document, written)| match written {
+                Written::Stored => CommitOutcome::Stored { message: document.into_stored(), duplicate: false },
+                Written::Duplicate => match originals.remove(&document.id) {
                     Some(message) => CommitOutcome::Stored { message, duplicate: true },
-                    None => CommitOutcome::Failed(format!("message {id} reported stored but not found; send again")),
+                    None => CommitOutcome::Failed(format!(
+                        "message {} reported stored but not found; send again",
+                        document.id
+                    )),
                 },
                 Written::Rejected(reason) => CommitOutcome::Rejected(reason),
                 Written::Failed(reason) => CommitOutcome::Failed(reason),
@@ -672,13 +672,13 @@ impl MongoChat {
 
     /// One unordered `insert_many`, then rounds of retrying only documents refused with a
     /// transient error. Outcomes in document order.
-    async fn insert_messages(&self, documents: Vec<MessageDoc>) -> Result<Vec<Written>, StorageError> {
+    async fn insert_messages(&self, documents: &[MessageDoc]) -> Result<Vec<Written>, StorageError> {
         let mut outcomes: Vec<Option<Written>> = vec![None; documents.len()];
-        let mut pending: Vec<(usize, MessageDoc)> = documents.into_iter().enumerate().collect();
+        let mut pending: Vec<usize> = (0..documents.len()).collect();
         let mut round = 0;
         while !pending.is_empty() {
             round += 1;
-            let attempt: Vec<&MessageDoc> = pending.iter().map(|(_, document)| document).collect();
+            let attempt: Vec<&MessageDoc> = pending.iter().map(|slot| &documents[*slot]).collect();
             let errors = match self.inner.messages.insert_many(attempt).ordered(false).await {
                 Ok(_) => Vec::new(),
                 Err(error) => match *error.kind {
@@ -700,10 +700,10 @@ impl MongoChat {
             let mut refused: HashMap<usize, mongodb::error::IndexedWriteError> =
                 errors.into_iter().map(|error| (error.index, error)).collect();
             let mut retry = Vec::new();
-            for (position, (slot, document)) in pending.drain(..).enumerate() {
+            for (position, slot) in pending.drain(..).enumerate() {
                 let outcome = match refused.remove(&position) {
-                    None => Written::Stored(document),
-                    Some(error) if error.code == DUPLICATE_KEY => Written::Duplicate(document.id),
+                    None => Written::Stored,
+                    Some(error) if error.code == DUPLICATE_KEY => Written::Duplicate,
                     Some(error) if PERMANENT_WRITE_ERRORS.contains(&error.code) => {
                         Written::Rejected(format!("mongodb refused the document: {} ({})", error.message, error.code))
                     }
@@ -712,7 +712,7 @@ impl MongoChat {
                     }
                     Some(error) => {
                         tracing::warn!(code = error.code, message = %error.message, "mongodb refused one document; retrying it");
-                        retry.push((slot, document));
+                        retry.push(slot);
                         continue;
                     }
                 };
@@ -744,10 +744,10 @@ impl MongoChat {
     /// retried batch, a resend) are left as they are.
     async fn insert_deliveries(
         &self,
-        stored: &[&StoredMessage],
+        documents: &[MessageDoc],
         members: &HashMap<String, Vec<String>>,
     ) -> Result<(), StorageError> {
-        let records: Vec<DeliveryDoc> = stored
+        let records: Vec<DeliveryDoc> = documents
             .iter()
             .flat_map(|message| {
                 let recipients = members.get(&message.conversation).map(Vec::as_slice).unwrap_or_default();
@@ -781,12 +781,12 @@ impl MongoChat {
 
     /// Moves each conversation's `activity` and `latest` to its newest stored message, unless a
     /// newer one is recorded already (another batch, another process).
-    async fn record_activity(&self, stored: &[&StoredMessage]) -> Result<(), StorageError> {
-        let mut newest: BTreeMap<&str, &StoredMessage> = BTreeMap::new();
-        for message in stored {
-            let slot = newest.entry(&message.conversation).or_insert(message);
-            if (message.created_at_ms, message.seq) > (slot.created_at_ms, slot.seq) {
-                *slot = message;
+    async fn record_activity(&self, documents: &[MessageDoc]) -> Result<(), StorageError> {
+        let mut newest: BTreeMap<&str, &MessageDoc> = BTreeMap::new();
+        for document in documents {
+            let slot = newest.entry(&document.conversation).or_insert(document);
+            if (document.created_at, document.seq) > (slot.created_at, slot.seq) {
+                *slot = document;
             }
         }
         if newest.is_empty() {
@@ -796,7 +796,7 @@ impl MongoChat {
         // statement each: FerretDB 1.24 hangs (every connection to PostgreSQL left idle, the
         // server wedged) on such a command with tens of statements.
         let updates = newest.into_values().map(|message| {
-            let at = DateTime::from_millis(message.created_at_ms);
+            let at = message.created_at;
             self.inner
                 .conversations
                 .update_one(
@@ -1160,9 +1160,9 @@ impl MongoChat {
 /// What `insert_messages` did with one document.
 #[derive(Clone)]
 enum Written {
-    Stored(MessageDoc),
-    /// Already stored (id).
-    Duplicate(String),
+    Stored,
+    /// Already stored (by an earlier commit or a resend).
+    Duplicate,
     Rejected(String),
     Failed(String),
 }

@@ -222,6 +222,7 @@ impl SqliteChat {
 
     /// Commits a batch in one transaction. Every message gets an outcome, in batch order; the
     /// deliveries of new messages (one per member other than the sender) are written with them.
+    #[cfg(test)]
     pub async fn commit_batch(
         &self,
         batch: Arc<[NewMessage]>,
