@@ -43,6 +43,10 @@ pub struct Config {
     pub mongodb: crate::storage::mongodb::MongoConfig,
     /// The search engine when `search.kind = "elasticsearch"`.
     pub elasticsearch: crate::storage::elasticsearch::ElasticsearchConfig,
+    /// `transport.kind`: embedded (in process, the default) or kafka.
+    pub transport: crate::transport::TransportConfig,
+    /// The brokers and topics when `transport.kind = "kafka"`.
+    pub kafka: crate::transport::KafkaConfig,
     pub log: LogConfig,
     pub crash: CrashConfig,
     pub alerts: AlertsConfig,
@@ -327,6 +331,18 @@ impl Config {
         }
         if self.search.kind == crate::storage::SearchKind::Elasticsearch {
             self.elasticsearch.validate()?;
+        }
+        if self.transport.kind == crate::transport::TransportKind::Kafka {
+            if !crate::transport::KAFKA_COMPILED {
+                return Err("transport.kind = \"kafka\" needs a build with Kafka support (cargo build --release --features kafka)".into());
+            }
+            if self.storage.kind != crate::storage::StorageKind::Mongodb {
+                return Err(
+                    "transport.kind = \"kafka\" needs storage.kind = \"mongodb\": every process writes the same store"
+                        .into(),
+                );
+            }
+            self.kafka.validate()?;
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err("storage.data_dir must not be empty".into());

@@ -24,3 +24,4 @@ pub mod system_monitor;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                 }
             }
             shown.mongodb.uri = shown.mongodb.redacted_uri();
+            shown.kafka.redact();
             match serde_json::to_string_pretty(&shown) {
                 Ok(text) => println!("{text}"),
                 Err(error) => eprintln!("rampart: {error}"),

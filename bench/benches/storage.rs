@@ -33,6 +33,7 @@ fn messages(prefix: &str, from: usize, count: usize) -> Vec<NewMessage> {
                 sender,
                 client_msg_id,
                 body: format!("benchmark message {n} with a little text, like a chat line would have"),
+                created_at_ms: None,
             }
         })
         .collect()

@@ -29,6 +29,10 @@ use crate::resilience::{CircuitBreaker, Outcome};
 use crate::storage::{ChatStore, CommitOutcome, DeadLetterKind, NewDeadLetter, NewMessage, StorageError};
 use crate::supervision::{ActorHandle, ActorRecord, BackoffPolicy, SupervisedMessage};
 
+/// Announces stored messages to every process (the Kafka transport's feed) instead of handing
+/// them to this process's delivery hub.
+pub type Announcer = Arc<dyn Fn(Vec<Arc<crate::storage::StoredMessage>>) + Send + Sync>;
+
 /// Store this message (it passed validation); the reply goes through the submission.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -107,6 +111,8 @@ pub struct BatchWriter {
     pub(super) poison_after: u32,
     /// Set when asked to stop: finish what the ledger holds, then stop.
     pub(super) stopping: bool,
+    /// With the Kafka transport, new messages go to every process through this.
+    pub(super) announce: Option<Announcer>,
 }
 
 impl Actor for BatchWriter {
@@ -279,7 +285,9 @@ impl BatchWriter {
                 if !fresh.is_empty() {
                     // Delivery and indexing are best effort here: both recover from storage
                     // (pending deliveries, the search watermark) if these are lost.
-                    if let Err(error) = self.delivery.try_send(Committed(fresh)) {
+                    if let Some(announce) = &self.announce {
+                        announce(fresh);
+                    } else if let Err(error) = self.delivery.try_send(Committed(fresh)) {
                         tracing::warn!(%error, "delivery did not take committed messages; they stay pending");
                     }
                     let _ = self.indexer.try_send(Poke);

@@ -238,10 +238,35 @@ impl Handler<Committed> for DeliveryHub {
     type Result = ();
 
     fn handle(&mut self, Committed(messages): Committed, ctx: &mut Self::Context) {
-        for message in &messages {
+        let uncached: std::collections::HashSet<String> = messages
+            .iter()
+            .filter(|message| self.directory.cached_members(&message.conversation).is_none())
+            .map(|message| message.conversation.clone())
+            .collect();
+        if uncached.is_empty() {
+            self.push_committed(&messages, ctx);
+            return;
+        }
+        // Stored by another process (the Kafka transport): look the members up first. The hub
+        // waits meanwhile, so later commits are not pushed ahead of these.
+        let directory = self.directory.clone();
+        let lookup = async move {
+            for conversation in uncached {
+                if let Err(error) = directory.members(&conversation).await {
+                    tracing::warn!(%error, conversation, "members not found; those messages stay pending");
+                }
+            }
+        };
+        ctx.wait(lookup.into_actor(self).map(move |(), hub, ctx| hub.push_committed(&messages, ctx)));
+    }
+}
+
+impl DeliveryHub {
+    /// Offers each message to its recipients' connections on this process.
+    fn push_committed(&mut self, messages: &[Arc<StoredMessage>], ctx: &mut Context<Self>) {
+        for message in messages {
             let Some(members) = self.directory.cached_members(&message.conversation) else {
-                // Not cached means nobody validated a message for it in this process: impossible
-                // for a fresh commit; the records stay pending for reconnects and cleanup.
+                // Not found: the records stay pending for reconnects and cleanup.
                 continue;
             };
             let mut frame = None;

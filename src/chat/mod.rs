@@ -30,16 +30,16 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 pub use admission::Admission;
-pub use batch_writer::BatchWriter;
+pub use batch_writer::{Announcer, BatchWriter, Commit};
 pub use cleanup::CleanupJob;
 pub use config::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
 pub use dead_letters::{DeadLetterSink, DeadLetterWriter, QUEUE_CAPACITY as DEAD_LETTER_QUEUE_CAPACITY};
-pub use delivery::{Attach, Confirm, DeliveryHub};
+pub use delivery::{Attach, Committed, Confirm, DeliveryHub};
 pub use directory::Directory;
 pub use indexer::Indexer;
 pub use presence::Presence;
 pub use session::{Session, SessionDeps};
-pub use validator::{Validate, Validator};
+pub use validator::{Next, Validate, Validator};
 
 use crate::auth::Tokens;
 use crate::config::Config;
@@ -50,6 +50,8 @@ use crate::storage::{
     ChatStore, NewMessage, SearchKind, SearchProgress, SearchStore, SqliteChat, SqliteSearch, StorageKind,
 };
 use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
+#[cfg(feature = "kafka")]
+use crate::transport::TransportKind;
 
 /// A message whose body contains this is a poison message while `chaos.enabled`: the batch
 /// writer panics on any batch holding it (tests and drills of the bisection path).
@@ -215,6 +217,9 @@ pub struct Chat {
     pub search_breaker: Arc<CircuitBreaker>,
     /// Refuses sends early while the pipeline is behind (`pipeline.max_queue_delay`).
     pub admission: Arc<Admission>,
+    /// The Kafka transport, when `transport.kind = "kafka"`.
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<Arc<crate::transport::kafka::Kafka>>,
 }
 
 impl Chat {
@@ -233,6 +238,17 @@ impl Chat {
             tracing::debug!(%error, "validator refused a message");
         }
         receiver.await.unwrap_or_else(|_| Err(SendError::Unavailable("the pipeline restarted; send again".into())))
+    }
+
+    /// Readiness of the transport: `None` when embedded; otherwise whether the Kafka brokers
+    /// answer within `timeout` (`Ok(brokers)`).
+    pub async fn transport_check(&self, timeout: std::time::Duration) -> Option<Result<usize, String>> {
+        #[cfg(feature = "kafka")]
+        if let Some(kafka) = &self.kafka {
+            return Some(kafka.check(timeout).await);
+        }
+        let _ = timeout;
+        None
     }
 
     /// Pushes `user`'s pending deliveries to their open connections.
@@ -289,6 +305,16 @@ pub async fn start(
     let search_breaker = breakers.create("search", config.search.breaker.clone(), Dependency::SharedOrOptional);
     let directory = Directory::new(store.clone());
     let presence = Presence::new();
+    #[cfg(feature = "kafka")]
+    let kafka = match config.transport.kind {
+        TransportKind::Kafka => {
+            // Like MongoDB at start-up: wait a while for the brokers, then fail naming them.
+            let wait = config.kafka.delivery_timeout.max(std::time::Duration::from_secs(5)) * 4;
+            let kafka = crate::transport::kafka::Kafka::connect(&config.kafka, wait).await?;
+            Some(Arc::new(kafka))
+        }
+        TransportKind::Embedded => None,
+    };
 
     let chat = root.spawn_supervisor(SupervisorSpec::new("chat")).context("starting /root/chat")?;
 
@@ -310,6 +336,14 @@ pub async fn start(
             DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone())
         }))
         .context("starting delivery")?;
+    // With Kafka, stored messages reach every process's connections through the feed.
+    #[cfg(feature = "kafka")]
+    let announce = match &kafka {
+        Some(kafka) => Some(kafka.spawn_feed(&chat, delivery.clone()).await?),
+        None => None,
+    };
+    #[cfg(not(feature = "kafka"))]
+    let announce: Option<batch_writer::Announcer> = None;
 
     let admission = Admission::new(
         config.pipeline.max_queue_delay,
@@ -319,6 +353,8 @@ pub async fn start(
     let ledger = batch_writer::Ledger::new();
     let (batch_store, batch_config, batch_delivery, batch_indexer, chaos) =
         (store.clone(), config.pipeline.clone(), delivery.clone(), indexer.clone(), config.chaos.enabled);
+    #[cfg(feature = "kafka")]
+    let writer_breaker = storage_breaker.clone();
     let (batch_ledger, batch_admission) = (ledger.clone(), admission.clone());
     let poison_after = config.supervisor.quarantine_after;
     let batch_writer = chat
@@ -334,21 +370,37 @@ pub async fn start(
                 chaos,
                 poison_after,
                 stopping: false,
+                announce: announce.clone(),
             })
             .mailbox_capacity(config.pipeline.queue_capacity),
         )
         .context("starting the batch writer")?;
     ledger.attach(batch_writer.record().clone());
 
-    let (validator_store, validator_directory, validator_writer, validator_config) =
-        (store.clone(), directory.clone(), batch_writer.clone(), config.pipeline.clone());
+    // Kafka: the writer consumer feeds the batch writer, the producer takes validated messages.
+    // Started after the batch writer and before the validator, so at shutdown the producer
+    // flushes, then the writer drains into a batch writer that is still running.
+    #[cfg(feature = "kafka")]
+    let next = match &kafka {
+        Some(kafka) => {
+            kafka.spawn_writer(&chat, batch_writer.clone(), store.clone(), writer_breaker)?;
+            let kafka_breaker = breakers.create("kafka", config.pipeline.breaker.clone(), Dependency::SharedOrOptional);
+            Next::Kafka(kafka.spawn_producer(&chat, kafka_breaker, config.pipeline.queue_capacity)?)
+        }
+        None => Next::BatchWriter(batch_writer.clone()),
+    };
+    #[cfg(not(feature = "kafka"))]
+    let next = Next::BatchWriter(batch_writer.clone());
+
+    let (validator_store, validator_directory, validator_next, validator_config) =
+        (store.clone(), directory.clone(), next, config.pipeline.clone());
     let validator = chat
         .spawn(
             ChildSpec::new("validator", move || {
                 Validator::new(
                     validator_store.clone(),
                     validator_directory.clone(),
-                    validator_writer.clone(),
+                    validator_next.clone(),
                     validator_config.clone(),
                 )
             })
@@ -394,6 +446,8 @@ pub async fn start(
         sessions,
         search_breaker,
         admission,
+        #[cfg(feature = "kafka")]
+        kafka,
     }))
 }
 
@@ -414,6 +468,7 @@ mod tests {
             sender: "alice".into(),
             client_msg_id: "1".into(),
             body: "hi".into(),
+            created_at_ms: None,
         };
         let (submission, mut receiver) = Submission::new(message);
         drop(submission);

@@ -117,7 +117,14 @@ impl Session {
             }
         };
         let sender = self.connection.user.clone();
-        let message = NewMessage { id: message_id(&sender, &client_msg_id), conversation, sender, client_msg_id, body };
+        let message = NewMessage {
+            id: message_id(&sender, &client_msg_id),
+            conversation,
+            sender,
+            client_msg_id,
+            body,
+            created_at_ms: None,
+        };
         let submission =
             Submission::with_reply(message, Reply::Connection(self.connection.clone())).with_ticket(ticket);
         if let Err(error) = self.deps.validator.try_send(Validate(submission)) {

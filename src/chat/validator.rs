@@ -22,6 +22,16 @@ use crate::supervision::{ActorHandle, SupervisedMessage};
 const UNKNOWN_SENDER_FIRST_STEP: Duration = Duration::from_millis(25);
 const UNKNOWN_SENDER_MAX_STEP: Duration = Duration::from_millis(250);
 
+/// Where accepted messages go (`transport.kind`).
+#[derive(Clone)]
+pub enum Next {
+    /// Embedded: straight to the batch writer.
+    BatchWriter(ActorHandle<BatchWriter>),
+    /// Kafka: to the producer; the writer consumer hands them to a batch writer later.
+    #[cfg(feature = "kafka")]
+    Kafka(ActorHandle<crate::transport::kafka::Producer>),
+}
+
 /// Check a message and pass it on to the batch writer.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -36,18 +46,13 @@ impl SupervisedMessage for Validate {
 pub struct Validator {
     store: ChatStore,
     directory: std::sync::Arc<Directory>,
-    batch_writer: ActorHandle<BatchWriter>,
+    next: Next,
     config: PipelineConfig,
 }
 
 impl Validator {
-    pub fn new(
-        store: ChatStore,
-        directory: std::sync::Arc<Directory>,
-        batch_writer: ActorHandle<BatchWriter>,
-        config: PipelineConfig,
-    ) -> Self {
-        Self { store, directory, batch_writer, config }
+    pub fn new(store: ChatStore, directory: std::sync::Arc<Directory>, next: Next, config: PipelineConfig) -> Self {
+        Self { store, directory, next, config }
     }
 }
 
@@ -114,8 +119,13 @@ impl Handler<Validate> for Validator {
 impl Validator {
     fn forward_or_refuse(&self, submission: Submission) {
         // A refused send drops the submission, which answers its sender `unavailable`.
-        if let Err(error) = self.batch_writer.try_send(Commit(submission)) {
-            tracing::warn!(%error, "batch writer refused a message");
+        let sent = match &self.next {
+            Next::BatchWriter(writer) => writer.try_send(Commit(submission)),
+            #[cfg(feature = "kafka")]
+            Next::Kafka(producer) => producer.try_send(crate::transport::kafka::Produce(submission)),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, "the next stage refused a message");
         }
     }
 

@@ -404,7 +404,14 @@ pub(super) async fn post_message(
     validate_client_msg_id(&client_msg_id).map_err(ApiError::BadRequest)?;
     validate_body(&body).map_err(|(_, message)| ApiError::BadRequest(message))?;
     let conversation = conversation.into_inner();
-    let message = NewMessage { id: message_id(&sender, &client_msg_id), conversation, sender, client_msg_id, body };
+    let message = NewMessage {
+        id: message_id(&sender, &client_msg_id),
+        conversation,
+        sender,
+        client_msg_id,
+        body,
+        created_at_ms: None,
+    };
     let ack: Ack = chat.submit(message).await.map_err(ApiError::Send)?;
     Ok(HttpResponse::Created().json(ack))
 }

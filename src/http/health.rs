@@ -112,6 +112,17 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     for (breaker, dependency) in state.circuit_breakers.all() {
         checks.push((format!("circuit:{}", breaker.name()), circuit_check(breaker.state(), dependency)));
     }
+    // The brokers are shared by the deployment: down, no process can take sends (they answer
+    // `unavailable`), so readiness warns rather than moving traffic to equally blind peers.
+    if let Some(brokers) = state.chat.transport_check(state.config.health.check_timeout).await {
+        checks.push((
+            "kafka:brokers".to_owned(),
+            match brokers {
+                Ok(count) => Check::new(Status::Pass, json!(count), None),
+                Err(error) => Check::new(Status::Warn, None, format!("the Kafka brokers do not answer: {error}")),
+            },
+        ));
+    }
     let monitor = state.system_monitor.send_timeout(GetSample, state.config.health.check_timeout).await;
     checks.push((
         "actor:system_monitor".to_owned(),

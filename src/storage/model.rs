@@ -11,6 +11,11 @@ pub struct NewMessage {
     pub sender: String,
     pub client_msg_id: String,
     pub body: String,
+    /// When it was accepted, if stamped before the commit (the Kafka transport stamps it when
+    /// the brokers confirm the send, so the ack and the stored message agree); otherwise the
+    /// commit's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at_ms: Option<i64>,
 }
 
 /// A committed message.

@@ -52,6 +52,13 @@ impl SourceLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// `writer`: the consumer group that stores messages.
+    pub group: String,
+    pub partition: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SinkLabels {
     /// `stdout` or `file` for the log writer; `log`, `slack`, `webhook` for alerts.
     pub sink: String,
@@ -185,6 +192,12 @@ pub struct Metrics {
     /// Size of each SQLite write-ahead log, and how long blocking checkpoints held writers.
     pub wal_bytes: Family<DbLabels, Gauge>,
     pub checkpoint_duration: Family<DbLabels, Histogram>,
+    /// Kafka transport: records not yet stored per partition (stored-offset lag), producer
+    /// records awaiting their delivery report, delivery-report latency, dead-letter-topic records.
+    pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
+    pub kafka_producer_in_flight: Gauge,
+    pub kafka_delivery_duration: Histogram,
+    pub kafka_dead_letters: Counter,
 }
 
 impl Metrics {
@@ -232,6 +245,10 @@ impl Metrics {
             checkpoint_duration: Family::new_with_constructor(|| {
                 Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied())
             }),
+            kafka_consumer_lag: Family::default(),
+            kafka_producer_in_flight: Gauge::default(),
+            kafka_delivery_duration: Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied()),
+            kafka_dead_letters: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -375,6 +392,27 @@ impl Metrics {
             "Blocking WAL checkpoints (restart, truncate): time writers waited",
             Unit::Seconds,
             metrics.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "kafka_consumer_lag",
+            "Records of each partition not yet stored (stored-offset lag of the writer group)",
+            metrics.kafka_consumer_lag.clone(),
+        );
+        registry.register(
+            "kafka_producer_in_flight",
+            "Records sent to Kafka awaiting their delivery report",
+            metrics.kafka_producer_in_flight.clone(),
+        );
+        registry.register_with_unit(
+            "kafka_delivery",
+            "Time from sending a record to its delivery report",
+            Unit::Seconds,
+            metrics.kafka_delivery_duration.clone(),
+        );
+        registry.register(
+            "kafka_dead_letters",
+            "Records published to the dead-letter topic",
+            metrics.kafka_dead_letters.clone(),
         );
         for db in ["storage", "search"] {
             drop(metrics.wal_bytes.get_or_create(&DbLabels { db: db.into() }));

@@ -150,6 +150,26 @@ pub fn tracing_exported() -> bool {
     }
 }
 
+/// The consumer lag of `group` per partition it owns (from librdkafka statistics); series of
+/// partitions it no longer owns are removed.
+pub fn kafka_lag(group: &str, lags: &std::collections::HashMap<i32, i64>) {
+    use std::collections::{HashMap, HashSet};
+    static OWNED: std::sync::LazyLock<parking_lot::Mutex<HashMap<String, HashSet<i32>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let family = &metrics().kafka_consumer_lag;
+    let labels =
+        |partition: i32| metrics::PartitionLabels { group: group.to_owned(), partition: partition.to_string() };
+    let mut owned = OWNED.lock();
+    let previous = owned.entry(group.to_owned()).or_default();
+    for gone in previous.iter().filter(|partition| !lags.contains_key(partition)) {
+        family.remove(&labels(*gone));
+    }
+    *previous = lags.keys().copied().collect();
+    for (partition, lag) in lags {
+        family.get_or_create(&labels(*partition)).set(*lag);
+    }
+}
+
 /// A record went to dead letters (`message`, `delivery` or `quarantine`).
 pub fn dead_lettered(kind: &str) {
     metrics().dead_letters.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();

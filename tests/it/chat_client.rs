@@ -67,6 +67,32 @@ impl Backend {
         Some(Backend::Mongodb { env })
     }
 
+    /// The scale-out backends with the Kafka transport (`RAMPART_TEST_KAFKA_BROKERS`): a topic
+    /// and consumer groups of the scenario's own. Needs a build with `--features kafka`.
+    #[cfg(feature = "kafka")]
+    pub fn kafka(name: &str) -> Option<Self> {
+        let Some(brokers) = std::env::var("RAMPART_TEST_KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) else {
+            crate::support::tool_missing(
+                "SERVICES",
+                "Kafka (scripts/services.sh up kafka; RAMPART_TEST_KAFKA_BROKERS)",
+            );
+            return None;
+        };
+        let mut backend = Backend::scale_out(name)?;
+        let Backend::Mongodb { env } = &mut backend else { return None };
+        let database = env.iter().find(|(k, _)| k == "RAMPART__MONGODB__DATABASE").map(|(_, v)| v.clone());
+        let nonce = database.unwrap_or_default().rsplit('_').next().unwrap_or_default().to_owned();
+        env.extend([
+            ("RAMPART__TRANSPORT__KIND".into(), "kafka".into()),
+            ("RAMPART__KAFKA__BROKERS".into(), brokers),
+            ("RAMPART__KAFKA__TOPIC".into(), format!("rampart.test.{name}.{nonce}")),
+            ("RAMPART__KAFKA__GROUP_PREFIX".into(), format!("rampart-test-{name}-{nonce}-")),
+            ("RAMPART__KAFKA__PARTITIONS".into(), "3".into()),
+            ("RAMPART__KAFKA__SESSION_TIMEOUT".into(), "6s".into()),
+        ]);
+        Some(backend)
+    }
+
     /// The value this backend sets for `key`, if any.
     pub fn get(&self, key: &str) -> Option<&str> {
         match self {

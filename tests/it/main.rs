@@ -13,6 +13,8 @@ mod deployment;
 mod disk_full;
 mod faults;
 mod http_boundary;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod lifecycle;
 mod logging;
 mod metrics;

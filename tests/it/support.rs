@@ -263,6 +263,15 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 
 impl Drop for RampartProcess {
     fn drop(&mut self) {
+        // A failing test shows the end of what its server said.
+        if std::thread::panicking() {
+            let output = self.output.lock();
+            let lines: Vec<&str> = output.lines().collect();
+            eprintln!("--- {}: last lines of its log ---", self.base_url);
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -311,6 +320,14 @@ impl Http {
 
     pub async fn get(&self, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
         self.request(awc::http::Method::GET, url, token, None).await
+    }
+
+    /// A text body (`/metrics`).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code, reason = "used by the Kafka suite"))]
+    pub async fn get_text(&self, url: &str) -> String {
+        let mut response = self.client.get(url).send().await.expect("request sent");
+        let bytes = response.body().limit(8 << 20).await.expect("body");
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     pub async fn post(&self, url: &str, token: Option<&str>, body: serde_json::Value) -> (u16, serde_json::Value) {

@@ -586,7 +586,7 @@ impl MongoChat {
                 sender: message.sender.clone(),
                 client_msg_id: message.client_msg_id.clone(),
                 body: message.body.clone(),
-                created_at,
+                created_at: message.created_at_ms.map(DateTime::from_millis).unwrap_or(created_at),
                 search_pending: self.inner.flag_unindexed.then_some(true),
             })
             .collect();

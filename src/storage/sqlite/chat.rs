@@ -582,13 +582,14 @@ fn commit_in(
             fail_point()?;
         }
         inspect(message);
+        let created_at_ms = message.created_at_ms.unwrap_or(now_ms);
         let inserted = insert.execute(params![
             message.id,
             message.conversation,
             message.sender,
             message.client_msg_id,
             message.body,
-            now_ms
+            created_at_ms
         ])?;
         if inserted == 1 {
             let seq = transaction.last_insert_rowid();
@@ -601,7 +602,7 @@ fn commit_in(
                     sender: message.sender.clone(),
                     client_msg_id: message.client_msg_id.clone(),
                     body: message.body.clone(),
-                    created_at_ms: now_ms,
+                    created_at_ms,
                 },
                 duplicate: false,
             });
@@ -705,6 +706,7 @@ mod tests {
             sender: sender.into(),
             client_msg_id: client_msg_id.into(),
             body: format!("hello from {sender}"),
+            created_at_ms: None,
         }
     }
 
