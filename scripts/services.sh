@@ -426,6 +426,8 @@ case "$command" in
         echo "export RAMPART_TEST_MONGODB_URI=mongodb://$MONGODB_ADDR/?directConnection=true"
         echo "export RAMPART_TEST_ELASTICSEARCH_URL=$(opensearch_url)"
         echo "export RAMPART_TEST_KAFKA_BROKERS=$KAFKA_ADDR"
+        # Kafka's own command-line tools (console producer/consumer, consumer groups) for tests.
+        echo "export RAMPART_TEST_KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs"
         ;;
     *)
         sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'

@@ -7,13 +7,13 @@
 //! With Kafka an ack means "the brokers have it", so reads after an ack poll until the writer
 //! consumer has stored the message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::chat_client::{Backend, ChatServer, WsClient};
-use crate::support::eventually;
+use crate::chat_client::{Backend, ChatServer, WsClient, ADMIN_TOKEN};
+use crate::support::{eventually, Proxy};
 
 /// Waits until `conversation` holds exactly the messages `acked` names (client id → id), each
 /// once, and nothing else but `extra` more.
@@ -159,4 +159,363 @@ async fn kafka_users_on_two_processes_chat_in_real_time() {
         received.push(next_push(&mut carol).await["body"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(received, ["for carol 0", "for carol 1", "for carol 2"]);
+}
+
+/// Kafka's own command-line tools (`RAMPART_TEST_KAFKA_LIBS`, from `scripts/services.sh env`), on
+/// the test's thread: each call starts a JVM (about a second).
+struct KafkaTools {
+    libs: String,
+    brokers: String,
+}
+
+impl KafkaTools {
+    fn new(backend: &Backend) -> Self {
+        let libs = std::env::var("RAMPART_TEST_KAFKA_LIBS").unwrap_or_default();
+        assert!(std::path::Path::new(&libs).is_dir(), "RAMPART_TEST_KAFKA_LIBS names Kafka's jars: {libs:?}");
+        Self { libs, brokers: backend.get("RAMPART__KAFKA__BROKERS").unwrap_or_default().to_owned() }
+    }
+
+    fn run(&self, class: &str, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write as _;
+        let classpath = format!("{}/*", self.libs);
+        let mut command = std::process::Command::new("java");
+        command
+            .args([
+                "-Xmx256m",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+                &classpath,
+                class,
+                "--bootstrap-server",
+                &self.brokers,
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().expect("java runs Kafka's tools");
+        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+            input.write_all(text.as_bytes()).expect("tool input");
+        }
+        let output = child.wait_with_output().expect("tool output");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Writes one record per line (no key, no headers) to `topic`.
+    fn produce(&self, topic: &str, lines: &str) {
+        self.run("org.apache.kafka.tools.ConsoleProducer", &["--topic", topic], Some(lines));
+    }
+
+    /// The first `count` records of `topic` (waits up to 30 s for them), each as
+    /// `headers<TAB>value` with headers `key:value,…`.
+    fn records(&self, topic: &str, count: usize) -> Vec<String> {
+        let count = count.to_string();
+        let output = self.run(
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+            &[
+                "--topic",
+                topic,
+                "--from-beginning",
+                "--max-messages",
+                &count,
+                "--timeout-ms",
+                "30000",
+                "--formatter-property",
+                "print.headers=true",
+            ],
+            None,
+        );
+        output.lines().map(str::to_owned).collect()
+    }
+
+    /// `(partition, log end offset, lag)` of `group` on its topic, from the committed offsets
+    /// (lag `-` on a partition nothing was committed on).
+    fn lag(&self, group: &str) -> Vec<(String, String, String)> {
+        let output = self.run(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            &["--describe", "--group", group],
+            None,
+        );
+        output
+            .lines()
+            .filter_map(|line| {
+                let columns: Vec<&str> = line.split_whitespace().collect();
+                // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG …
+                (columns.len() >= 6 && columns[2].parse::<i32>().is_ok())
+                    .then(|| (columns[2].to_owned(), columns[4].to_owned(), columns[5].to_owned()))
+            })
+            .collect()
+    }
+}
+
+#[actix_rt::test]
+async fn kafka_poison_and_invalid_records_go_to_the_dead_letter_topic_with_headers_and_the_rest_is_committed() {
+    let Some(backend) = Backend::kafka("dlq") else { return };
+    let tools = KafkaTools::new(&backend);
+    let topic = backend.get("RAMPART__KAFKA__TOPIC").unwrap_or_default().to_owned();
+    let group = format!("{}writer", backend.get("RAMPART__KAFKA__GROUP_PREFIX").unwrap_or_default());
+    let chat = backend.start(&[("RAMPART__CHAOS__ENABLED", "true")]);
+    chat.create_user("alice").await;
+    let conversation = chat.conversation("alice", &[]).await;
+    let mut alice = chat.ws("alice").await;
+    let mut acked = HashMap::new();
+    for n in 0..30 {
+        let body = if n == 13 { format!("boom {}", rampart::chat::CHAOS_POISON_MARKER) } else { format!("fine {n}") };
+        alice.send_message(&conversation, &format!("p{n}"), &body).await;
+        let ack = alice.next_json().await;
+        assert_eq!(ack["type"], "ack", "an ack means Kafka has it: {ack}");
+        if n != 13 {
+            acked.insert(format!("p{n}"), ack["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    // Something that is not a message, written to the topic by another producer.
+    tools.produce(&topic, "this is not a rampart message\n");
+
+    // Both land on the dead-letter topic with their headers; everything else is stored once.
+    let dead = tools.records(&format!("{topic}.dlq"), 2);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let poison = dead.iter().find(|line| line.contains("rampart-error-class:rejected")).expect("the poison record");
+    let invalid = dead.iter().find(|line| line.contains("rampart-error-class:invalid")).expect("the invalid record");
+    for header in [
+        "rampart-original-topic:",
+        "rampart-original-partition:",
+        "rampart-original-offset:",
+        "rampart-attempts:",
+        "rampart-actor:/root/chat/kafka_writer",
+        "rampart-dead-lettered-at:",
+        "rampart-error-message:",
+    ] {
+        assert!(poison.contains(header) && invalid.contains(header), "{header} in {dead:?}");
+    }
+    assert!(poison.contains("traceparent:00-"), "the original's headers travel along: {poison}");
+    assert!(poison.contains("boom"), "the original value: {poison}");
+    assert!(invalid.ends_with("this is not a rampart message"), "{invalid}");
+    stored_exactly(&chat, "alice", &conversation, &acked, 0).await;
+    // Listed for operators like any dead letter.
+    let (_, letters) = chat.http.get(&chat.url("/admin/dead-letters"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(letters["dead_letters"].as_array().map(Vec::len), Some(2), "{letters}");
+    // Their offsets were committed with the rest: the writer group has nothing left to read.
+    eventually("the writer group committed every offset", Duration::from_secs(30), || {
+        let lags = tools.lag(&group);
+        let done = lags.len() == 3 && lags.iter().all(|(_, end, lag)| lag == "0" || end == "0");
+        if !done {
+            eprintln!("writer group lag: {lags:?}");
+        }
+        async move { done }
+    })
+    .await;
+}
+
+/// Acks and refusals of a load run.
+#[derive(Default)]
+struct Load {
+    acked: HashMap<String, String>,
+    refused: Vec<(String, String)>,
+}
+
+impl Load {
+    async fn burst(&mut self, ws: &mut WsClient, conversation: &str, prefix: &str, count: usize) {
+        let ids: Vec<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
+        let answers = ws.send_burst(conversation, &ids, &format!("load {prefix}")).await;
+        self.acked.extend(answers.acked);
+        self.refused.extend(answers.refused.into_iter().map(|refusal| (refusal.client_msg_id, refusal.code)));
+    }
+
+    /// Resends every refused message over HTTP until it is acked.
+    async fn resend_refused(&mut self, chat: &ChatServer, conversation: &str) {
+        let token = chat.token("alice");
+        for (client_msg_id, _) in std::mem::take(&mut self.refused) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, ack) = chat.post_message(&token, conversation, &client_msg_id, "resent").await;
+                if status == 201 {
+                    self.acked.insert(client_msg_id, ack["id"].as_str().unwrap_or_default().to_owned());
+                    break;
+                }
+                assert!(status == 503 && Instant::now() < deadline, "{status} {ack}");
+                tokio::time::sleep(Duration::from_millis(100)).await; // poll: Retry-After, shortened
+            }
+        }
+    }
+
+    fn assert_only_unavailable(&self) {
+        let other: Vec<_> = self.refused.iter().filter(|(_, code)| code != "unavailable").collect();
+        assert!(other.is_empty(), "only retryable refusals: {other:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn kafka_panics_in_every_pipeline_actor_during_load_lose_and_duplicate_nothing() {
+    let Some(backend) = Backend::kafka("chaos") else { return };
+    let chat = backend.start(&[
+        ("RAMPART__CHAOS__ENABLED", "true"),
+        ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
+        ("RAMPART__WS__BURST", "100000"),
+    ]);
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let conversation = chat.conversation("alice", &["bob"]).await;
+    let mut alice = chat.ws("alice").await;
+    let actors = [
+        "/root/chat/producer",
+        "/root/chat/kafka_writer",
+        "/root/chat/kafka_feed",
+        "/root/chat/batch_writer",
+        "/root/chat/indexer",
+        "/root/chat/validator",
+    ];
+    let mut load = Load::default();
+    let mut panicked = HashSet::new();
+    for round in 0..12 {
+        let actor = actors[round % actors.len()];
+        // The panic lands while the burst is in flight.
+        let panic_url = chat.url("/admin/chaos/panic");
+        let panic = chat.http.post(&panic_url, Some(ADMIN_TOKEN), json!({"actor": actor}));
+        let (_, (status, body)) =
+            futures_util::future::join(load.burst(&mut alice, &conversation, &format!("r{round}"), 50), panic).await;
+        if status == 202 {
+            panicked.insert(actor);
+        } else {
+            assert_eq!(status, 409, "{body}"); // restarting at that instant
+        }
+    }
+    assert_eq!(panicked.len(), actors.len(), "every actor was made to panic: {panicked:?}");
+    load.assert_only_unavailable();
+    // `unavailable` means "not confirmed, send again": a record whose delivery report was lost
+    // with a producer incarnation may be stored all the same. Resent as a client would, each is
+    // stored once.
+    load.resend_refused(&chat, &conversation).await;
+    assert!(load.acked.len() >= 400, "{} acked of 600", load.acked.len());
+    stored_exactly(&chat, "bob", &conversation, &load.acked, 0).await;
+    let stored = chat.all_messages("bob", &conversation).await.len() as u64;
+    eventually("the index holds every stored message once", Duration::from_secs(60), || async {
+        backend.indexed(&chat.http).await == stored
+    })
+    .await;
+    let (_, listing) = chat.http.get(&chat.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
+    for actor in &panicked {
+        let restarts = listing["actors"]
+            .as_array()
+            .and_then(|all| all.iter().find(|a| a["path"] == *actor))
+            .and_then(|a| a["restarts"].as_u64())
+            .unwrap_or(0);
+        assert!(restarts >= 1, "{actor} restarted: {listing}");
+    }
+}
+
+#[actix_rt::test]
+async fn kafka_kill_9_of_one_process_under_load_loses_and_duplicates_nothing_acked() {
+    let Some(backend) = Backend::kafka("kill9") else { return };
+    let survivor = backend.start(&[]);
+    let mut victim = backend.start(&[]);
+    survivor.create_user("alice").await;
+    survivor.create_user("bob").await;
+    let conversation = survivor.conversation("alice", &["bob"]).await;
+    let mut load = Load::default();
+    {
+        let mut alice = victim.ws("alice").await;
+        for round in 0..6 {
+            load.burst(&mut alice, &conversation, &format!("k{round}"), 100).await;
+        }
+        // Right after the last ack: the victim's writer may hold records it has not stored or
+        // committed; its partitions move to the survivor after the session timeout.
+        victim.process.kill_hard();
+    }
+    load.assert_only_unavailable();
+    stored_exactly(&survivor, "bob", &conversation, &load.acked, 0).await;
+    // A process started again joins and chats with the survivor's users.
+    let again = backend.start(&[]);
+    let mut alice = again.ws("alice").await;
+    let mut bob = survivor.ws("bob").await;
+    alice.send_message(&conversation, "after", "back again").await;
+    assert_eq!(alice.next_json().await["type"], "ack");
+    loop {
+        let frame = next_push(&mut bob).await;
+        bob.send_json(json!({"type": "delivered", "id": frame["id"]})).await;
+        if frame["body"] == "back again" {
+            break;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn kafka_a_process_joining_and_one_leaving_by_sigterm_under_load_lose_and_duplicate_nothing() {
+    let Some(backend) = Backend::kafka("rebalance") else { return };
+    let first = backend.start(&[]);
+    let mut second = backend.start(&[]);
+    first.create_user("alice").await;
+    first.create_user("bob").await;
+    let conversation = first.conversation("alice", &["bob"]).await;
+    let mut alice = first.ws("alice").await;
+    let mut load = Load::default();
+    let mut third = None;
+    for round in 0..12 {
+        load.burst(&mut alice, &conversation, &format!("g{round}"), 100).await;
+        if round == 3 {
+            // A third process joins: the writer group rebalances under load.
+            third = Some(backend.start(&[]));
+        }
+        if round == 7 {
+            // One leaves gracefully: drains its writer, commits, closes.
+            second.process.terminate();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await; // pacing: the load spans the join and the leave
+    }
+    let status = second.process.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", second.process.output());
+    assert!(second.process.output().contains("kafka writer drained"), "the writer drained on SIGTERM");
+    load.assert_only_unavailable();
+    stored_exactly(&first, "bob", &conversation, &load.acked, 0).await;
+    drop(third);
+}
+
+#[actix_rt::test]
+async fn kafka_a_mongodb_outage_commits_no_offset_past_an_unstored_record_and_resumes_by_itself() {
+    let Some(backend) = Backend::kafka("mongo_outage") else { return };
+    let tools = KafkaTools::new(&backend);
+    let group = format!("{}writer", backend.get("RAMPART__KAFKA__GROUP_PREFIX").unwrap_or_default());
+    let uri = backend.get("RAMPART__MONGODB__URI").unwrap_or_default().to_owned();
+    let upstream = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
+    let proxy = Proxy::start(&upstream).await;
+    let through_proxy = format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://"));
+    let chat = backend.start(&[
+        ("RAMPART__MONGODB__URI", &through_proxy),
+        ("RAMPART__MONGODB__OPERATION_TIMEOUT", "1s"),
+        ("RAMPART__PIPELINE__STORAGE_TIMEOUT", "1s"),
+        ("RAMPART__PIPELINE__MAX_ATTEMPTS", "2"),
+        ("RAMPART__PIPELINE__BREAKER__MINIMUM_CALLS", "2"),
+        ("RAMPART__PIPELINE__BREAKER__WINDOW_SIZE", "4"),
+        ("RAMPART__PIPELINE__BREAKER__WAIT_IN_OPEN", "1s"),
+    ]);
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let conversation = chat.conversation("alice", &["bob"]).await;
+    let mut alice = chat.ws("alice").await;
+    let mut load = Load::default();
+    load.burst(&mut alice, &conversation, "before", 50).await;
+    stored_exactly(&chat, "bob", &conversation, &load.acked, 0).await;
+
+    // MongoDB goes away for 10 s. Kafka still takes sends (the members are cached), so senders
+    // keep getting acks; the writer cannot store them and must not commit their offsets.
+    proxy.set_up(false);
+    let down = Instant::now();
+    let mut round = 0;
+    while down.elapsed() < Duration::from_secs(10) {
+        load.burst(&mut alice, &conversation, &format!("during{round}"), 20).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await; // pacing: load spread over the outage
+    }
+    load.assert_only_unavailable();
+    let lag: u64 = tools.lag(&group).iter().filter_map(|(_, _, lag)| lag.parse::<u64>().ok()).sum();
+    let unstored = load.acked.keys().filter(|id| id.starts_with("during")).count() as u64;
+    assert!(unstored > 0, "sends were acked during the outage");
+    assert!(lag >= unstored, "committed offsets stay behind the {unstored} unstored records (lag {lag})");
+    proxy.set_up(true);
+    // Resumes by itself: everything acked is stored once, and the group catches up.
+    stored_exactly(&chat, "bob", &conversation, &load.acked, 0).await;
+    eventually("the writer group committed every offset", Duration::from_secs(30), || {
+        let done = tools.lag(&group).iter().all(|(_, end, lag)| lag == "0" || end == "0");
+        async move { done }
+    })
+    .await;
 }

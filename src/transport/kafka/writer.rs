@@ -136,8 +136,12 @@ impl StreamHandler<Event> for KafkaWriter {
         }
     }
 
+    /// The consumer thread ended: after a graceful close (it committed and closed first), or
+    /// because it failed.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        if !self.stopping {
+        if self.stopping {
+            tracing::info!("kafka writer drained, offsets committed, consumer closed");
+        } else {
             tracing::error!("the kafka writer's consumer thread ended; restarting the writer with a new consumer");
         }
         self.consumer = None;
@@ -303,8 +307,8 @@ impl KafkaWriter {
             return;
         }
         let Some(consumer) = self.consumer.take() else { return };
+        // `finished` normally comes first; this bounds a close that hangs (brokers gone).
         ctx.spawn(consumer.close(Duration::from_secs(5)).into_actor(self).map(|(), writer, ctx| {
-            tracing::info!("kafka writer drained, offsets committed, consumer closed");
             writer.closed = true;
             ctx.stop();
         }));
