@@ -332,10 +332,9 @@ impl Config {
         if self.search.kind == crate::storage::SearchKind::Elasticsearch {
             self.elasticsearch.validate()?;
         }
+        // Whether this build has Kafka support is checked at start, not here: check-config
+        // validates a deployment's settings on any build.
         if self.transport.kind == crate::transport::TransportKind::Kafka {
-            if !crate::transport::KAFKA_COMPILED {
-                return Err("transport.kind = \"kafka\" needs a build with Kafka support (cargo build --release --features kafka)".into());
-            }
             if self.storage.kind != crate::storage::StorageKind::Mongodb {
                 return Err(
                     "transport.kind = \"kafka\" needs storage.kind = \"mongodb\": every process writes the same store"

@@ -266,6 +266,12 @@ pub async fn start(
     breakers: &CircuitBreakers,
     dead_letter_queue: &'static crate::queue::WakeQueue<crate::supervision::QuarantineRecord>,
 ) -> anyhow::Result<Arc<Chat>> {
+    #[cfg(not(feature = "kafka"))]
+    if config.transport.kind == crate::transport::TransportKind::Kafka {
+        anyhow::bail!(
+            "transport.kind = \"kafka\" needs a build with Kafka support: cargo build --release --features kafka"
+        );
+    }
     let data_dir = &config.storage.data_dir;
     let wal = config.storage.wal_policy();
     // With MongoDB and an external engine, each message carries an "unindexed" flag from its

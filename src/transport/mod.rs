@@ -128,6 +128,3 @@ impl KafkaConfig {
         }
     }
 }
-
-/// Whether this build can run `transport.kind = "kafka"`.
-pub const KAFKA_COMPILED: bool = cfg!(feature = "kafka");

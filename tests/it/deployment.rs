@@ -8,13 +8,49 @@ fn seconds(text: &str) -> u64 {
     humantime::parse_duration(text).expect("duration").as_secs()
 }
 
+const SCALE_OUT_MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docker/kubernetes-scale-out.yaml");
+
 #[test]
-fn the_kubernetes_example_probes_the_right_routes_within_the_grace_period() {
-    let text = std::fs::read_to_string(MANIFEST).expect("manifest");
+fn the_kubernetes_examples_probe_the_right_routes_within_the_grace_period() {
+    for manifest in [MANIFEST, SCALE_OUT_MANIFEST] {
+        check_manifest(manifest);
+    }
+}
+
+#[test]
+fn the_scale_out_kubernetes_example_runs_three_replicas_on_kafka_with_settings_the_binary_accepts() {
+    let deployment = deployment(SCALE_OUT_MANIFEST);
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let env: Vec<(String, String)> = container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|entry| {
+            let value = entry["value"].as_str().unwrap_or("from-a-secret");
+            let value = if entry["name"] == "RAMPART__MONGODB__URI" { "mongodb://mongodb:27017" } else { value };
+            (entry["name"].as_str().expect("name").to_owned(), value.to_owned())
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, output) = crate::support::run_to_exit(&pairs, &["check-config"]);
+    assert_eq!(status.code(), Some(0), "the manifest's settings are refused: {output}");
+    let effective: serde_json::Value = serde_json::from_str(&output).expect("check-config JSON");
+    assert_eq!(effective["transport"]["kind"], "kafka");
+    assert_eq!(effective["storage"]["kind"], "mongodb");
+    assert_eq!(effective["kafka"]["replication_factor"], 3);
+}
+
+fn deployment(manifest: &str) -> Value {
+    let text = std::fs::read_to_string(manifest).expect("manifest");
     let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_yaml::with::singleton_map_recursive::deserialize(doc).expect("YAML"))
         .collect();
-    let deployment = documents.iter().find(|doc| doc["kind"] == "Deployment").expect("a Deployment");
+    documents.into_iter().find(|doc| doc["kind"] == "Deployment").expect("a Deployment")
+}
+
+fn check_manifest(manifest: &str) {
+    let deployment = deployment(manifest);
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
@@ -64,6 +100,13 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
     let effective: serde_json::Value = serde_json::from_str(&output).expect("check-config JSON");
     assert_eq!(effective["search"]["kind"], "elasticsearch");
     assert_eq!(effective["storage"]["kind"], "mongodb");
+    assert_eq!(effective["transport"]["kind"], "kafka");
+    assert_eq!(rampart["deploy"]["replicas"], 3, "several processes as one service");
+    assert_eq!(rampart["build"]["args"]["FEATURES"], "kafka", "the image is built with the Kafka transport");
+    let brokers = environment.get("RAMPART__KAFKA__BROKERS").and_then(Value::as_str).expect("brokers");
+    let host = brokers.split(':').next().expect("host");
+    assert!(services.get(host).is_some(), "{host} is a compose service");
+    assert!(brokers.ends_with(":9092"), "{brokers}");
     assert_eq!(effective["http"]["bind"], "0.0.0.0:8080");
     assert_eq!(effective["admin"]["token"], "<redacted>");
 
@@ -77,7 +120,7 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
     assert!(services.get(host).is_some(), "{host} is a compose service");
     assert!(uri.contains(":27017/"), "{uri}");
     // The published port is the one rampart binds, and the grace period covers its shutdown.
-    assert_eq!(rampart["ports"][0], "8080:8080");
+    assert_eq!(rampart["ports"][0], "8080-8082:8080", "one host port per replica");
     let timeout = environment.get("RAMPART__SHUTDOWN__TIMEOUT").and_then(Value::as_str).map(seconds).unwrap();
     let grace = rampart["stop_grace_period"].as_str().map(seconds).expect("stop_grace_period");
     assert!(grace > timeout, "docker waits {grace}s, rampart may take {timeout}s");
@@ -85,7 +128,8 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
     // Prometheus scrapes rampart and loads the shipped rules, mounted from the repository.
     let prometheus: Value =
         serde_yaml::from_str(&std::fs::read_to_string(COMPOSE_PROMETHEUS).expect("prometheus.yml")).expect("YAML");
-    assert_eq!(prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0], "rampart:8080");
+    let discovery = &prometheus["scrape_configs"][0]["dns_sd_configs"][0];
+    assert_eq!((discovery["names"][0].as_str(), discovery["port"].as_u64()), (Some("rampart"), Some(8080)));
     assert_eq!(prometheus["scrape_configs"][0]["metrics_path"], "/metrics");
     let rules = prometheus["rule_files"][0].as_str().expect("rule file");
     let mounts = services["prometheus"]["volumes"].as_sequence().expect("volumes");

@@ -519,3 +519,96 @@ async fn kafka_a_mongodb_outage_commits_no_offset_past_an_unstored_record_and_re
     })
     .await;
 }
+
+/// A Kafka broker of one test's own (`scripts/services.sh` on a directory and port of its own),
+/// so it can be stopped without touching the broker the other tests share.
+struct PrivateKafka {
+    dir: tempfile::TempDir,
+    address: String,
+}
+
+impl PrivateKafka {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Two free neighbouring ports: the broker's and, next to it, the controller's.
+        let address = loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+            let port = probe.local_addr().expect("port").port();
+            if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+                break format!("127.0.0.1:{port}");
+            }
+        };
+        let kafka = Self { dir, address };
+        kafka.services("up");
+        kafka
+    }
+
+    fn services(&self, command: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+        let output = std::process::Command::new(script)
+            .args([command, "kafka"])
+            .env("RAMPART_SERVICES_DIR", self.dir.path())
+            .env("RAMPART_KAFKA_ADDR", &self.address)
+            .output()
+            .expect("services.sh runs");
+        assert!(output.status.success(), "services.sh {command} kafka: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+        let _ = std::process::Command::new(script)
+            .args(["down", "kafka"])
+            .env("RAMPART_SERVICES_DIR", self.dir.path())
+            .env("RAMPART_KAFKA_ADDR", &self.address)
+            .output();
+    }
+}
+
+#[actix_rt::test]
+async fn kafka_a_broker_outage_answers_unavailable_never_a_false_ack_and_recovers() {
+    let Some(backend) = Backend::kafka("broker_outage") else { return };
+    let kafka = PrivateKafka::start();
+    let chat = backend.start(&[
+        ("RAMPART__KAFKA__BROKERS", &kafka.address),
+        ("RAMPART__KAFKA__DELIVERY_TIMEOUT", "2s"),
+        ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
+        ("RAMPART__WS__BURST", "100000"),
+    ]);
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let conversation = chat.conversation("alice", &["bob"]).await;
+    let mut alice = chat.ws("alice").await;
+    let mut load = Load::default();
+    load.burst(&mut alice, &conversation, "before", 50).await;
+    assert!(load.refused.is_empty(), "{:?}", load.refused);
+
+    kafka.services("down");
+    let down = Instant::now();
+    let mut round = 0;
+    let mut saw_warn = false;
+    while down.elapsed() < Duration::from_secs(10) {
+        load.burst(&mut alice, &conversation, &format!("down{round}"), 20).await;
+        round += 1;
+        if !saw_warn {
+            let (status, ready) = chat.http.get(&chat.url("/ready"), None).await;
+            saw_warn = status == 200 && ready["checks"]["kafka:brokers"][0]["status"] == "warn";
+        }
+    }
+    load.assert_only_unavailable();
+    let refused = load.refused.len();
+    assert!(refused > 0, "senders were told the brokers did not take their messages");
+    assert!(saw_warn, "readiness warned while the brokers were away");
+
+    kafka.services("up");
+    // Sends are acked again by themselves; the refused ones, resent, are stored once, and
+    // every ack given (before, during, after) is a stored message.
+    eventually("sends are acked again", Duration::from_secs(60), || async {
+        chat.post_message(&chat.token("alice"), &conversation, "after", "after the outage").await.0 == 201
+    })
+    .await;
+    load.resend_refused(&chat, &conversation).await;
+    stored_exactly(&chat, "bob", &conversation, &load.acked, 1).await;
+    eprintln!("broker outage: {refused} refused unavailable in {round} rounds, {} acked in all", load.acked.len());
+}

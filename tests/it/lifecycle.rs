@@ -83,6 +83,30 @@ fn an_unreachable_mongodb_fails_start_up_naming_it() {
 }
 
 #[test]
+fn kafka_settings_are_checked_and_a_build_without_kafka_says_how_to_get_it() {
+    let kafka = [
+        ("RAMPART__STORAGE__KIND", "mongodb"),
+        ("RAMPART__MONGODB__URI", "mongodb://127.0.0.1:9/?directConnection=true"),
+        ("RAMPART__TRANSPORT__KIND", "kafka"),
+        ("RAMPART__KAFKA__BROKERS", "kafka-0:9092,kafka-1:9092"),
+    ];
+    let (status, output) = run_to_exit(&kafka, &["check-config"]);
+    assert_eq!(status.code(), Some(0), "{output}");
+    let (status, output) = run_to_exit(&[("RAMPART__TRANSPORT__KIND", "kafka")], &["check-config"]);
+    assert_eq!(status.code(), Some(2), "every process must share one store: {output}");
+    assert!(output.contains("storage.kind"), "{output}");
+    let (status, output) =
+        run_to_exit(&[kafka[0], kafka[1], kafka[2], ("RAMPART__KAFKA__TOPIC", "no spaces")], &["check-config"]);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("kafka.topic"), "{output}");
+    if !cfg!(feature = "kafka") {
+        let (status, output) = run_to_exit(&kafka, &[]);
+        assert_eq!(status.code(), Some(1), "{output}");
+        assert!(output.contains("--features kafka"), "{output}");
+    }
+}
+
+#[test]
 fn unknown_command_line_flag_exits_2() {
     let (status, _) = run_to_exit(&[], &["--no-such-flag"]);
     assert_eq!(status.code(), Some(2));
