@@ -15,6 +15,9 @@
 //!
 //! With `BENCH_MONGODB_URI` (e.g. `mongodb://127.0.0.1:27017/?directConnection=true` from
 //! `scripts/services.sh up mongodb`) chat is stored in MongoDB instead, a fresh database per run.
+//! Adding `BENCH_KAFKA_BROKERS` (e.g. `127.0.0.1:9092`, `scripts/services.sh up kafka`; build with
+//! `--features kafka`) sends messages through the Kafka transport, a fresh topic per run: an ack
+//! then means the brokers have the message.
 //!
 //! Run: `cargo bench -p rampart-bench --bench chat` (BENCH_SECONDS per run, default 5;
 //! BENCH_CLIENTS, default 50; BENCH_RUNS, default `1,2,3,4`, a subset; BENCH_WAL_CHECKPOINT_BYTES
@@ -73,6 +76,13 @@ fn start_app(data_dir: &std::path::Path, batch_max_messages: usize) -> (SocketAd
         config.storage.kind = rampart::storage::StorageKind::Mongodb;
         config.mongodb.uri = uri;
         config.mongodb.database = format!("rampart_bench_{}_{}", std::process::id(), address.port());
+    }
+    if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
+        assert!(cfg!(feature = "kafka"), "BENCH_KAFKA_BROKERS needs `--features kafka`");
+        config.transport.kind = rampart::transport::TransportKind::Kafka;
+        config.kafka.brokers = brokers;
+        config.kafka.topic = format!("rampart.bench.{}.{}", std::process::id(), address.port());
+        config.kafka.group_prefix = format!("rampart-bench-{}-{}-", std::process::id(), address.port());
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -418,10 +428,13 @@ fn main() {
     // BENCH_RUNS=1,4 runs a subset (run 4 needs run 1's rate).
     let runs = std::env::var("BENCH_RUNS").unwrap_or_else(|_| "1,2,3,4".into());
     let selected = |run: &str| runs.split(',').any(|selected| selected.trim() == run);
-    let store = match std::env::var("BENCH_MONGODB_URI") {
+    let mut store = match std::env::var("BENCH_MONGODB_URI") {
         Ok(uri) => format!("MongoDB at {uri}"),
         Err(_) => "embedded SQLite".to_owned(),
     };
+    if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
+        store = format!("Kafka at {brokers} and {store}");
+    }
     println!("chat pipeline on {store}, {clients} WebSocket clients, {seconds} s per run, loopback");
     let batched = run("1. throughput (batch writer, 500/1MiB/5ms)", 500, clients, seconds, None);
     if selected("2") {

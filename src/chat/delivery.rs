@@ -253,7 +253,7 @@ impl Handler<Committed> for DeliveryHub {
         let lookup = async move {
             for conversation in uncached {
                 if let Err(error) = directory.members(&conversation).await {
-                    tracing::warn!(%error, conversation, "members not found; those messages stay pending");
+                    tracing::warn!(%error, conversation, "looking up members failed; those messages stay pending");
                 }
             }
         };

@@ -3,9 +3,13 @@
 //! Owns: the `/root/chat` subtree (see actors.md) and the runtime handles HTTP handlers use
 //! (`Chat`). The pipeline is session → validator → batch writer → storage; after each commit the
 //! batch writer pokes the indexer (search, asynchronous) and hands the new messages to delivery.
+//! With the Kafka transport (`crate::transport`) the validator hands messages to the producer
+//! instead, the writer consumer feeds the batch writer, and new messages reach delivery on every
+//! process through the feed.
 //!
 //! Architecture Invariant: a client is told "ack" only after its message is committed (the
-//! batch writer replies after the transaction returned). Message ids are derived from
+//! batch writer replies after the transaction returned), or with Kafka once the brokers have the
+//! record (which is then stored before its offset is committed). Message ids are derived from
 //! (sender, client_msg_id), so every retry — by the client, by a restarted batch writer, by a
 //! dead-letter replay — lands on the same row.
 

@@ -1,7 +1,8 @@
 //! `Validator` (`/root/chat/validator`): the pipeline's first stage.
 //!
 //! Owns: the decision whether a message may be stored — its sender is a user, the sender is a
-//! member of the conversation — before it reaches the batch writer. A sender that is not a
+//! member of the conversation — before it reaches the batch writer (or, with the Kafka transport,
+//! the producer). A sender that is not a
 //! user yet is retried with backoff for `pipeline.unknown_sender_wait` (another service may be
 //! creating it) before `unknown_sender` and a dead letter.
 //!
@@ -32,7 +33,7 @@ pub enum Next {
     Kafka(ActorHandle<crate::transport::kafka::Producer>),
 }
 
-/// Check a message and pass it on to the batch writer.
+/// Check a message and pass it on to the next stage (`Next`).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Validate(pub Submission);

@@ -463,6 +463,7 @@ async fn kafka_a_process_joining_and_one_leaving_by_sigterm_under_load_lose_and_
     }
     let status = second.process.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{}", second.process.output());
+    // Drained, then closed (or, on a loaded machine, left closing in the background).
     assert!(second.process.output().contains("kafka writer drained"), "the writer drained on SIGTERM");
     load.assert_only_unavailable();
     stored_exactly(&first, "bob", &conversation, &load.acked, 0).await;

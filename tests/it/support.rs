@@ -293,7 +293,11 @@ pub struct Http {
 
 impl Http {
     pub fn new() -> Self {
-        Self { client: awc::Client::builder().timeout(Duration::from_secs(10)).finish() }
+        // Idle connections are dropped before the server's 5 s keep-alive closes them: reusing
+        // one the server already closed fails the request with `Disconnected` (seen after a
+        // test paused longer than that, e.g. while a Kafka tool ran).
+        let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(3));
+        Self { client: awc::Client::builder().connector(connector).timeout(Duration::from_secs(10)).finish() }
     }
 
     pub async fn request(

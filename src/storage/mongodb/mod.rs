@@ -468,6 +468,7 @@ impl MongoChat {
                 .find(filter)
                 .sort(doc! {"activity": -1, "_id": -1})
                 .limit(i64::from(limit))
+                .max_time(self.inner.timeout)
                 .await?
                 .try_collect()
                 .await?;
@@ -514,7 +515,11 @@ impl MongoChat {
             let mut known = HashSet::new();
             if !others.is_empty() {
                 let users = self.inner.users.clone_with_type::<Document>();
-                let mut found = users.find(doc! {"_id": {"$in": &others}}).projection(doc! {"_id": 1}).await?;
+                let mut found = users
+                    .find(doc! {"_id": {"$in": &others}})
+                    .projection(doc! {"_id": 1})
+                    .max_time(self.inner.timeout)
+                    .await?;
                 while let Some(user) = found.try_next().await? {
                     if let Ok(id) = user.get_str("_id") {
                         known.insert(id.to_owned());
@@ -547,7 +552,11 @@ impl MongoChat {
         // Expected plan: IXSCAN members_activity_id (members = user), covered by the index.
         self.timed(async {
             let conversations = self.inner.conversations.clone_with_type::<Document>();
-            let mut found = conversations.find(doc! {"members": user}).projection(doc! {"_id": 1}).await?;
+            let mut found = conversations
+                .find(doc! {"members": user})
+                .projection(doc! {"_id": 1})
+                .max_time(self.inner.timeout)
+                .await?;
             let mut ids = Vec::new();
             while let Some(conversation) = found.try_next().await? {
                 if let Ok(id) = conversation.get_str("_id") {
@@ -833,8 +842,16 @@ impl MongoChat {
                 },
             };
             let (filter, sort) = history_query(&conversation, before);
-            let messages: Vec<MessageDoc> =
-                self.inner.messages.find(filter).sort(sort).limit(i64::from(limit)).await?.try_collect().await?;
+            let messages: Vec<MessageDoc> = self
+                .inner
+                .messages
+                .find(filter)
+                .sort(sort)
+                .limit(i64::from(limit))
+                .max_time(self.inner.timeout)
+                .await?
+                .try_collect()
+                .await?;
             Ok(Some(messages.into_iter().map(MessageDoc::into_stored).collect()))
         })
         .await
@@ -862,6 +879,7 @@ impl MongoChat {
                 .find(doc! {"seq": {"$gt": seq, "$lt": horizon}})
                 .sort(doc! {"seq": 1})
                 .limit(i64::from(limit))
+                .max_time(self.inner.timeout)
                 .await?
                 .try_collect()
                 .await?;
@@ -891,6 +909,7 @@ impl MongoChat {
                 .find(doc! {"search_pending": true})
                 .sort(doc! {"seq": 1})
                 .limit(i64::from(limit))
+                .max_time(self.inner.timeout)
                 .await?
                 .try_collect()
                 .await?;
@@ -930,6 +949,7 @@ impl MongoChat {
                 .find(doc! {"recipient": &recipient, "state": {"$in": states}, "seq": {"$gt": after_seq}})
                 .sort(doc! {"seq": 1})
                 .limit(i64::from(limit))
+                .max_time(self.inner.timeout)
                 .await?
                 .try_collect()
                 .await?;
@@ -1016,6 +1036,7 @@ impl MongoChat {
                     .find(doc! {"state": IN_FLIGHT, "claimed_at": {"$lt": DateTime::from_millis(stale_before_ms)}})
                     .sort(doc! {"claimed_at": 1})
                     .limit(i64::from(limit))
+                    .max_time(self.inner.timeout)
                     .await?
                     .try_collect()
                     .await?)
@@ -1137,6 +1158,7 @@ impl MongoChat {
                 .find(doc! {})
                 .sort(doc! {"at": -1, "_id": -1})
                 .limit(i64::from(limit))
+                .max_time(self.inner.timeout)
                 .await?
                 .try_collect()
                 .await?;

@@ -78,16 +78,30 @@ pub struct Producer {
     topic: String,
     breaker: Arc<CircuitBreaker>,
     recent: RecentAcks,
+    /// Set once the graceful stop has flushed the producer.
+    flushed: bool,
 }
 
 impl Producer {
     pub fn new(producer: Arc<FutureProducer>, topic: String, breaker: Arc<CircuitBreaker>, recent: RecentAcks) -> Self {
-        Self { producer, topic, breaker, recent }
+        Self { producer, topic, breaker, recent, flushed: false }
     }
 }
 
 impl Actor for Producer {
     type Context = Context<Self>;
+
+    /// Graceful shutdown: wait (on the blocking pool) until librdkafka has delivered what it
+    /// holds, so the delivery reports of messages already sent still answer their senders.
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        if self.flushed {
+            return Running::Stop;
+        }
+        self.flushed = true;
+        let flush = super::flush(self.producer.clone(), Duration::from_secs(5));
+        ctx.spawn(flush.into_actor(self).map(|(), _, ctx| ctx.stop()));
+        Running::Continue
+    }
 }
 
 crate::supervised!(Producer);

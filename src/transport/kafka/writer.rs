@@ -309,6 +309,11 @@ impl KafkaWriter {
         let Some(consumer) = self.consumer.take() else { return };
         // `finished` normally comes first; this bounds a close that hangs (brokers gone).
         ctx.spawn(consumer.close(Duration::from_secs(5)).into_actor(self).map(|(), writer, ctx| {
+            if !writer.closed {
+                tracing::warn!(
+                    "kafka writer drained; its consumer did not close within 5 s and closes in the background"
+                );
+            }
             writer.closed = true;
             ctx.stop();
         }));
