@@ -78,7 +78,9 @@ fn start_app(data_dir: &std::path::Path, batch_max_messages: usize) -> (SocketAd
         config.mongodb.database = format!("rampart_bench_{}_{}", std::process::id(), address.port());
     }
     if let Ok(brokers) = std::env::var("BENCH_KAFKA_BROKERS") {
-        assert!(cfg!(feature = "kafka"), "BENCH_KAFKA_BROKERS needs `--features kafka`");
+        if !cfg!(feature = "kafka") {
+            panic!("BENCH_KAFKA_BROKERS needs `--features kafka`");
+        }
         config.transport.kind = rampart::transport::TransportKind::Kafka;
         config.kafka.brokers = brokers;
         config.kafka.topic = format!("rampart.bench.{}.{}", std::process::id(), address.port());

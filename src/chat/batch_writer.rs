@@ -195,9 +195,11 @@ impl BatchWriter {
                 None if !state.open.is_empty() => {
                     // Admitted before the admission limit came down, and waited too long since:
                     // answered `unavailable` rather than stored late (see `chat::admission`).
-                    let waited = state.open[0].received.elapsed();
-                    if self.admission.expired(waited) {
-                        let keep = state.open.iter().position(|s| !self.admission.expired(s.received.elapsed()));
+                    // Only admitted sends expire: records the Kafka writer hands over (and
+                    // operator replays) hold no admission ticket and nobody waits on them.
+                    let expired = |s: &Submission| s.ticket.is_some() && self.admission.expired(s.received.elapsed());
+                    if expired(&state.open[0]) {
+                        let keep = state.open.iter().position(|s| !expired(s));
                         let keep = keep.unwrap_or(state.open.len());
                         let expired: Vec<Submission> = state.open.drain(..keep).collect();
                         state.open_bytes -= expired.iter().map(|s| s.message.body.len()).sum::<usize>();

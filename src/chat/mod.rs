@@ -365,7 +365,19 @@ pub async fn start(
         (store.clone(), config.pipeline.clone(), delivery.clone(), indexer.clone(), config.chaos.enabled);
     #[cfg(feature = "kafka")]
     let writer_breaker = storage_breaker.clone();
-    let (batch_ledger, batch_admission) = (ledger.clone(), admission.clone());
+    // Sends are admitted by how fast their acks come. Embedded, that is the batch writer's
+    // commits; with Kafka it is the brokers' delivery reports (the producer reports them), and
+    // the batch writer, fed by the writer consumer, gets an admission of its own that no
+    // sender waits on.
+    let batch_admission = match config.transport.kind {
+        crate::transport::TransportKind::Embedded => admission.clone(),
+        crate::transport::TransportKind::Kafka => Admission::new(
+            config.pipeline.max_queue_delay,
+            config.pipeline.batch_max_messages,
+            config.pipeline.queue_capacity,
+        ),
+    };
+    let batch_ledger = ledger.clone();
     let poison_after = config.supervisor.quarantine_after;
     let batch_writer = chat
         .spawn(
@@ -395,7 +407,12 @@ pub async fn start(
         Some(kafka) => {
             kafka.spawn_writer(&chat, batch_writer.clone(), store.clone(), writer_breaker)?;
             let kafka_breaker = breakers.create("kafka", config.pipeline.breaker.clone(), Dependency::SharedOrOptional);
-            Next::Kafka(kafka.spawn_producer(&chat, kafka_breaker, config.pipeline.queue_capacity)?)
+            Next::Kafka(kafka.spawn_producer(
+                &chat,
+                kafka_breaker,
+                admission.clone(),
+                config.pipeline.queue_capacity,
+            )?)
         }
         None => Next::BatchWriter(batch_writer.clone()),
     };

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use super::consumer::{ConsumerSpec, ConsumerThread, Event, Mode};
 use super::record;
@@ -42,7 +42,7 @@ pub struct FeedDeps {
     pub config: KafkaConfig,
     pub client: ClientConfig,
     pub group_prefix: String,
-    pub producer: Arc<FutureProducer>,
+    pub producer: super::SharedProducer,
     pub delivery: ActorHandle<DeliveryHub>,
     /// Next offset per partition of the events topic: a restarted feed resumes there, so a
     /// crash skips no event.
@@ -102,20 +102,24 @@ impl Handler<Announce> for Feed {
                 (start, bytes) = (index + 1, 0);
             }
         }
+        let producer = self.deps.producer.get();
         for event in events {
-            let delivery = self.deps.producer.send_result(FutureRecord::<[u8], [u8]>::to(&topic).payload(&event[..]));
+            let delivery = producer.send_result(FutureRecord::<[u8], [u8]>::to(&topic).payload(&event[..]));
             let Ok(delivery) = delivery else {
                 tracing::warn!(
                     "kafka did not take a committed event; recipients get those messages from their backlog"
                 );
+                self.deps.producer.renew_if_fatal(&producer);
                 continue;
             };
+            let (shared, used) = (self.deps.producer.clone(), producer.clone());
             ctx.spawn(
                 async move {
                     if !matches!(delivery.await, Ok(Ok(_))) {
                         tracing::warn!(
                             "a committed event was not delivered; recipients get those messages from their backlog"
                         );
+                        shared.renew_if_fatal(&used);
                     }
                 }
                 .into_actor(self),

@@ -45,16 +45,53 @@ use super::KafkaConfig;
 /// The client settings every rampart Kafka client shares: brokers, client id, extra properties.
 fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.brokers).set("client.id", "rampart");
+    // No Nagle: records are small and each ack waits on its round trip.
+    client.set("bootstrap.servers", &config.brokers).set("client.id", "rampart").set("socket.nagle.disable", "true");
     for (key, value) in &config.properties {
         client.set(key, value);
     }
     client
 }
 
-/// The process's producer: idempotent (no duplicates from librdkafka's own retries, order kept
-/// per partition), every in-sync replica acknowledges, no linger (each ack waits on it).
-pub fn create_producer(config: &KafkaConfig) -> anyhow::Result<Arc<FutureProducer>> {
+/// The process's producer, shared by every actor that writes to Kafka. librdkafka marks an
+/// idempotent producer as fatally failed when it can no longer promise order without duplicates
+/// (the brokers lost its sequence state, for one); such a producer never sends again, so the
+/// first failure that finds it fatal replaces it with a new one.
+#[derive(Clone)]
+pub struct SharedProducer {
+    config: KafkaConfig,
+    current: Arc<parking_lot::RwLock<Arc<FutureProducer>>>,
+}
+
+impl SharedProducer {
+    fn new(config: &KafkaConfig) -> anyhow::Result<Self> {
+        let producer = create_producer(config)?;
+        Ok(Self { config: config.clone(), current: Arc::new(parking_lot::RwLock::new(producer)) })
+    }
+
+    pub fn get(&self) -> Arc<FutureProducer> {
+        self.current.read().clone()
+    }
+
+    /// After a failed send or delivery through `used`: replaces it if it failed fatally (once,
+    /// whoever notices first).
+    pub fn renew_if_fatal(&self, used: &Arc<FutureProducer>) {
+        let Some((code, reason)) = used.client().fatal_error() else { return };
+        let mut current = self.current.write();
+        if !Arc::ptr_eq(&current, used) {
+            return;
+        }
+        tracing::error!(%code, reason, "the kafka producer failed fatally; replacing it");
+        match create_producer(&self.config) {
+            Ok(fresh) => *current = fresh,
+            Err(error) => tracing::error!(%error, "could not create a new kafka producer"),
+        }
+    }
+}
+
+/// A producer: idempotent (no duplicates from librdkafka's own retries, order kept per
+/// partition), every in-sync replica acknowledges, no linger (each ack waits on it).
+fn create_producer(config: &KafkaConfig) -> anyhow::Result<Arc<FutureProducer>> {
     let producer: FutureProducer = client_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -134,7 +171,7 @@ pub struct Kafka {
     config: KafkaConfig,
     /// How long start-up waits for the brokers.
     wait: Duration,
-    producer: Arc<FutureProducer>,
+    producer: SharedProducer,
     recent: producer::RecentAcks,
 }
 
@@ -142,7 +179,7 @@ impl Kafka {
     /// Creates the producer and the missing topics; waits for the brokers up to `wait`.
     pub async fn connect(config: &KafkaConfig, wait: Duration) -> anyhow::Result<Self> {
         ensure_topics(config, wait).await?;
-        let producer = create_producer(config)?;
+        let producer = SharedProducer::new(config)?;
         Ok(Self { config: config.clone(), wait, producer, recent: producer::RecentAcks::default() })
     }
 
@@ -208,12 +245,18 @@ impl Kafka {
         &self,
         chat: &SupervisorHandle,
         breaker: Arc<CircuitBreaker>,
+        admission: Arc<crate::chat::Admission>,
         mailbox: usize,
     ) -> anyhow::Result<ActorHandle<Producer>> {
         let (producer, topic, recent) = (self.producer.clone(), self.config.topic.clone(), self.recent.clone());
         chat.spawn(
-            ChildSpec::new("producer", move || {
-                Producer::new(producer.clone(), topic.clone(), breaker.clone(), recent.clone())
+            ChildSpec::new("producer", move || Producer {
+                producer: producer.clone(),
+                topic: topic.clone(),
+                breaker: breaker.clone(),
+                recent: recent.clone(),
+                admission: admission.clone(),
+                flushed: false,
             })
             .mailbox_capacity(mailbox),
         )
@@ -222,6 +265,6 @@ impl Kafka {
 
     /// Readiness: the brokers answer within `timeout`.
     pub async fn check(&self, timeout: Duration) -> Result<usize, String> {
-        check_brokers(self.producer.clone(), timeout).await
+        check_brokers(self.producer.get(), timeout).await
     }
 }

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
-use super::record;
-use crate::chat::{Ack, SendError, Submission};
+use super::{record, SharedProducer};
+use crate::chat::{Ack, Admission, SendError, Submission};
 use crate::resilience::{CircuitBreaker, Outcome};
 use crate::supervision::SupervisedMessage;
 
@@ -74,18 +74,14 @@ impl RecentAcks {
 }
 
 pub struct Producer {
-    producer: Arc<FutureProducer>,
-    topic: String,
-    breaker: Arc<CircuitBreaker>,
-    recent: RecentAcks,
+    pub(super) producer: SharedProducer,
+    pub(super) topic: String,
+    pub(super) breaker: Arc<CircuitBreaker>,
+    pub(super) recent: RecentAcks,
+    /// Told how long each confirmed send waited: with Kafka, that is what admits sends.
+    pub(super) admission: Arc<Admission>,
     /// Set once the graceful stop has flushed the producer.
-    flushed: bool,
-}
-
-impl Producer {
-    pub fn new(producer: Arc<FutureProducer>, topic: String, breaker: Arc<CircuitBreaker>, recent: RecentAcks) -> Self {
-        Self { producer, topic, breaker, recent, flushed: false }
-    }
+    pub(super) flushed: bool,
 }
 
 impl Actor for Producer {
@@ -98,7 +94,7 @@ impl Actor for Producer {
             return Running::Stop;
         }
         self.flushed = true;
-        let flush = super::flush(self.producer.clone(), Duration::from_secs(5));
+        let flush = super::flush(self.producer.get(), Duration::from_secs(5));
         ctx.spawn(flush.into_actor(self).map(|(), _, ctx| ctx.stop()));
         Running::Continue
     }
@@ -126,9 +122,11 @@ impl Handler<Produce> for Producer {
             .payload(&payload)
             .timestamp(created_at_ms)
             .headers(record::message_headers(&submission.message));
-        let delivery = match self.producer.send_result(record) {
+        let producer = self.producer.get();
+        let delivery = match producer.send_result(record) {
             Ok(delivery) => delivery,
             Err((error, _)) => {
+                self.producer.renew_if_fatal(&producer);
                 // The local queue is full (the brokers are slow or gone): refuse at once.
                 let overloaded = matches!(error, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
                 self.breaker.record(permit, if overloaded { Outcome::Success } else { Outcome::Failure });
@@ -139,7 +137,8 @@ impl Handler<Produce> for Producer {
         let metrics = crate::telemetry::metrics();
         metrics.kafka_producer_in_flight.inc();
         let started = Instant::now();
-        let (breaker, recent) = (self.breaker.clone(), self.recent.clone());
+        let (breaker, recent, shared, admission) =
+            (self.breaker.clone(), self.recent.clone(), self.producer.clone(), self.admission.clone());
         ctx.spawn(
             async move {
                 let result = delivery.await;
@@ -148,6 +147,7 @@ impl Handler<Produce> for Producer {
                 match result {
                     Ok(Ok(_)) => {
                         breaker.record(permit, Outcome::Success);
+                        admission.committed(started.elapsed(), 1);
                         let ack = Ack {
                             client_msg_id: submission.message.client_msg_id.clone(),
                             id: submission.message.id.clone(),
@@ -158,6 +158,7 @@ impl Handler<Produce> for Producer {
                     }
                     Ok(Err((error, _))) => {
                         breaker.record(permit, Outcome::Failure);
+                        shared.renew_if_fatal(&producer);
                         tracing::warn!(%error, id = %submission.message.id, "kafka delivery failed");
                         submission
                             .answer(Err(SendError::Unavailable(format!("kafka did not confirm the message: {error}"))));

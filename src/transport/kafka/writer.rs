@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use super::consumer::{ConsumerSpec, ConsumerThread, Event, Mode};
 use super::record::{self, DeadLetterCause, Record};
@@ -39,7 +39,7 @@ pub struct WriterDeps {
     pub batch_writer: ActorHandle<BatchWriter>,
     pub store: ChatStore,
     pub storage_breaker: Arc<CircuitBreaker>,
-    pub producer: Arc<FutureProducer>,
+    pub producer: super::SharedProducer,
 }
 
 pub struct KafkaWriter {
@@ -92,6 +92,10 @@ impl Actor for KafkaWriter {
         }
         // Graceful: stop fetching, finish what is in flight, commit, close (bounded by the
         // supervisor's shutdown timeout).
+        if !self.stopping {
+            let in_flight: usize = self.partitions.values().map(|track| track.pending.len()).sum();
+            tracing::info!(in_flight, "kafka writer stopping: finishing the records it holds, then committing");
+        }
         self.stopping = true;
         if let Some(consumer) = &self.consumer {
             consumer.pause();
@@ -240,10 +244,14 @@ impl KafkaWriter {
                 if let Some(payload) = record.payload.as_deref() {
                     dlq = dlq.payload(payload);
                 }
-                let delivered = match producer.send_result(dlq) {
+                let current = producer.get();
+                let delivered = match current.send_result(dlq) {
                     Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
                     Err(_) => false,
                 };
+                if !delivered {
+                    producer.renew_if_fatal(&current);
+                }
                 if delivered {
                     break;
                 }
