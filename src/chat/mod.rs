@@ -197,6 +197,18 @@ impl std::fmt::Debug for Submission {
     }
 }
 
+/// A message a client sent, with its deterministic id, not yet stamped with a time.
+pub fn new_message(sender: String, conversation: String, client_msg_id: String, body: String) -> NewMessage {
+    NewMessage {
+        id: message_id(&sender, &client_msg_id),
+        conversation,
+        sender,
+        client_msg_id,
+        body,
+        created_at_ms: None,
+    }
+}
+
 /// The id of the message `sender` sent as `client_msg_id`: the same pair always gives the same id.
 pub fn message_id(sender: &str, client_msg_id: &str) -> String {
     /// Fixed namespace of rampart message ids (UUIDv5).

@@ -19,9 +19,8 @@ use super::delivery::{Confirm, DeliveryHub};
 use super::presence::{Connection, Outbound};
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use super::validator::{Validate, Validator};
-use super::{message_id, Reply, Submission};
+use super::{Reply, Submission};
 use crate::chat::WsConfig;
-use crate::storage::NewMessage;
 use crate::supervision::{ActorHandle, SupervisedMessage};
 
 /// What every session needs; built once by the `/ws` handler's caller.
@@ -117,14 +116,7 @@ impl Session {
             }
         };
         let sender = self.connection.user.clone();
-        let message = NewMessage {
-            id: message_id(&sender, &client_msg_id),
-            conversation,
-            sender,
-            client_msg_id,
-            body,
-            created_at_ms: None,
-        };
+        let message = super::new_message(sender, conversation, client_msg_id, body);
         let submission =
             Submission::with_reply(message, Reply::Connection(self.connection.clone())).with_ticket(ticket);
         if let Err(error) = self.deps.validator.try_send(Validate(submission)) {

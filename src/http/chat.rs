@@ -16,7 +16,7 @@ use super::AppState;
 use crate::auth::validate_user_id;
 use crate::chat::protocol::{validate_body, validate_client_msg_id};
 use crate::chat::Ack;
-use crate::chat::{message_id, Chat, SendError};
+use crate::chat::{Chat, SendError};
 use crate::resilience::Outcome;
 use crate::storage::{
     ms_to_rfc3339, now_ms, ConversationCursor, ConversationSummary, DeadLetterKind, NewMessage, StoredMessage,
@@ -404,14 +404,7 @@ pub(super) async fn post_message(
     validate_client_msg_id(&client_msg_id).map_err(ApiError::BadRequest)?;
     validate_body(&body).map_err(|(_, message)| ApiError::BadRequest(message))?;
     let conversation = conversation.into_inner();
-    let message = NewMessage {
-        id: message_id(&sender, &client_msg_id),
-        conversation,
-        sender,
-        client_msg_id,
-        body,
-        created_at_ms: None,
-    };
+    let message = crate::chat::new_message(sender, conversation, client_msg_id, body);
     let ack: Ack = chat.submit(message).await.map_err(ApiError::Send)?;
     Ok(HttpResponse::Created().json(ack))
 }

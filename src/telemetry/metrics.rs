@@ -195,6 +195,8 @@ pub struct Metrics {
     /// Kafka transport: records not yet stored per partition (stored-offset lag), producer
     /// records awaiting their delivery report, delivery-report latency, dead-letter-topic records.
     pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Their sum for the writer group on this process: exists from start (0 when embedded).
+    pub kafka_writer_lag: Gauge,
     pub kafka_producer_in_flight: Gauge,
     pub kafka_delivery_duration: Histogram,
     pub kafka_dead_letters: Counter,
@@ -246,6 +248,7 @@ impl Metrics {
                 Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied())
             }),
             kafka_consumer_lag: Family::default(),
+            kafka_writer_lag: Gauge::default(),
             kafka_producer_in_flight: Gauge::default(),
             kafka_delivery_duration: Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied()),
             kafka_dead_letters: Counter::default(),
@@ -397,6 +400,11 @@ impl Metrics {
             "kafka_consumer_lag",
             "Records of each partition not yet stored (stored-offset lag of the writer group)",
             metrics.kafka_consumer_lag.clone(),
+        );
+        registry.register(
+            "kafka_writer_lag",
+            "Records not yet stored on the partitions this process's writer owns (the sum of its rampart_kafka_consumer_lag)",
+            metrics.kafka_writer_lag.clone(),
         );
         registry.register(
             "kafka_producer_in_flight",

@@ -168,6 +168,9 @@ pub fn kafka_lag(group: &str, lags: &std::collections::HashMap<i32, i64>) {
     for (partition, lag) in lags {
         family.get_or_create(&labels(*partition)).set(*lag);
     }
+    if group == "writer" {
+        metrics().kafka_writer_lag.set(lags.values().sum());
+    }
 }
 
 /// A record went to dead letters (`message`, `delivery` or `quarantine`).

@@ -173,6 +173,19 @@ impl ChatServer {
         self.process.url(path)
     }
 
+    /// Each of `actors` (paths) restarted at least once, by `/admin/actors`.
+    pub async fn assert_restarted(&self, actors: impl IntoIterator<Item = &str>) {
+        let (_, listing) = self.http.get(&self.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
+        for actor in actors {
+            let restarts = listing["actors"]
+                .as_array()
+                .and_then(|all| all.iter().find(|a| a["path"] == actor))
+                .and_then(|a| a["restarts"].as_u64())
+                .unwrap_or(0);
+            assert!(restarts >= 1, "{actor} restarted: {listing}");
+        }
+    }
+
     pub fn token(&self, user: &str) -> String {
         self.tokens.issue(user, Duration::from_secs(3600)).expect("token")
     }

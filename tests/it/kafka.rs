@@ -112,9 +112,12 @@ async fn kafka_send_ack_store_search_push_and_resend() {
     let (status, ready) = chat.http.get(&chat.url("/ready"), None).await;
     assert_eq!((status, ready["checks"]["kafka:brokers"][0]["status"].as_str()), (200, Some("pass")), "{ready}");
     let metrics = chat.http.get_text(&chat.url("/metrics")).await;
-    for series in
-        ["rampart_kafka_producer_in_flight", "rampart_kafka_delivery_seconds_count", "rampart_kafka_dead_letters_total"]
-    {
+    for series in [
+        "rampart_kafka_producer_in_flight",
+        "rampart_kafka_delivery_seconds_count",
+        "rampart_kafka_dead_letters_total",
+        "rampart_kafka_writer_lag",
+    ] {
         assert!(metrics.contains(series), "{series} in /metrics");
     }
     eventually("consumer lag is exported per partition", Duration::from_secs(20), || async {
@@ -392,15 +395,7 @@ async fn kafka_panics_in_every_pipeline_actor_during_load_lose_and_duplicate_not
         backend.indexed(&chat.http).await == stored
     })
     .await;
-    let (_, listing) = chat.http.get(&chat.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
-    for actor in &panicked {
-        let restarts = listing["actors"]
-            .as_array()
-            .and_then(|all| all.iter().find(|a| a["path"] == *actor))
-            .and_then(|a| a["restarts"].as_u64())
-            .unwrap_or(0);
-        assert!(restarts >= 1, "{actor} restarted: {listing}");
-    }
+    chat.assert_restarted(panicked).await;
 }
 
 #[actix_rt::test]

@@ -161,15 +161,7 @@ async fn mongodb_panics_in_every_chat_actor_during_load_lose_and_duplicate_nothi
         backend.indexed(&chat.http).await == stored
     })
     .await;
-    let (_, listing) = chat.http.get(&chat.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
-    for actor in &panicked {
-        let restarts = listing["actors"]
-            .as_array()
-            .and_then(|all| all.iter().find(|a| a["path"] == *actor))
-            .and_then(|a| a["restarts"].as_u64())
-            .unwrap_or(0);
-        assert!(restarts >= 1, "{actor} restarted: {listing}");
-    }
+    chat.assert_restarted(panicked).await;
 }
 
 #[actix_rt::test]
