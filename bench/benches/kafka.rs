@@ -2,7 +2,7 @@
 //!
 //! Per run: a fresh MongoDB database gets 50 users with a conversation each (through an
 //! embedded-transport instance); `BENCH_BACKLOG` (default 1,000,000) message records, 50 per
-//! conversation in turn, are written straight to a fresh topic of 6 partitions with rdkafka; then
+//! conversation one after another, are written straight to a fresh topic of 6 partitions with rdkafka; then
 //! `n` rampart instances (`BENCH_INSTANCES`, default `1,2`: one run each) start on that topic with
 //! a fresh writer group and the clock runs until every record is stored
 //! (`rampart_messages_stored_total`, counted once per new message: replays are not counted).

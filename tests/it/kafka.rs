@@ -48,6 +48,14 @@ async fn stored_exactly(
     }
 }
 
+/// Users alice and bob with a conversation of theirs; alice connected.
+async fn alice_and_bob(chat: &ChatServer) -> (String, WsClient) {
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let conversation = chat.conversation("alice", &["bob"]).await;
+    (conversation, chat.ws("alice").await)
+}
+
 /// The next frame of `ws` that is a pushed message (acks of its own sends are skipped).
 async fn next_push(ws: &mut WsClient) -> Value {
     loop {
@@ -62,10 +70,7 @@ async fn next_push(ws: &mut WsClient) -> Value {
 async fn kafka_send_ack_store_search_push_and_resend() {
     let Some(backend) = Backend::kafka("flow") else { return };
     let chat = backend.start(&[]);
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    let mut alice = chat.ws("alice").await;
+    let (conversation, mut alice) = alice_and_bob(&chat).await;
     let mut bob = chat.ws("bob").await;
 
     alice.send_message(&conversation, "m-1", "the quick brown fox").await;
@@ -355,10 +360,7 @@ async fn kafka_panics_in_every_pipeline_actor_during_load_lose_and_duplicate_not
         ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
         ("RAMPART__WS__BURST", "100000"),
     ]);
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    let mut alice = chat.ws("alice").await;
+    let (conversation, mut alice) = alice_and_bob(&chat).await;
     let actors = [
         "/root/chat/producer",
         "/root/chat/kafka_writer",
@@ -485,10 +487,7 @@ async fn kafka_a_mongodb_outage_commits_no_offset_past_an_unstored_record_and_re
         ("RAMPART__PIPELINE__BREAKER__WINDOW_SIZE", "4"),
         ("RAMPART__PIPELINE__BREAKER__WAIT_IN_OPEN", "1s"),
     ]);
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    let mut alice = chat.ws("alice").await;
+    let (conversation, mut alice) = alice_and_bob(&chat).await;
     let mut load = Load::default();
     load.burst(&mut alice, &conversation, "before", 50).await;
     stored_exactly(&chat, "bob", &conversation, &load.acked, 0).await;
@@ -578,10 +577,7 @@ async fn kafka_a_broker_outage_answers_unavailable_never_a_false_ack_and_recover
         ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
         ("RAMPART__WS__BURST", "100000"),
     ]);
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    let mut alice = chat.ws("alice").await;
+    let (conversation, mut alice) = alice_and_bob(&chat).await;
     let mut load = Load::default();
     load.burst(&mut alice, &conversation, "before", 50).await;
     assert!(load.refused.is_empty(), "{:?}", load.refused);
