@@ -63,10 +63,12 @@ pub fn message_headers(message: &NewMessage) -> OwnedHeaders {
         .insert(Header { key: "rampart-message-id", value: Some(message.id.as_str()) })
 }
 
-/// A fresh W3C trace context (version 00, sampled): the record's journey from producer to store
-/// can be followed in logs by it.
+/// A W3C trace context (version 00, sampled) for the record: the current trace when spans are
+/// exported (feature `otel`), so the record joins the send's trace; otherwise a fresh one.
 fn traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let trace = crate::telemetry::current_trace_id()
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     format!("00-{trace}-{span}-01")
 }
