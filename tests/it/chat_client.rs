@@ -115,6 +115,27 @@ impl Backend {
         ChatServer::wrap(RampartProcess::start(&self.env(extra)))
     }
 
+    /// A server whose MongoDB connections go through a `Proxy` (returned: cut it for an outage),
+    /// with timeouts and breaker settings that notice an outage within a second or two.
+    pub async fn start_behind_mongodb_proxy(&self, extra: &[(&str, &str)]) -> (crate::support::Proxy, ChatServer) {
+        let uri = self.get("RAMPART__MONGODB__URI").unwrap_or_default().to_owned();
+        let upstream = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
+        let proxy = crate::support::Proxy::start(&upstream).await;
+        let through_proxy = format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://"));
+        let mut env = vec![
+            ("RAMPART__MONGODB__URI", through_proxy.as_str()),
+            ("RAMPART__MONGODB__OPERATION_TIMEOUT", "1s"),
+            ("RAMPART__PIPELINE__STORAGE_TIMEOUT", "1s"),
+            ("RAMPART__PIPELINE__MAX_ATTEMPTS", "2"),
+            ("RAMPART__PIPELINE__BREAKER__MINIMUM_CALLS", "2"),
+            ("RAMPART__PIPELINE__BREAKER__WINDOW_SIZE", "4"),
+            ("RAMPART__PIPELINE__BREAKER__WAIT_IN_OPEN", "1s"),
+        ];
+        env.extend_from_slice(extra);
+        let chat = self.start(&env);
+        (proxy, chat)
+    }
+
     /// Documents in the scenario's search index (after a refresh); 0 on the embedded backend.
     pub async fn indexed(&self, http: &Http) -> u64 {
         let Some((engine, prefix)) =
@@ -171,6 +192,14 @@ impl ChatServer {
 
     pub fn url(&self, path: &str) -> String {
         self.process.url(path)
+    }
+
+    /// Users alice and bob with a conversation of theirs; alice connected.
+    pub async fn alice_and_bob(&self) -> (String, WsClient) {
+        self.create_user("alice").await;
+        self.create_user("bob").await;
+        let conversation = self.conversation("alice", &["bob"]).await;
+        (conversation, self.ws("alice").await)
     }
 
     /// Each of `actors` (paths) restarted at least once, by `/admin/actors`.

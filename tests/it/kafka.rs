@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::chat_client::{Backend, ChatServer, WsClient, ADMIN_TOKEN};
-use crate::support::{eventually, Proxy};
+use crate::support::eventually;
 
 /// Waits until `conversation` holds exactly the messages `acked` names (client id → id), each
 /// once, and nothing else but `extra` more.
@@ -48,14 +48,6 @@ async fn stored_exactly(
     }
 }
 
-/// Users alice and bob with a conversation of theirs; alice connected.
-async fn alice_and_bob(chat: &ChatServer) -> (String, WsClient) {
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    (conversation, chat.ws("alice").await)
-}
-
 /// The next frame of `ws` that is a pushed message (acks of its own sends are skipped).
 async fn next_push(ws: &mut WsClient) -> Value {
     loop {
@@ -70,7 +62,7 @@ async fn next_push(ws: &mut WsClient) -> Value {
 async fn kafka_send_ack_store_search_push_and_resend() {
     let Some(backend) = Backend::kafka("flow") else { return };
     let chat = backend.start(&[]);
-    let (conversation, mut alice) = alice_and_bob(&chat).await;
+    let (conversation, mut alice) = chat.alice_and_bob().await;
     let mut bob = chat.ws("bob").await;
 
     alice.send_message(&conversation, "m-1", "the quick brown fox").await;
@@ -360,7 +352,7 @@ async fn kafka_panics_in_every_pipeline_actor_during_load_lose_and_duplicate_not
         ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
         ("RAMPART__WS__BURST", "100000"),
     ]);
-    let (conversation, mut alice) = alice_and_bob(&chat).await;
+    let (conversation, mut alice) = chat.alice_and_bob().await;
     let actors = [
         "/root/chat/producer",
         "/root/chat/kafka_writer",
@@ -474,20 +466,8 @@ async fn kafka_a_mongodb_outage_commits_no_offset_past_an_unstored_record_and_re
     let Some(backend) = Backend::kafka("mongo_outage") else { return };
     let tools = KafkaTools::new(&backend);
     let group = format!("{}writer", backend.get("RAMPART__KAFKA__GROUP_PREFIX").unwrap_or_default());
-    let uri = backend.get("RAMPART__MONGODB__URI").unwrap_or_default().to_owned();
-    let upstream = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
-    let proxy = Proxy::start(&upstream).await;
-    let through_proxy = format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://"));
-    let chat = backend.start(&[
-        ("RAMPART__MONGODB__URI", &through_proxy),
-        ("RAMPART__MONGODB__OPERATION_TIMEOUT", "1s"),
-        ("RAMPART__PIPELINE__STORAGE_TIMEOUT", "1s"),
-        ("RAMPART__PIPELINE__MAX_ATTEMPTS", "2"),
-        ("RAMPART__PIPELINE__BREAKER__MINIMUM_CALLS", "2"),
-        ("RAMPART__PIPELINE__BREAKER__WINDOW_SIZE", "4"),
-        ("RAMPART__PIPELINE__BREAKER__WAIT_IN_OPEN", "1s"),
-    ]);
-    let (conversation, mut alice) = alice_and_bob(&chat).await;
+    let (proxy, chat) = backend.start_behind_mongodb_proxy(&[]).await;
+    let (conversation, mut alice) = chat.alice_and_bob().await;
     let mut load = Load::default();
     load.burst(&mut alice, &conversation, "before", 50).await;
     stored_exactly(&chat, "bob", &conversation, &load.acked, 0).await;
@@ -577,7 +557,7 @@ async fn kafka_a_broker_outage_answers_unavailable_never_a_false_ack_and_recover
         ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
         ("RAMPART__WS__BURST", "100000"),
     ]);
-    let (conversation, mut alice) = alice_and_bob(&chat).await;
+    let (conversation, mut alice) = chat.alice_and_bob().await;
     let mut load = Load::default();
     load.burst(&mut alice, &conversation, "before", 50).await;
     assert!(load.refused.is_empty(), "{:?}", load.refused);

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::chat;
 use crate::chat_client::{Backend, ChatServer, ADMIN_TOKEN};
-use crate::support::{eventually, Proxy};
+use crate::support::eventually;
 
 /// The embedded suite's scenario `$scenario` (`chat::<scenario>_on`), run on the scale-out
 /// backends with a database and index named after `$name`.
@@ -118,10 +118,7 @@ async fn mongodb_panics_in_every_chat_actor_during_load_lose_and_duplicate_nothi
         ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
         ("RAMPART__WS__BURST", "100000"),
     ]);
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    let mut alice = chat.ws("alice").await;
+    let (conversation, mut alice) = chat.alice_and_bob().await;
     let actors = [
         "/root/chat/validator",
         "/root/chat/batch_writer",
@@ -167,25 +164,10 @@ async fn mongodb_panics_in_every_chat_actor_during_load_lose_and_duplicate_nothi
 #[actix_rt::test]
 async fn mongodb_an_outage_refuses_sends_acks_nothing_falsely_and_resumes_by_itself() {
     let Some(backend) = Backend::scale_out("outage") else { return };
-    let uri = backend.get("RAMPART__MONGODB__URI").unwrap_or_default().to_owned();
-    let upstream = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
-    let proxy = Proxy::start(&upstream).await;
-    let through_proxy = format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://"));
-    let chat = backend.start(&[
-        ("RAMPART__MONGODB__URI", &through_proxy),
-        ("RAMPART__MONGODB__OPERATION_TIMEOUT", "1s"),
-        ("RAMPART__PIPELINE__STORAGE_TIMEOUT", "1s"),
-        ("RAMPART__PIPELINE__MAX_ATTEMPTS", "2"),
-        ("RAMPART__PIPELINE__BREAKER__MINIMUM_CALLS", "2"),
-        ("RAMPART__PIPELINE__BREAKER__WINDOW_SIZE", "4"),
-        ("RAMPART__PIPELINE__BREAKER__WAIT_IN_OPEN", "1s"),
-        ("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"),
-        ("RAMPART__WS__BURST", "100000"),
-    ]);
-    chat.create_user("alice").await;
-    chat.create_user("bob").await;
-    let conversation = chat.conversation("alice", &["bob"]).await;
-    let mut alice = chat.ws("alice").await;
+    let (proxy, chat) = backend
+        .start_behind_mongodb_proxy(&[("RAMPART__WS__RATE_LIMIT_PER_SEC", "100000"), ("RAMPART__WS__BURST", "100000")])
+        .await;
+    let (conversation, mut alice) = chat.alice_and_bob().await;
 
     let mut acked: HashMap<String, String> = HashMap::new();
     let mut refused: Vec<String> = Vec::new();

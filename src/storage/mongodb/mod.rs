@@ -366,6 +366,24 @@ impl MongoChat {
     }
 
     /// Runs `operation` under `mongodb.operation_timeout`.
+    /// One page of `collection`: what matches `filter`, in `sort` order, at most `limit`. The
+    /// server stops the query at the operation timeout (`maxTimeMS`): one the client gave up on
+    /// must not go on running there (on FerretDB, abandoned scans piled up until PostgreSQL did
+    /// nothing else).
+    async fn page<T>(
+        &self,
+        collection: &Collection<T>,
+        filter: Document,
+        sort: Document,
+        limit: u32,
+    ) -> Result<Vec<T>, StorageError>
+    where
+        T: serde::de::DeserializeOwned + Send + Sync,
+    {
+        let cursor = collection.find(filter).sort(sort).limit(i64::from(limit)).max_time(self.inner.timeout).await?;
+        Ok(cursor.try_collect().await?)
+    }
+
     async fn timed<T>(
         &self,
         operation: impl std::future::Future<Output = Result<T, StorageError>>,
@@ -462,16 +480,8 @@ impl MongoChat {
             );
         }
         self.timed(async {
-            let conversations: Vec<ConversationDoc> = self
-                .inner
-                .conversations
-                .find(filter)
-                .sort(doc! {"activity": -1, "_id": -1})
-                .limit(i64::from(limit))
-                .max_time(self.inner.timeout)
-                .await?
-                .try_collect()
-                .await?;
+            let conversations: Vec<ConversationDoc> =
+                self.page(&self.inner.conversations, filter, doc! {"activity": -1, "_id": -1}, limit).await?;
             self.summarize(conversations).await
         })
         .await
@@ -842,16 +852,7 @@ impl MongoChat {
                 },
             };
             let (filter, sort) = history_query(&conversation, before);
-            let messages: Vec<MessageDoc> = self
-                .inner
-                .messages
-                .find(filter)
-                .sort(sort)
-                .limit(i64::from(limit))
-                .max_time(self.inner.timeout)
-                .await?
-                .try_collect()
-                .await?;
+            let messages: Vec<MessageDoc> = self.page(&self.inner.messages, filter, sort, limit).await?;
             Ok(Some(messages.into_iter().map(MessageDoc::into_stored).collect()))
         })
         .await
@@ -874,14 +875,7 @@ impl MongoChat {
         let horizon = SeqClock::floor_of(crate::storage::now_ms() - self.inner.settle.as_millis() as i64);
         self.timed(async {
             let messages: Vec<MessageDoc> = self
-                .inner
-                .messages
-                .find(doc! {"seq": {"$gt": seq, "$lt": horizon}})
-                .sort(doc! {"seq": 1})
-                .limit(i64::from(limit))
-                .max_time(self.inner.timeout)
-                .await?
-                .try_collect()
+                .page(&self.inner.messages, doc! {"seq": {"$gt": seq, "$lt": horizon}}, doc! {"seq": 1}, limit)
                 .await?;
             let mut messages: Vec<StoredMessage> = messages.into_iter().map(MessageDoc::into_stored).collect();
             // Two processes may (rarely) stamp one seq; a full page must not end inside a run of
@@ -903,16 +897,8 @@ impl MongoChat {
     pub async fn unindexed(&self, limit: u32) -> Result<Vec<StoredMessage>, StorageError> {
         self.timed(async {
             // Expected plan: IXSCAN search_pending_seq.
-            let messages: Vec<MessageDoc> = self
-                .inner
-                .messages
-                .find(doc! {"search_pending": true})
-                .sort(doc! {"seq": 1})
-                .limit(i64::from(limit))
-                .max_time(self.inner.timeout)
-                .await?
-                .try_collect()
-                .await?;
+            let messages: Vec<MessageDoc> =
+                self.page(&self.inner.messages, doc! {"search_pending": true}, doc! {"seq": 1}, limit).await?;
             Ok(messages.into_iter().map(MessageDoc::into_stored).collect())
         })
         .await
@@ -944,14 +930,12 @@ impl MongoChat {
         self.timed(async {
             // Expected plan: IXSCAN recipient_state_seq (one range per state, merged on seq).
             let records: Vec<DeliveryDoc> = self
-                .inner
-                .deliveries
-                .find(doc! {"recipient": &recipient, "state": {"$in": states}, "seq": {"$gt": after_seq}})
-                .sort(doc! {"seq": 1})
-                .limit(i64::from(limit))
-                .max_time(self.inner.timeout)
-                .await?
-                .try_collect()
+                .page(
+                    &self.inner.deliveries,
+                    doc! {"recipient": &recipient, "state": {"$in": states}, "seq": {"$gt": after_seq}},
+                    doc! {"seq": 1},
+                    limit,
+                )
                 .await?;
             if records.is_empty() {
                 return Ok(Vec::new());
@@ -1030,16 +1014,13 @@ impl MongoChat {
         let stale: Vec<DeliveryDoc> = self
             .timed(async {
                 // Expected plan: IXSCAN state_claimed_at.
-                Ok(self
-                    .inner
-                    .deliveries
-                    .find(doc! {"state": IN_FLIGHT, "claimed_at": {"$lt": DateTime::from_millis(stale_before_ms)}})
-                    .sort(doc! {"claimed_at": 1})
-                    .limit(i64::from(limit))
-                    .max_time(self.inner.timeout)
-                    .await?
-                    .try_collect()
-                    .await?)
+                self.page(
+                    &self.inner.deliveries,
+                    doc! {"state": IN_FLIGHT, "claimed_at": {"$lt": DateTime::from_millis(stale_before_ms)}},
+                    doc! {"claimed_at": 1},
+                    limit,
+                )
+                .await
             })
             .await?;
         let mut report = RequeueReport { examined: stale.len(), ..RequeueReport::default() };
@@ -1152,16 +1133,8 @@ impl MongoChat {
 
     pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
         self.timed(async {
-            let letters: Vec<DeadLetterDoc> = self
-                .inner
-                .dead_letters
-                .find(doc! {})
-                .sort(doc! {"at": -1, "_id": -1})
-                .limit(i64::from(limit))
-                .max_time(self.inner.timeout)
-                .await?
-                .try_collect()
-                .await?;
+            let letters: Vec<DeadLetterDoc> =
+                self.page(&self.inner.dead_letters, doc! {}, doc! {"at": -1, "_id": -1}, limit).await?;
             Ok(letters.into_iter().map(DeadLetterDoc::into_letter).collect())
         })
         .await
