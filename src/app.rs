@@ -135,8 +135,23 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         }
     }
 
+    #[cfg(feature = "sfu")]
+    let sfu = if config.sfu.enabled {
+        match crate::sfu::start(tree.root(), &config, chat.directory.clone()) {
+            Ok(sfu) => Some(sfu),
+            Err(error) => {
+                tree.shutdown().await;
+                return Err(error);
+            }
+        }
+    } else {
+        None
+    };
+
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
+        #[cfg(feature = "sfu")]
+        sfu: sfu.clone(),
         started_at: std::time::SystemTime::now(),
         chat: chat.clone(),
         circuit_breakers,

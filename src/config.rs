@@ -22,6 +22,11 @@ use crate::system_monitor::SystemMonitorConfig;
 /// The defaults, as shipped in `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// `log.filter`'s default: info, except webrtc-rs's crates (the SFU), which log every ICE and
+/// connection state change of every peer at info.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn";
+
 /// Prefix of environment overrides; nesting is separated by a double underscore.
 pub const ENV_PREFIX: &str = "RAMPART__";
 
@@ -47,6 +52,8 @@ pub struct Config {
     pub transport: crate::transport::TransportConfig,
     /// The brokers and topics when `transport.kind = "kafka"`.
     pub kafka: crate::transport::KafkaConfig,
+    /// WebRTC rooms (`GET /rtc`; needs a build with `--features sfu`).
+    pub sfu: crate::sfu::SfuConfig,
     pub log: LogConfig,
     pub crash: CrashConfig,
     pub alerts: AlertsConfig,
@@ -235,7 +242,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            filter: DEFAULT_LOG_FILTER.into(),
             format: LogFormat::Auto,
             file: None,
             max_bytes: 100 * 1024 * 1024,
@@ -359,6 +366,7 @@ impl Config {
         self.pipeline.validate()?;
         self.delivery.validate()?;
         self.search.validate()?;
+        self.sfu.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|error| format!("log.filter is not a valid filter: {error}"))?;
         Ok(())

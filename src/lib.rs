@@ -18,6 +18,8 @@ pub mod queue;
 pub mod resilience;
 pub mod rfc3339;
 pub mod secret_file;
+pub mod sfu;
+pub mod socket;
 pub mod storage;
 pub mod supervision;
 pub mod system_monitor;

@@ -51,6 +51,22 @@ where
     OwnedTask { name, handle }
 }
 
+/// Like [`spawn_owned`], on another runtime (the SFU's media runtime): `future` must be `Send`.
+pub fn spawn_owned_on<F>(runtime: &tokio::runtime::Handle, name: &'static str, future: F) -> OwnedTask<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handle = runtime.spawn(async move {
+        let outcome = contain_future(future).await;
+        if let Err(panic) = &outcome {
+            task_panicked(name, panic);
+        }
+        outcome
+    });
+    OwnedTask { name, handle }
+}
+
 pub(crate) fn task_panicked(name: &'static str, panic: &CapturedPanic) {
     metrics().panics.get_or_create(&SourceLabels::of(PanicSource::task)).inc();
     tracing::error!(

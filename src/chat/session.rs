@@ -11,7 +11,6 @@
 //! frames (1008), or at shutdown (close 1001).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -21,7 +20,9 @@ use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use super::validator::{Validate, Validator};
 use super::{Reply, Submission};
 use crate::chat::WsConfig;
-use crate::supervision::{ActorHandle, SupervisedMessage};
+use crate::socket::RateLimiter;
+pub use crate::socket::{Disconnected, Inbound};
+use crate::supervision::ActorHandle;
 
 /// What every session needs; built once by the `/ws` handler's caller.
 pub struct SessionDeps {
@@ -29,49 +30,6 @@ pub struct SessionDeps {
     pub delivery: ActorHandle<DeliveryHub>,
     pub admission: Arc<super::Admission>,
     pub config: WsConfig,
-}
-
-/// A frame from the client, already reassembled and size-checked by the reader.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum Inbound {
-    Text(String),
-    /// A binary message (unsupported in protocol v1).
-    Binary,
-}
-impl SupervisedMessage for Inbound {}
-
-/// The socket ended: stop for good.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Disconnected;
-impl SupervisedMessage for Disconnected {}
-
-/// Token bucket: `rate` tokens per second, at most `burst` saved up.
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl RateLimiter {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), refilled: Instant::now() }
-    }
-
-    fn try_take(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.refilled = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 pub struct Session {

@@ -41,6 +41,9 @@ pub enum ApiError {
     /// A message the pipeline refused; the code is the one WebSocket clients get.
     #[error("{0}")]
     Send(crate::chat::SendError),
+    /// A capability this build or configuration leaves out (the SFU without `--features sfu`).
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl From<crate::storage::StorageError> for ApiError {
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnknownMembers(_) => "unknown_members",
             ApiError::Send(error) => error.code(),
+            ApiError::NotImplemented(_) => "not_implemented",
         }
     }
 }
@@ -77,6 +81,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnknownMembers(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Send(error) => {
                 use crate::chat::SendError;
                 match error {

@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod json_integer;
 mod openapi;
+mod signaling;
 mod web_client;
 mod ws;
 
@@ -49,6 +50,9 @@ pub struct AppState {
     pub started_at: std::time::SystemTime,
     /// The chat components (pipeline, delivery, sessions, stores).
     pub chat: Arc<crate::chat::Chat>,
+    /// The SFU (`/rtc`, `/admin/rooms`); `None` when `sfu.enabled` is off.
+    #[cfg(feature = "sfu")]
+    pub sfu: Option<Arc<crate::sfu::Sfu>>,
 }
 
 /// Binds the listener and returns the (not yet polled) server and the bound address.
@@ -68,6 +72,7 @@ pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::i
             .service(web::resource("/metrics").get(metrics))
             .service(web::resource("/openapi.json").get(openapi::openapi_json))
             .service(web::resource("/ws").get(ws::upgrade))
+            .service(web::resource("/rtc").get(signaling::upgrade))
             .configure(web_client::routes)
             .configure(chat::routes)
             .configure(admin::routes)

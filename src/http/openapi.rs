@@ -12,7 +12,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, chat, error, health, web_client, ws};
+use super::{admin, chat, error, health, signaling, web_client, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,6 +30,9 @@ use super::{admin, chat, error, health, web_client, ws};
         super::metrics,
         openapi_json,
         ws::upgrade,
+        signaling::upgrade,
+        signaling::list_rooms,
+        signaling::create_room,
         chat::me,
         chat::create_user,
         chat::list_conversations,
@@ -61,6 +64,7 @@ use super::{admin, chat, error, health, web_client, ws};
     tags(
         (name = "chat", description = "Users, conversations, messages, search"),
         (name = "admin", description = "Operators: the actor tree, failures, crashes, dead letters"),
+        (name = "sfu", description = "Video rooms: WebRTC signaling and the rooms operators see (needs a build with --features sfu)"),
         (name = "chaos", description = "Deliberate failures, only with chaos.enabled = true (404 otherwise)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "web", description = "The web client and the console (HTML, scripts, styles)"),

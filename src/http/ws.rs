@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::Handler;
 use actix_codec::{Decoder as _, Encoder as _};
 use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, Message, ProtocolError};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -23,11 +24,28 @@ use futures_util::StreamExt as _;
 use super::chat::authenticate;
 use super::error::ApiError;
 use super::AppState;
-use crate::chat::presence::{Connection, ConnectionGuard, Outbound, Outbox, OutboxReceiver};
+use crate::chat::presence::{Connection, Outbound, Outbox, OutboxReceiver};
 use crate::chat::protocol::{error_frame, FrameError};
-use crate::chat::session::{Disconnected, Inbound, Session};
-use crate::supervision::{ActorHandle, CallError, ChildSpec, RestartType};
+use crate::chat::session::Session;
+use crate::socket::{Disconnected, Inbound};
+use crate::supervision::{ActorHandle, CallError, ChildSpec, RestartType, SupervisedActor, Tracked};
 use crate::tasks::OwnedTask;
+
+/// The client side of a socket as the reader sees it: where replies go, when a frame last came.
+pub(super) trait Socket {
+    fn outbox(&self) -> &Outbox;
+    fn touch(&self);
+}
+
+impl Socket for Connection {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn touch(&self) {
+        *self.last_seen.lock() = Instant::now();
+    }
+}
 
 /// The WebSocket of protocol v1 (see README): authenticate with `Authorization: Bearer` or
 /// `?token=` (browsers), then upgrade.
@@ -73,22 +91,22 @@ pub async fn upgrade(
     crate::action!("ws", "connected", user = user);
     let reader = crate::tasks::spawn_owned(
         "ws.reader",
-        read_frames(payload, connection, guard, SessionLink(session), config.max_frame_bytes),
+        read_frames(payload, connection, guard, ActorLink(session), config.max_frame_bytes),
     );
     Ok(response.streaming(outbound(outbox_receiver, reader)))
 }
 
-/// Stops the session when the reader ends or is dropped.
-struct SessionLink(ActorHandle<Session>);
+/// Stops the actor serving a socket when the reader ends or is dropped.
+pub(super) struct ActorLink<A: SupervisedActor + Handler<Tracked<Disconnected>>>(pub(super) ActorHandle<A>);
 
-impl Drop for SessionLink {
+impl<A: SupervisedActor + Handler<Tracked<Disconnected>>> Drop for ActorLink<A> {
     fn drop(&mut self) {
         let _ = self.0.do_send(Disconnected);
     }
 }
 
 /// The response body: outbox frames, encoded, until a close frame was written.
-fn outbound(
+pub(super) fn outbound(
     receiver: OutboxReceiver,
     reader: OwnedTask<()>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
@@ -112,14 +130,19 @@ fn outbound(
     })
 }
 
-/// Decodes client frames until the socket closes or breaks the protocol.
-async fn read_frames(
+/// Decodes client frames until the socket closes or breaks the protocol, handing each complete
+/// message to the actor serving the socket, one at a time. `guard` lives as long as the reader
+/// (the chat's presence registration).
+pub(super) async fn read_frames<S, G, A>(
     mut payload: web::Payload,
-    connection: Arc<Connection>,
-    guard: ConnectionGuard,
-    session: SessionLink,
+    connection: Arc<S>,
+    guard: G,
+    session: ActorLink<A>,
     max_frame_bytes: usize,
-) {
+) where
+    S: Socket,
+    A: SupervisedActor + Handler<Tracked<Inbound>> + Handler<Tracked<Disconnected>>,
+{
     let _guard = guard;
     let mut codec = Codec::new().max_size(max_frame_bytes);
     let mut buffer = BytesMut::new();
@@ -131,14 +154,14 @@ async fn read_frames(
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(ProtocolError::Overflow) => {
-                    return too_large(&connection, max_frame_bytes);
+                    return too_large(&*connection, max_frame_bytes);
                 }
                 Err(error) => {
-                    connection.outbox.close(1002, &format!("protocol error: {error}"));
+                    connection.outbox().close(1002, &format!("protocol error: {error}"));
                     return;
                 }
             };
-            *connection.last_seen.lock() = Instant::now();
+            connection.touch();
             let complete = match frame {
                 Frame::Text(bytes) => Some((true, bytes)),
                 Frame::Binary(bytes) => Some((false, bytes)),
@@ -154,7 +177,7 @@ async fn read_frames(
                     (Item::Continue(bytes), Some((text, mut so_far))) => {
                         so_far.extend_from_slice(&bytes);
                         if so_far.len() > max_frame_bytes {
-                            return too_large(&connection, max_frame_bytes);
+                            return too_large(&*connection, max_frame_bytes);
                         }
                         fragments = Some((text, so_far));
                         None
@@ -162,24 +185,24 @@ async fn read_frames(
                     (Item::Last(bytes), Some((text, mut so_far))) => {
                         so_far.extend_from_slice(&bytes);
                         if so_far.len() > max_frame_bytes {
-                            return too_large(&connection, max_frame_bytes);
+                            return too_large(&*connection, max_frame_bytes);
                         }
                         Some((text, so_far.freeze()))
                     }
                     _ => {
-                        connection.outbox.close(1002, "protocol error: unexpected continuation frame");
+                        connection.outbox().close(1002, "protocol error: unexpected continuation frame");
                         return;
                     }
                 },
                 Frame::Ping(bytes) => {
-                    connection.outbox.push(Outbound::Pong(bytes));
+                    connection.outbox().push(Outbound::Pong(bytes));
                     None
                 }
                 Frame::Pong(_) => None,
                 Frame::Close(reason) => {
                     let code = reason.map_or(1000, |reason| u16::from(reason.code));
                     // Echo the client's code (1005 "no status" cannot be sent back: use 1000).
-                    connection.outbox.close(if code == 1005 { 1000 } else { code }, "");
+                    connection.outbox().close(if code == 1005 { 1000 } else { code }, "");
                     return;
                 }
             };
@@ -188,7 +211,7 @@ async fn read_frames(
                 match String::from_utf8(bytes.to_vec()) {
                     Ok(text) => Inbound::Text(text),
                     Err(_) => {
-                        connection.outbox.close(1007, "text frame is not valid UTF-8");
+                        connection.outbox().close(1007, "text frame is not valid UTF-8");
                         return;
                     }
                 }
@@ -205,7 +228,7 @@ async fn read_frames(
                         "the session failed while handling this frame and was restarted; \
                          if it was a send, send it again (resends are idempotent)",
                     );
-                    connection.outbox.text(error_frame(&error));
+                    connection.outbox().text(error_frame(&error));
                 }
             }
         }
@@ -216,8 +239,8 @@ async fn read_frames(
     }
 }
 
-fn too_large(connection: &Connection, max_frame_bytes: usize) {
+fn too_large(connection: &impl Socket, max_frame_bytes: usize) {
     let error = FrameError::new("too_large", format!("frame larger than {max_frame_bytes} bytes"));
-    connection.outbox.text(error_frame(&error));
-    connection.outbox.close(1009, "message too big");
+    connection.outbox().text(error_frame(&error));
+    connection.outbox().close(1009, "message too big");
 }

@@ -200,6 +200,15 @@ pub struct Metrics {
     pub kafka_producer_in_flight: Gauge,
     pub kafka_delivery_duration: Histogram,
     pub kafka_dead_letters: Counter,
+    /// SFU: open rooms, participants and published tracks; RTP packets written to subscribers;
+    /// keyframe requests relayed to publishers (`sent`) or absorbed by the 500 ms throttle
+    /// (`throttled`); RTP packets a subscriber's connection refused (not yet negotiated, closed).
+    pub sfu_rooms: Gauge,
+    pub sfu_participants: Gauge,
+    pub sfu_tracks: Gauge,
+    pub sfu_forwarded_packets: Counter,
+    pub sfu_keyframe_requests: Family<OutcomeLabels, Counter>,
+    pub sfu_write_errors: Counter,
 }
 
 impl Metrics {
@@ -252,6 +261,12 @@ impl Metrics {
             kafka_producer_in_flight: Gauge::default(),
             kafka_delivery_duration: Histogram::new(PIPELINE_DURATION_BUCKETS.iter().copied()),
             kafka_dead_letters: Counter::default(),
+            sfu_rooms: Gauge::default(),
+            sfu_participants: Gauge::default(),
+            sfu_tracks: Gauge::default(),
+            sfu_forwarded_packets: Counter::default(),
+            sfu_keyframe_requests: Family::default(),
+            sfu_write_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -422,6 +437,27 @@ impl Metrics {
             "Records published to the dead-letter topic",
             metrics.kafka_dead_letters.clone(),
         );
+        registry.register("sfu_rooms", "Open SFU rooms", metrics.sfu_rooms.clone());
+        registry.register("sfu_participants", "Participants in SFU rooms", metrics.sfu_participants.clone());
+        registry.register("sfu_tracks", "Tracks published in SFU rooms", metrics.sfu_tracks.clone());
+        registry.register(
+            "sfu_forwarded_packets",
+            "RTP packets the SFU wrote to subscribers",
+            metrics.sfu_forwarded_packets.clone(),
+        );
+        registry.register(
+            "sfu_keyframe_requests",
+            "Subscribers' keyframe requests (PLI/FIR): relayed to the publisher (sent) or absorbed by the throttle",
+            metrics.sfu_keyframe_requests.clone(),
+        );
+        registry.register(
+            "sfu_write_errors",
+            "RTP packets a subscriber connection refused (not negotiated yet, or closing)",
+            metrics.sfu_write_errors.clone(),
+        );
+        for outcome in ["sent", "throttled"] {
+            drop(metrics.sfu_keyframe_requests.get_or_create(&OutcomeLabels::of(outcome)));
+        }
         for db in ["storage", "search"] {
             drop(metrics.wal_bytes.get_or_create(&DbLabels { db: db.into() }));
         }

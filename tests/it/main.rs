@@ -23,7 +23,11 @@ mod openapi;
 #[cfg(feature = "otel")]
 mod otel;
 mod prometheus_rules;
+#[cfg(feature = "sfu")]
+mod rtc_client;
 mod search_engine;
+#[cfg(feature = "sfu")]
+mod sfu;
 mod supervision;
 mod support;
 mod wal;

@@ -1,0 +1,161 @@
+//! `GET /rtc` (SFU signaling over WebSocket) and `/admin/rooms`.
+//!
+//! Owns: the handshake and the socket plumbing for SFU peers (the same reader and writer as
+//! `/ws`); the SFU itself is `crate::sfu`. A build without the `sfu` feature, or with
+//! `sfu.enabled = false`, answers 501 with how to get it.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// The signaling WebSocket of the SFU (protocol in README, "Video rooms"): authenticate with
+/// `Authorization: Bearer` or `?token=`, then upgrade.
+#[utoipa::path(
+    get, path = "/rtc", tag = "sfu",
+    security(("user_jwt" = [])),
+    params(("token" = Option<String>, Query, description = "The JWT, for clients that cannot set headers")),
+    responses(
+        (status = 101, description = "Switching to the signaling protocol v1"),
+        (status = 400, description = "Not a WebSocket handshake", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
+        (status = 503, description = "Not accepting connections (shutting down)", body = super::error::ErrorBody),
+    )
+)]
+pub async fn upgrade(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    imp::upgrade(request, payload, state).await
+}
+
+/// A room anyone authenticated may join (not only a conversation's members).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewRoom {
+    #[schema(min_length = 1, max_length = 128)]
+    name: String,
+}
+
+/// The open rooms: participants, their tracks, subscribers and forwarded packets.
+#[utoipa::path(
+    get, path = "/admin/rooms", tag = "sfu",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Open rooms", body = Object),
+        (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
+    )
+)]
+pub(super) async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    imp::list_rooms(state).await
+}
+
+/// Creates an operator's room: any authenticated user may join it.
+#[utoipa::path(
+    post, path = "/admin/rooms", tag = "sfu",
+    security(("admin_token" = [])),
+    request_body = NewRoom,
+    responses(
+        (status = 201, description = "Created", body = Object),
+        (status = 200, description = "Already existed", body = Object),
+        (status = 400, description = "Invalid name", body = super::error::ErrorBody),
+        (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
+    )
+)]
+pub(super) async fn create_room(
+    state: web::Data<AppState>,
+    body: web::Json<NewRoom>,
+) -> Result<HttpResponse, ApiError> {
+    let name = body.into_inner().name.trim().to_owned();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("name must be 1 to 128 printable characters".into()));
+    }
+    imp::create_room(state, name)
+}
+
+#[cfg(not(feature = "sfu"))]
+mod imp {
+    use super::*;
+
+    fn not_built() -> ApiError {
+        ApiError::NotImplemented("this build has no SFU (video rooms): build rampart with `--features sfu`".into())
+    }
+
+    pub async fn upgrade(_: HttpRequest, _: web::Payload, _: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+        Err(not_built())
+    }
+
+    pub async fn list_rooms(_: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+        Err(not_built())
+    }
+
+    pub fn create_room(_: web::Data<AppState>, _: String) -> Result<HttpResponse, ApiError> {
+        Err(not_built())
+    }
+}
+
+#[cfg(feature = "sfu")]
+mod imp {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::chat::presence::Outbox;
+    use crate::http::chat::authenticate;
+    use crate::http::ws::{outbound, read_frames, ActorLink, Socket};
+    use crate::sfu::{Sfu, Signal};
+
+    impl Socket for Signal {
+        fn outbox(&self) -> &Outbox {
+            &self.outbox
+        }
+
+        fn touch(&self) {
+            *self.last_seen.lock() = Instant::now();
+        }
+    }
+
+    fn sfu(state: &AppState) -> Result<&Arc<Sfu>, ApiError> {
+        state.sfu.as_ref().ok_or_else(|| ApiError::NotImplemented("the SFU is disabled (sfu.enabled = false)".into()))
+    }
+
+    pub async fn upgrade(
+        request: HttpRequest,
+        payload: web::Payload,
+        state: web::Data<AppState>,
+    ) -> Result<HttpResponse, ApiError> {
+        let sfu = sfu(&state)?.clone();
+        if state.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ApiError::Unavailable("shutting down".into()));
+        }
+        let user = authenticate(&request, &state.chat, true).await?;
+        let mut response = actix_web_actors::ws::handshake(&request)
+            .map_err(|error| ApiError::BadRequest(format!("not a WebSocket handshake: {error}")))?;
+        let (outbox, outbox_receiver) = Outbox::new(state.config.ws.outbound_capacity);
+        let signal = Signal::new(outbox);
+        let peer = sfu
+            .connect(user.clone(), signal.clone())
+            .map_err(|error| ApiError::Unavailable(format!("not accepting connections: {error}")))?;
+        crate::action!("rtc", "connected", user = user, peer = peer.path());
+        let reader = crate::tasks::spawn_owned(
+            "rtc.reader",
+            read_frames(payload, signal, (), ActorLink(peer), sfu.core.config.max_frame_bytes),
+        );
+        Ok(response.streaming(outbound(outbox_receiver, reader)))
+    }
+
+    pub async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+        let rooms = sfu(&state)?.rooms().await;
+        Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms })))
+    }
+
+    pub fn create_room(state: web::Data<AppState>, name: String) -> Result<HttpResponse, ApiError> {
+        let created = sfu(&state)?.create_admin_room(&name);
+        let body = serde_json::json!({ "name": name, "created": created });
+        Ok(if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) })
+    }
+}

@@ -1,0 +1,312 @@
+//! The SFU: WebRTC rooms whose participants each publish audio and video that the SFU forwards
+//! to everyone else in the room.
+//!
+//! Owns: configuration (`[sfu]`, in every build), and with the `sfu` feature the signaling
+//! protocol (`protocol`), the `/root/sfu` subtree (`Room` and `Peer` actors), the room registry
+//! and room access rules (here), and the media runtime that forwards packets (`media`). Only
+//! `media.rs` and `peer.rs` know webrtc-rs.
+//!
+//! Shape: `/root/sfu/rooms/room-<n>` (one `Room` per open room) and `/root/sfu/peers/peer-<n>`
+//! (one `Peer` per `/rtc` socket). A peer belongs to at most one room at a time; the room keeps
+//! membership and tells each peer which tracks it should receive; the peer owns its two peer
+//! connections and the forwarding of the tracks it publishes.
+
+mod config;
+#[cfg(feature = "sfu")]
+mod media;
+#[cfg(feature = "sfu")]
+mod peer;
+#[cfg(feature = "sfu")]
+pub mod protocol;
+#[cfg(feature = "sfu")]
+mod room;
+
+pub use config::SfuConfig;
+
+#[cfg(feature = "sfu")]
+pub use media::{is_keyframe_request, KeyframeRequests};
+#[cfg(feature = "sfu")]
+pub use running::*;
+
+#[cfg(feature = "sfu")]
+mod running {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use anyhow::Context as _;
+    use parking_lot::Mutex;
+    use serde::Serialize;
+
+    pub use super::peer::Peer;
+    use super::room::{Room, Snapshot};
+    use super::SfuConfig;
+    use crate::chat::presence::Outbox;
+    use crate::chat::Directory;
+    use crate::supervision::{
+        ActorHandle, CallError, ChildSpec, RestartType, SpawnError, SupervisorHandle, SupervisorSpec,
+    };
+
+    /// The client's side of one `/rtc` socket: frames out, and when a frame last came in. Outlives
+    /// peer incarnations, so a restarted peer talks on the same socket.
+    pub struct Signal {
+        pub outbox: Outbox,
+        pub last_seen: Mutex<Instant>,
+    }
+
+    impl Signal {
+        pub fn new(outbox: Outbox) -> Arc<Self> {
+            Arc::new(Self { outbox, last_seen: Mutex::new(Instant::now()) })
+        }
+
+        pub fn send(&self, frame: String) {
+            self.outbox.text(frame);
+        }
+    }
+
+    /// An open room as the registry knows it: its actor and the peers in it. The live-peer set
+    /// belongs to the peers (each adds itself before joining, removes itself when it leaves or
+    /// stops): it is what a restarted room rebuilds its membership from.
+    pub(super) struct RoomEntry {
+        pub name: String,
+        pub room: ActorHandle<Room>,
+        pub peers: Mutex<HashMap<String, ActorHandle<Peer>>>,
+        pub counts: Mutex<(usize, usize)>,
+    }
+
+    /// Why a participant may not be in a room.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum RoomRefused {
+        #[error("you may join only the rooms of your conversations and rooms an operator created")]
+        Forbidden,
+        #[error("the room is full ({0} participants)")]
+        Full(usize),
+        #[error("too many rooms are open ({0}); try again later")]
+        TooManyRooms(usize),
+        #[error("rooms are not available: {0}")]
+        Unavailable(String),
+    }
+
+    impl RoomRefused {
+        pub fn code(&self) -> &'static str {
+            match self {
+                RoomRefused::Forbidden => "forbidden",
+                RoomRefused::Full(_) => "room_full",
+                RoomRefused::TooManyRooms(_) => "room_limit",
+                RoomRefused::Unavailable(_) => "unavailable",
+            }
+        }
+    }
+
+    /// Everything rooms and peers share: configuration, the media plane, the registry of open
+    /// rooms, room access. Outlives every actor of the subtree.
+    pub struct SfuCore {
+        pub config: SfuConfig,
+        pub(super) media: Arc<super::media::Media>,
+        rooms_supervisor: SupervisorHandle,
+        pub(super) rooms: Mutex<HashMap<String, Arc<RoomEntry>>>,
+        admin_rooms: Mutex<HashSet<String>>,
+        directory: Arc<Directory>,
+        next_room: AtomicU64,
+        next_participant: AtomicU64,
+        /// Heartbeat of `/rtc` sockets (the chat's WebSocket settings).
+        pub heartbeat_interval: std::time::Duration,
+        pub client_timeout: std::time::Duration,
+    }
+
+    /// The running SFU: the subtree's handles, for the HTTP layer.
+    pub struct Sfu {
+        pub core: Arc<SfuCore>,
+        pub peers: SupervisorHandle,
+    }
+
+    /// Restart intensity of the rooms and peers supervisors (panics of all of them together).
+    const MAX_RESTARTS: u32 = 1000;
+    const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Starts `/root/sfu` with its `rooms` and `peers` supervisors and the media runtime.
+    pub fn start(
+        root: &SupervisorHandle,
+        config: &crate::config::Config,
+        directory: Arc<Directory>,
+    ) -> anyhow::Result<Arc<Sfu>> {
+        let media = super::media::Media::start(&config.sfu).context("starting the SFU media runtime")?;
+        let sfu = root.spawn_supervisor(SupervisorSpec::new("sfu")).context("starting /root/sfu")?;
+        let dynamic = |name: &str| {
+            SupervisorSpec::new(name).dynamic().intensity(MAX_RESTARTS, RESTART_WINDOW).restart(RestartType::Permanent)
+        };
+        let rooms_supervisor = sfu.spawn_supervisor(dynamic("rooms")).context("starting /root/sfu/rooms")?;
+        // Peers after rooms, so at shutdown peers stop first and leave their rooms.
+        let peers = sfu.spawn_supervisor(dynamic("peers")).context("starting /root/sfu/peers")?;
+        let core = Arc::new(SfuCore {
+            config: config.sfu.clone(),
+            media,
+            rooms_supervisor,
+            rooms: Mutex::new(HashMap::new()),
+            admin_rooms: Mutex::new(HashSet::new()),
+            directory,
+            next_room: AtomicU64::new(0),
+            next_participant: AtomicU64::new(0),
+            heartbeat_interval: config.ws.heartbeat_interval,
+            client_timeout: config.ws.client_timeout,
+        });
+        Ok(Arc::new(Sfu { core, peers }))
+    }
+
+    impl Sfu {
+        /// Starts the peer serving a new `/rtc` socket of `user`.
+        pub fn connect(&self, user: String, signal: Arc<Signal>) -> Result<ActorHandle<Peer>, SpawnError> {
+            let n = self.core.next_participant.fetch_add(1, Ordering::Relaxed) + 1;
+            let participant = format!("p{n}");
+            let shared = super::peer::PeerShared::new(participant.clone(), user, signal, self.core.clone());
+            let factory_shared = shared.clone();
+            let handle = self.peers.spawn(
+                ChildSpec::new(format!("peer-{n}"), move || Peer::new(factory_shared.clone()))
+                    .restart(RestartType::Transient),
+            )?;
+            shared.set_handle(handle.clone());
+            Ok(handle)
+        }
+
+        /// Lets anyone authenticated join `name` (an operator's room).
+        pub fn create_admin_room(&self, name: &str) -> bool {
+            self.core.admin_rooms.lock().insert(name.to_owned())
+        }
+
+        /// The open rooms with their participants and tracks.
+        pub async fn rooms(&self) -> Vec<RoomView> {
+            let entries: Vec<Arc<RoomEntry>> = self.core.rooms.lock().values().cloned().collect();
+            let mut views = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let snapshot = entry.room.send_timeout(Snapshot, std::time::Duration::from_secs(2)).await;
+                let admin_created = self.core.admin_rooms.lock().contains(&entry.name);
+                views.push(match snapshot {
+                    Ok(participants) => RoomView {
+                        name: entry.name.clone(),
+                        path: entry.room.path().to_owned(),
+                        admin_created,
+                        participants,
+                        error: None,
+                    },
+                    Err(error) => RoomView {
+                        name: entry.name.clone(),
+                        path: entry.room.path().to_owned(),
+                        admin_created,
+                        participants: Vec::new(),
+                        error: Some(error.to_string()),
+                    },
+                });
+            }
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            views
+        }
+    }
+
+    /// A room in `GET /admin/rooms`.
+    #[derive(Debug, Clone, Serialize)]
+    pub struct RoomView {
+        pub name: String,
+        /// The room actor's path (`/admin/actors`, chaos).
+        pub path: String,
+        pub admin_created: bool,
+        pub participants: Vec<ParticipantAdminView>,
+        /// Set when the room did not answer (restarting).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub error: Option<String>,
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    pub struct ParticipantAdminView {
+        pub participant: String,
+        pub user: String,
+        /// The peer actor's path.
+        pub path: String,
+        pub tracks: Vec<TrackAdminView>,
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    pub struct TrackAdminView {
+        pub track: String,
+        pub kind: &'static str,
+        pub muted: bool,
+        pub subscribers: usize,
+        pub forwarded_packets: u64,
+    }
+
+    impl SfuCore {
+        /// Whether `user` may be in `room`: an operator's room, or a conversation they belong to.
+        pub(super) async fn may_join(&self, room: &str, user: &str) -> Result<(), RoomRefused> {
+            if self.admin_rooms.lock().contains(room) {
+                return Ok(());
+            }
+            match self.directory.is_member(room, user).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(RoomRefused::Forbidden),
+                Err(error) => Err(RoomRefused::Unavailable(error.to_string())),
+            }
+        }
+
+        /// The open room `name`, started if it is not open.
+        pub(super) fn room(self: &Arc<Self>, name: &str) -> Result<Arc<RoomEntry>, RoomRefused> {
+            let mut rooms = self.rooms.lock();
+            if let Some(entry) = rooms.get(name) {
+                return Ok(entry.clone());
+            }
+            if rooms.len() >= self.config.max_rooms {
+                return Err(RoomRefused::TooManyRooms(self.config.max_rooms));
+            }
+            let n = self.next_room.fetch_add(1, Ordering::Relaxed) + 1;
+            let shared = super::room::RoomShared::new(name.to_owned(), self.clone());
+            let factory_shared = shared.clone();
+            let room = self
+                .rooms_supervisor
+                .spawn(
+                    ChildSpec::new(format!("room-{n}"), move || Room::new(factory_shared.clone()))
+                        .restart(RestartType::Transient),
+                )
+                .map_err(|error| RoomRefused::Unavailable(error.to_string()))?;
+            let entry = Arc::new(RoomEntry {
+                name: name.to_owned(),
+                room,
+                peers: Mutex::new(HashMap::new()),
+                counts: Mutex::new((0, 0)),
+            });
+            shared.set_entry(&entry);
+            rooms.insert(name.to_owned(), entry.clone());
+            crate::action!("sfu", "room opened", room = name);
+            drop(rooms);
+            self.refresh_metrics();
+            Ok(entry)
+        }
+
+        /// Forgets `entry` if it is still the open room of its name (a closing room).
+        pub(super) fn remove_room(&self, entry: &Arc<RoomEntry>) {
+            let mut rooms = self.rooms.lock();
+            if rooms.get(&entry.name).is_some_and(|current| Arc::ptr_eq(current, entry)) {
+                rooms.remove(&entry.name);
+            }
+            drop(rooms);
+            crate::action!("sfu", "room closed", room = entry.name);
+            self.refresh_metrics();
+        }
+
+        /// Sets the room, participant and track gauges from every room's latest counts.
+        pub(super) fn refresh_metrics(&self) {
+            let rooms = self.rooms.lock();
+            let (participants, tracks) = rooms.values().fold((0, 0), |(p, t), entry| {
+                let counts = *entry.counts.lock();
+                (p + counts.0, t + counts.1)
+            });
+            let metrics = crate::telemetry::metrics();
+            metrics.sfu_rooms.set(rooms.len() as i64);
+            metrics.sfu_participants.set(participants as i64);
+            metrics.sfu_tracks.set(tracks as i64);
+        }
+    }
+
+    /// A request to a room whose actor stopped between lookup and request: look it up again.
+    pub(super) fn room_closed(error: &CallError) -> bool {
+        matches!(error, CallError::Stopped { .. })
+    }
+}

@@ -1,0 +1,851 @@
+//! `Peer` (`/root/sfu/peers/peer-<n>`): one participant, one `/rtc` socket.
+//!
+//! Owns: the participant's signaling state and its two peer connections. On the **publisher**
+//! connection the client offers and the peer answers; each track that arrives gets a
+//! [`Fanout`] and a forwarding task (owned here, so it ends with this incarnation) and is
+//! announced to the room. On the **subscriber** connection the peer offers whatever tracks the
+//! room says it should receive (`Subscribe`, debounced), one offer at a time, and each
+//! subscriber copy goes live in its publisher's fan-out once the client's answer is applied.
+//!
+//! webrtc-rs callbacks ([`Events`]) only forward an event to this actor through a weak address
+//! tagged with the incarnation's generation: no work, no locks, nothing that keeps the peer
+//! alive, and nothing a restarted peer mistakes for its own.
+//!
+//! Restart (transient): fresh state, so both connections and every forwarding task of the old
+//! incarnation are gone (closed by the reaper). The participant stays in its room (membership
+//! is in `PeerShared`): the new incarnation re-enters it, the room drops the old tracks and
+//! re-sends what to receive, and the client is told `reconnect`: it builds new connections and
+//! publishes again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use super::media::{relay_keyframe_requests, Downstream, Fanout};
+use super::protocol::{self, Candidate, ClientSignal, SignalError, Target};
+use super::room::{Join, Leave, MemberInfo, Mute, Publish, TrackRef, Unpublish};
+use super::{room_closed, RoomEntry, RoomRefused, SfuCore, Signal};
+use crate::chat::presence::Outbound;
+use crate::socket::{Disconnected, Inbound, RateLimiter};
+use crate::supervision::{ActorHandle, SupervisedMessage};
+use crate::tasks::OwnedTask;
+
+/// Changes to what a participant receives within this window make one offer.
+const SUBSCRIBE_DEBOUNCE: Duration = Duration::from_millis(40);
+
+/// A subscription's key: (publisher participant, track id).
+type TrackKey = (String, String);
+
+/// Every peer incarnation's generation is unique in the process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// What outlives peer incarnations: identity, the socket, the room the participant is in.
+pub struct PeerShared {
+    pub participant: String,
+    pub user: String,
+    pub signal: Arc<Signal>,
+    core: Arc<SfuCore>,
+    incarnations: AtomicU64,
+    handle: OnceLock<ActorHandle<Peer>>,
+    membership: Mutex<Option<Arc<RoomEntry>>>,
+}
+
+impl PeerShared {
+    pub fn new(participant: String, user: String, signal: Arc<Signal>, core: Arc<SfuCore>) -> Arc<Self> {
+        Arc::new(Self {
+            participant,
+            user,
+            signal,
+            core,
+            incarnations: AtomicU64::new(0),
+            handle: OnceLock::new(),
+            membership: Mutex::new(None),
+        })
+    }
+
+    pub fn set_handle(&self, handle: ActorHandle<Peer>) {
+        let _ = self.handle.set(handle);
+    }
+
+    fn membership(&self) -> Option<Arc<RoomEntry>> {
+        self.membership.lock().clone()
+    }
+
+    /// Registers in `entry` and sends the room `Join`; `Err(None)` when the room closed first.
+    async fn enter(&self, entry: Arc<RoomEntry>) -> Result<Vec<protocol::ParticipantView>, Option<RoomRefused>> {
+        let handle =
+            self.handle.get().cloned().ok_or_else(|| Some(RoomRefused::Unavailable("peer starting".into())))?;
+        entry.peers.lock().insert(self.participant.clone(), handle.clone());
+        *self.membership.lock() = Some(entry.clone());
+        let join = Join {
+            participant: self.participant.clone(),
+            user: self.user.clone(),
+            peer: handle,
+            signal: self.signal.clone(),
+        };
+        let refused = match entry.room.send(join).await {
+            Ok(Ok(participants)) => return Ok(participants),
+            Ok(Err(refused)) => Some(refused),
+            Err(error) if room_closed(&error) => None,
+            Err(error) => Some(RoomRefused::Unavailable(error.to_string())),
+        };
+        self.forget(&entry);
+        Err(refused)
+    }
+
+    /// Joins `room` (opening it if needed) after checking access.
+    async fn join(&self, room: String) -> Result<Vec<protocol::ParticipantView>, RoomRefused> {
+        self.core.may_join(&room, &self.user).await?;
+        // A room closing between lookup and join answers `Stopped`: the next lookup opens a new one.
+        for _ in 0..3 {
+            let entry = self.core.room(&room)?;
+            match self.enter(entry).await {
+                Ok(participants) => return Ok(participants),
+                Err(Some(refused)) => return Err(refused),
+                Err(None) => continue,
+            }
+        }
+        Err(RoomRefused::Unavailable("the room kept closing; try again".into()))
+    }
+
+    fn forget(&self, entry: &Arc<RoomEntry>) {
+        entry.peers.lock().remove(&self.participant);
+        let mut membership = self.membership.lock();
+        if membership.as_ref().is_some_and(|current| Arc::ptr_eq(current, entry)) {
+            *membership = None;
+        }
+    }
+
+    /// Leaves the room, if in one; returns its name.
+    fn leave(&self) -> Option<String> {
+        let entry = self.membership.lock().take()?;
+        entry.peers.lock().remove(&self.participant);
+        let _ = entry.room.do_send(Leave { participant: self.participant.clone() });
+        Some(entry.name.clone())
+    }
+}
+
+struct Published {
+    fanout: Arc<Fanout>,
+    _forward: OwnedTask<()>,
+}
+
+struct Subscription {
+    fanout: Weak<Fanout>,
+    downstream: Arc<Downstream>,
+    sender: Arc<dyn RtpSender>,
+    /// Forwarding into it and relaying its keyframe requests, once the client's answer is in.
+    relay: Option<OwnedTask<()>>,
+}
+
+/// The subscriber connection's offer/answer state.
+#[derive(Default)]
+struct Negotiation {
+    /// An offer was sent and its answer has not come.
+    awaiting_answer: bool,
+    /// What to receive changed while an offer was out: offer again after the answer.
+    again: bool,
+    /// A debounced sync is pending.
+    scheduled: bool,
+    /// Offer even if nothing changed (the room restarted).
+    force: bool,
+}
+
+pub struct Peer {
+    shared: Arc<PeerShared>,
+    generation: u64,
+    limiter: RateLimiter,
+    publisher: Option<Arc<dyn PeerConnection>>,
+    subscriber: Option<Arc<dyn PeerConnection>>,
+    published: HashMap<String, Published>,
+    subscriptions: HashMap<TrackKey, Subscription>,
+    wanted: Vec<TrackRef>,
+    negotiation: Negotiation,
+}
+
+impl Peer {
+    pub fn new(shared: Arc<PeerShared>) -> Self {
+        let config = &shared.core.config;
+        let limiter = RateLimiter::new(config.signaling_rate_per_sec, config.signaling_burst);
+        Self {
+            shared,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            limiter,
+            publisher: None,
+            subscriber: None,
+            published: HashMap::new(),
+            subscriptions: HashMap::new(),
+            wanted: Vec::new(),
+            negotiation: Negotiation::default(),
+        }
+    }
+
+    fn reject(&self, error: SignalError) {
+        self.shared.signal.send(error.to_json());
+    }
+
+    fn events(&self, ctx: &Context<Self>, target: Target) -> Arc<dyn PeerConnectionEventHandler> {
+        Arc::new(Events { peer: ctx.address().downgrade(), generation: self.generation, target })
+    }
+
+    /// Runs a webrtc-rs step on the media runtime while this peer handles nothing else, then
+    /// `then` with its outcome (`Err`: the step panicked or was cancelled).
+    fn media_step<F, T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        name: &'static str,
+        step: F,
+        then: impl FnOnce(&mut Self, Result<T, String>, &mut Context<Self>) + 'static,
+    ) where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let media = self.shared.core.media.clone();
+        ctx.wait(
+            async move { media.run(name, step).await }
+                .into_actor(self)
+                .map(move |outcome, peer, ctx| then(peer, outcome, ctx)),
+        );
+    }
+
+    /// Closes both connections and forgets every track (left the room, or a failed connection).
+    fn reset_media(&mut self) {
+        let media = &self.shared.core.media;
+        for connection in [self.publisher.take(), self.subscriber.take()].into_iter().flatten() {
+            media.close(connection);
+        }
+        for published in self.published.drain().map(|(_, p)| p) {
+            drop(published);
+        }
+        for ((_, _), subscription) in self.subscriptions.drain() {
+            if let Some(fanout) = subscription.fanout.upgrade() {
+                fanout.remove(&self.shared.participant);
+            }
+        }
+        self.wanted.clear();
+        self.negotiation = Negotiation::default();
+    }
+
+    fn handle_signal(&mut self, signal: ClientSignal, ctx: &mut Context<Self>) {
+        match signal {
+            ClientSignal::Ping => self.shared.signal.send(protocol::pong()),
+            ClientSignal::Join { room } => self.join(room, ctx),
+            ClientSignal::Leave => match self.shared.leave() {
+                Some(room) => {
+                    self.reset_media();
+                    self.shared.signal.send(protocol::left(&room));
+                }
+                None => self.reject(SignalError::new("not_joined", "leave: you are not in a room")),
+            },
+            ClientSignal::Offer { target: Target::Publisher, sdp } => self.publisher_offer(sdp, ctx),
+            ClientSignal::Offer { target: Target::Subscriber, .. } => self.reject(SignalError::new(
+                "wrong_target",
+                "offer: the server offers on the subscriber connection; answer it instead",
+            )),
+            ClientSignal::Answer { target: Target::Subscriber, sdp } => self.subscriber_answer(sdp, ctx),
+            ClientSignal::Answer { target: Target::Publisher, .. } => self.reject(SignalError::new(
+                "unexpected_answer",
+                "answer: the publisher connection is answered by the server; send an offer",
+            )),
+            ClientSignal::Candidate { target, candidate } => self.add_candidate(target, candidate, ctx),
+            ClientSignal::Mute { track, muted } => self.mute(track, muted),
+        }
+    }
+
+    fn join(&mut self, room: String, ctx: &mut Context<Self>) {
+        if let Some(entry) = self.shared.membership() {
+            let message = format!("join: already in room {:?}; leave it first", entry.name);
+            return self.reject(SignalError::new("already_joined", message));
+        }
+        let shared = self.shared.clone();
+        let name = room.clone();
+        ctx.wait(async move { shared.join(room).await }.into_actor(self).map(
+            move |outcome, peer, _ctx| match outcome {
+                Ok(participants) => {
+                    let shared = &peer.shared;
+                    shared.signal.send(protocol::joined(&name, &shared.participant, &participants));
+                }
+                Err(refused) => peer.reject(SignalError::new(refused.code(), format!("join {name:?}: {refused}"))),
+            },
+        ));
+    }
+
+    fn publisher_offer(&mut self, sdp: String, ctx: &mut Context<Self>) {
+        if self.shared.membership().is_none() {
+            return self.reject(SignalError::new("not_joined", "offer: join a room first"));
+        }
+        let existing = self.publisher.clone();
+        let events = self.events(ctx, Target::Publisher);
+        let core = self.shared.core.clone();
+        crate::action!("sfu", "offer", participant = self.shared.participant, target = "publisher");
+        self.media_step(
+            ctx,
+            "sfu.negotiate",
+            async move {
+                let connection = match existing {
+                    Some(connection) => connection,
+                    None => match core.media.connection(events).await {
+                        Ok(connection) => connection,
+                        Err(error) => return (None, Err(SignalError::new("unavailable", error))),
+                    },
+                };
+                let answer = answer(&*connection, sdp).await;
+                (Some(connection), answer)
+            },
+            |peer, outcome, _ctx| match outcome {
+                Ok((connection, answer)) => {
+                    if peer.publisher.is_none() {
+                        peer.publisher = connection;
+                    }
+                    match answer {
+                        Ok(sdp) => {
+                            crate::action!(
+                                "sfu",
+                                "answer",
+                                participant = peer.shared.participant,
+                                target = "publisher"
+                            );
+                            peer.shared.signal.send(protocol::sdp("answer", Target::Publisher, &sdp));
+                        }
+                        Err(error) => peer.reject(error),
+                    }
+                }
+                Err(error) => peer.reject(SignalError::new("internal", format!("offer: {error}"))),
+            },
+        );
+    }
+
+    fn subscriber_answer(&mut self, sdp: String, ctx: &mut Context<Self>) {
+        let (true, Some(connection)) = (self.negotiation.awaiting_answer, self.subscriber.clone()) else {
+            return self
+                .reject(SignalError::new("unexpected_answer", "answer: no subscriber offer is waiting for one"));
+        };
+        crate::action!("sfu", "answer", participant = self.shared.participant, target = "subscriber");
+        self.media_step(
+            ctx,
+            "sfu.negotiate",
+            async move {
+                let description = RTCSessionDescription::answer(sdp)
+                    .map_err(|error| SignalError::new("invalid_sdp", format!("answer: {error}")))?;
+                connection
+                    .set_remote_description(description)
+                    .await
+                    .map_err(|error| SignalError::new("invalid_sdp", format!("answer: {error}")))
+            },
+            |peer, outcome, ctx| {
+                peer.negotiation.awaiting_answer = false;
+                match outcome {
+                    Ok(Ok(())) => peer.subscriptions_live(),
+                    Ok(Err(error)) => {
+                        peer.reject(error);
+                        // The offer is still pending on our side: offer again.
+                        peer.negotiation.force = true;
+                        peer.negotiation.again = true;
+                    }
+                    Err(error) => peer.reject(SignalError::new("internal", format!("answer: {error}"))),
+                }
+                if std::mem::take(&mut peer.negotiation.again) {
+                    peer.schedule_sync(ctx);
+                }
+            },
+        );
+    }
+
+    /// After an applied answer: new subscriber copies join their fan-outs, and their publishers
+    /// are asked for a keyframe so the new subscriber can start decoding.
+    fn subscriptions_live(&mut self) {
+        let media = self.shared.core.media.clone();
+        for subscription in self.subscriptions.values_mut().filter(|s| s.relay.is_none()) {
+            let Some(fanout) = subscription.fanout.upgrade() else { continue };
+            fanout.add(subscription.downstream.clone());
+            let downstream = subscription.downstream.clone();
+            let weak = subscription.fanout.clone();
+            subscription.relay = Some(media.spawn("sfu.keyframe_relay", async move {
+                fanout.request_keyframe().await;
+                drop(fanout);
+                relay_keyframe_requests(downstream, weak).await;
+            }));
+        }
+    }
+
+    fn add_candidate(&mut self, target: Target, candidate: Candidate, ctx: &mut Context<Self>) {
+        let connection = match target {
+            Target::Publisher => self.publisher.clone(),
+            Target::Subscriber => self.subscriber.clone(),
+        };
+        let Some(connection) = connection else {
+            let message = format!("candidate: there is no {} connection yet", target.as_str());
+            return self.reject(SignalError::new("no_connection", message));
+        };
+        if candidate.candidate.trim().is_empty() {
+            return; // End of candidates.
+        }
+        self.media_step(
+            ctx,
+            "sfu.candidate",
+            async move {
+                let init = RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    username_fragment: candidate.username_fragment,
+                    ..Default::default()
+                };
+                connection.add_ice_candidate(init).await.map_err(|error| error.to_string())
+            },
+            |peer, outcome, _ctx| {
+                let error = match outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(error)) | Err(error) => error,
+                };
+                peer.reject(SignalError::new("invalid_candidate", format!("candidate: {error}")));
+            },
+        );
+    }
+
+    fn mute(&mut self, track: String, muted: bool) {
+        let Some(published) = self.published.get(&track) else {
+            return self.reject(SignalError::new("unknown_track", format!("mute: you publish no track {track:?}")));
+        };
+        published.fanout.set_muted(muted);
+        if let Some(entry) = self.shared.membership() {
+            let _ = entry.room.do_send(Mute { participant: self.shared.participant.clone(), track, muted });
+        }
+    }
+
+    fn schedule_sync(&mut self, ctx: &mut Context<Self>) {
+        if !self.negotiation.scheduled {
+            self.negotiation.scheduled = true;
+            ctx.run_later(SUBSCRIBE_DEBOUNCE, |peer, ctx| {
+                peer.negotiation.scheduled = false;
+                peer.sync_subscriptions(ctx);
+            });
+        }
+    }
+
+    /// Makes the subscriber connection carry exactly the wanted tracks, and offers it.
+    fn sync_subscriptions(&mut self, ctx: &mut Context<Self>) {
+        if self.negotiation.awaiting_answer {
+            self.negotiation.again = true;
+            return;
+        }
+        if self.shared.membership().is_none() {
+            return;
+        }
+        let wanted: HashMap<TrackKey, Arc<Fanout>> = self
+            .wanted
+            .iter()
+            .filter_map(|track| {
+                let fanout = track.fanout.upgrade()?;
+                Some(((track.publisher.clone(), track.track.clone()), fanout))
+            })
+            .collect();
+        let stale: Vec<TrackKey> = self
+            .subscriptions
+            .iter()
+            .filter(|(key, subscription)| match (wanted.get(*key), subscription.fanout.upgrade()) {
+                (Some(wanted), Some(current)) => !Arc::ptr_eq(wanted, &current),
+                _ => true,
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut removed = Vec::with_capacity(stale.len());
+        for key in stale {
+            if let Some(subscription) = self.subscriptions.remove(&key) {
+                if let Some(fanout) = subscription.fanout.upgrade() {
+                    fanout.remove(&self.shared.participant);
+                }
+                removed.push(subscription.sender);
+            }
+        }
+        let added: Vec<(TrackKey, Arc<Fanout>)> =
+            wanted.into_iter().filter(|(key, _)| !self.subscriptions.contains_key(key)).collect();
+        let force = std::mem::take(&mut self.negotiation.force);
+        if removed.is_empty() && added.is_empty() && !(force && self.subscriber.is_some()) {
+            return;
+        }
+        if self.subscriber.is_none() && added.is_empty() {
+            return;
+        }
+        let participant = self.shared.participant.clone();
+        let added: Vec<(TrackKey, Weak<Fanout>, Arc<Downstream>)> = added
+            .into_iter()
+            .map(|(key, fanout)| {
+                let downstream = Downstream::new(&participant, &fanout);
+                (key, Arc::downgrade(&fanout), downstream)
+            })
+            .collect();
+        let tracks: Vec<_> = added.iter().map(|(_, _, downstream)| downstream.as_track_local()).collect();
+        let existing = self.subscriber.clone();
+        let events = self.events(ctx, Target::Subscriber);
+        let core = self.shared.core.clone();
+        self.negotiation.awaiting_answer = true;
+        self.media_step(
+            ctx,
+            "sfu.negotiate",
+            async move {
+                let connection = match existing {
+                    Some(connection) => connection,
+                    None => match core.media.connection(events).await {
+                        Ok(connection) => connection,
+                        Err(error) => return (None, Err(error)),
+                    },
+                };
+                let offer = offer(&*connection, removed, tracks).await;
+                (Some(connection), offer)
+            },
+            move |peer, outcome, _ctx| {
+                let (connection, offer) = match outcome {
+                    Ok(done) => done,
+                    Err(error) => (None, Err(error)),
+                };
+                if peer.subscriber.is_none() {
+                    peer.subscriber = connection;
+                }
+                match offer {
+                    Ok((senders, sdp)) => {
+                        for ((key, fanout, downstream), sender) in added.into_iter().zip(senders) {
+                            peer.subscriptions.insert(key, Subscription { fanout, downstream, sender, relay: None });
+                        }
+                        crate::action!("sfu", "offer", participant = peer.shared.participant, target = "subscriber");
+                        peer.shared.signal.send(protocol::sdp("offer", Target::Subscriber, &sdp));
+                    }
+                    Err(error) => {
+                        tracing::warn!(participant = %peer.shared.participant, %error, "subscriber offer failed");
+                        peer.negotiation.awaiting_answer = false;
+                        peer.reject(SignalError::new("negotiation_failed", format!("subscriber offer: {error}")));
+                    }
+                }
+            },
+        );
+    }
+
+    fn track_arrived(&mut self, remote: Arc<dyn TrackRemote>, ctx: &mut Context<Self>) {
+        let participant = self.shared.participant.clone();
+        self.media_step(
+            ctx,
+            "sfu.track",
+            async move { Fanout::of(&participant, remote).await },
+            |peer, outcome, ctx| {
+                let Ok(Some(fanout)) = outcome else { return };
+                let Some(entry) = peer.shared.membership() else { return };
+                let track = fanout.track.clone();
+                let weak = ctx.address().downgrade();
+                let generation = peer.generation;
+                let forwarding = fanout.clone();
+                let ended = track.clone();
+                let forward = peer.shared.core.media.spawn("sfu.forward", async move {
+                    forwarding.forward().await;
+                    if let Some(peer) = weak.upgrade() {
+                        peer.do_send(FromConnection {
+                            generation,
+                            target: Target::Publisher,
+                            event: PcEvent::TrackEnded(ended),
+                        });
+                    }
+                });
+                let reference = TrackRef {
+                    publisher: peer.shared.participant.clone(),
+                    track: track.clone(),
+                    kind: fanout.kind,
+                    muted: false,
+                    fanout: Arc::downgrade(&fanout),
+                };
+                peer.published.insert(track, Published { fanout, _forward: forward });
+                let _ = entry.room.do_send(Publish { track: reference });
+            },
+        );
+    }
+
+    fn track_ended(&mut self, track: String) {
+        if self.published.remove(&track).is_some() {
+            if let Some(entry) = self.shared.membership() {
+                let _ = entry.room.do_send(Unpublish { participant: self.shared.participant.clone(), track });
+            }
+        }
+    }
+
+    /// A connection failed for good (ICE consent lost): start over, like after a restart.
+    fn connection_failed(&mut self, target: Target) {
+        tracing::info!(participant = %self.shared.participant, target = target.as_str(), "peer connection failed; asking the client to reconnect");
+        let tracks: Vec<String> = self.published.keys().cloned().collect();
+        for track in tracks {
+            self.track_ended(track);
+        }
+        self.reset_media();
+        self.shared.signal.send(protocol::reconnect("connection failed"));
+        if let Some(entry) = self.shared.membership() {
+            self.rejoin(&entry);
+        }
+    }
+
+    /// Re-enters the room as the same participant; the room answers with `Subscribe`.
+    fn rejoin(&self, entry: &Arc<RoomEntry>) {
+        let Some(handle) = self.shared.handle.get().cloned() else { return };
+        let join = Join {
+            participant: self.shared.participant.clone(),
+            user: self.shared.user.clone(),
+            peer: handle,
+            signal: self.shared.signal.clone(),
+        };
+        if let Err(error) = entry.room.do_send(join) {
+            tracing::warn!(%error, room = %entry.name, "could not re-enter the room");
+        }
+    }
+}
+
+/// Applies a client's offer and produces the answer's SDP.
+async fn answer(connection: &dyn PeerConnection, sdp: String) -> Result<String, SignalError> {
+    let invalid = |error: webrtc::error::Error| SignalError::new("invalid_sdp", format!("offer: {error}"));
+    let description = RTCSessionDescription::offer(sdp).map_err(invalid)?;
+    connection.set_remote_description(description).await.map_err(invalid)?;
+    let failed = |error: webrtc::error::Error| SignalError::new("negotiation_failed", format!("answer: {error}"));
+    let answer = connection.create_answer(None).await.map_err(failed)?;
+    connection.set_local_description(answer).await.map_err(failed)?;
+    let local = connection
+        .local_description()
+        .await
+        .ok_or_else(|| SignalError::new("negotiation_failed", "answer: no local description"))?;
+    Ok(local.sdp)
+}
+
+/// Removes and adds subscriber tracks and produces the offer's SDP.
+async fn offer(
+    connection: &dyn PeerConnection,
+    removed: Vec<Arc<dyn RtpSender>>,
+    added: Vec<Arc<dyn webrtc::media_stream::track_local::TrackLocal>>,
+) -> Result<(Vec<Arc<dyn RtpSender>>, String), String> {
+    for sender in &removed {
+        if let Err(error) = connection.remove_track(sender).await {
+            tracing::debug!(%error, "removing a subscriber track");
+        }
+    }
+    let mut senders = Vec::with_capacity(added.len());
+    for track in added {
+        senders.push(connection.add_track(track).await.map_err(|error| format!("add_track: {error}"))?);
+    }
+    let offer = connection.create_offer(None).await.map_err(|error| format!("create_offer: {error}"))?;
+    connection.set_local_description(offer).await.map_err(|error| format!("set_local_description: {error}"))?;
+    let local = connection.local_description().await.ok_or("no local description")?;
+    Ok((senders, local.sdp))
+}
+
+impl Actor for Peer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let timeout = self.shared.core.client_timeout;
+        ctx.run_interval(self.shared.core.heartbeat_interval, move |peer, ctx| {
+            if peer.shared.signal.last_seen.lock().elapsed() > timeout {
+                tracing::info!(participant = %peer.shared.participant, "rtc heartbeat timed out");
+                peer.shared.signal.outbox.close(1001, "heartbeat timeout");
+                ctx.stop();
+            } else {
+                peer.shared.signal.outbox.push(Outbound::Ping);
+            }
+        });
+        if self.shared.incarnations.fetch_add(1, Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Restarted: the old connections are gone; the client builds new ones.
+        crate::action!("sfu", "peer restarted", participant = self.shared.participant);
+        self.shared.signal.send(protocol::reconnect("the server restarted your connection"));
+        if let Some(entry) = self.shared.membership() {
+            self.rejoin(&entry);
+        }
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        self.shared.leave();
+        self.reset_media();
+        // A no-op when the socket already closed; at shutdown this is the client's 1001.
+        self.shared.signal.outbox.close(1001, "server going away");
+        Running::Stop
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // A crashed incarnation's connections: closed in the background, not leaked.
+        self.reset_media();
+    }
+}
+
+crate::supervised!(Peer);
+
+impl Handler<Inbound> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, inbound: Inbound, ctx: &mut Self::Context) {
+        let text = match inbound {
+            Inbound::Text(text) => text,
+            Inbound::Binary => {
+                return self
+                    .reject(SignalError::new("unsupported_frame", "binary frames are not supported; send JSON text"))
+            }
+        };
+        if !self.limiter.try_take() {
+            return self.reject(SignalError::new("rate_limited", "too many signaling frames; slow down"));
+        }
+        match protocol::parse(&text) {
+            Ok(signal) => self.handle_signal(signal, ctx),
+            Err(error) => self.reject(error),
+        }
+    }
+}
+
+impl Handler<Disconnected> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, _: Disconnected, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// From the room: the tracks this participant should receive now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub tracks: Vec<TrackRef>,
+    /// Offer even if nothing changed (the room was rebuilt).
+    pub renegotiate: bool,
+}
+impl SupervisedMessage for Subscribe {}
+
+impl Handler<Subscribe> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, subscribe: Subscribe, ctx: &mut Self::Context) {
+        self.wanted = subscribe.tracks;
+        self.negotiation.force |= subscribe.renegotiate;
+        self.schedule_sync(ctx);
+    }
+}
+
+/// From a restarting room: this participant, if it is in `room`.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<MemberInfo>")]
+pub struct Describe {
+    pub room: String,
+}
+impl SupervisedMessage for Describe {}
+
+impl Handler<Describe> for Peer {
+    type Result = Option<MemberInfo>;
+
+    fn handle(&mut self, describe: Describe, _ctx: &mut Self::Context) -> Self::Result {
+        let entry = self.shared.membership()?;
+        if entry.name != describe.room {
+            return None;
+        }
+        let tracks = self
+            .published
+            .values()
+            .map(|published| TrackRef {
+                publisher: self.shared.participant.clone(),
+                track: published.fanout.track.clone(),
+                kind: published.fanout.kind,
+                muted: published.fanout.muted(),
+                fanout: Arc::downgrade(&published.fanout),
+            })
+            .collect();
+        Some(MemberInfo {
+            participant: self.shared.participant.clone(),
+            user: self.shared.user.clone(),
+            peer: self.shared.handle.get()?.clone(),
+            signal: self.shared.signal.clone(),
+            tracks,
+        })
+    }
+}
+
+/// Something one of this peer's connections reported (see [`Events`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FromConnection {
+    generation: u64,
+    target: Target,
+    event: PcEvent,
+}
+
+enum PcEvent {
+    Candidate(Candidate),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+    TrackEnded(String),
+}
+
+impl Handler<FromConnection> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, message: FromConnection, ctx: &mut Self::Context) {
+        if message.generation != self.generation {
+            return; // A previous incarnation's connection, closing.
+        }
+        match message.event {
+            PcEvent::Candidate(candidate) => {
+                self.shared.signal.send(protocol::candidate(message.target, &candidate));
+            }
+            PcEvent::State(RTCPeerConnectionState::Failed) => self.connection_failed(message.target),
+            PcEvent::State(state) => {
+                crate::action!(
+                    "sfu",
+                    "connection state",
+                    participant = self.shared.participant,
+                    target = message.target.as_str(),
+                    state = state
+                );
+            }
+            PcEvent::Track(remote) if message.target == Target::Publisher => self.track_arrived(remote, ctx),
+            PcEvent::Track(_) => {}
+            PcEvent::TrackEnded(track) => self.track_ended(track),
+        }
+    }
+}
+
+/// The webrtc-rs callbacks of one connection: each only forwards its event.
+struct Events {
+    peer: actix::WeakAddr<Peer>,
+    generation: u64,
+    target: Target,
+}
+
+impl Events {
+    fn emit(&self, event: PcEvent) {
+        if let Some(peer) = self.peer.upgrade() {
+            peer.do_send(FromConnection { generation: self.generation, target: self.target, event });
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            self.emit(PcEvent::Candidate(Candidate {
+                candidate: init.candidate,
+                sdp_mid: init.sdp_mid,
+                sdp_mline_index: init.sdp_mline_index,
+                username_fragment: init.username_fragment,
+            }));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.emit(PcEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.emit(PcEvent::Track(track));
+    }
+}
