@@ -23,9 +23,10 @@ use crate::system_monitor::SystemMonitorConfig;
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// `log.filter`'s default: info, except webrtc-rs's crates (the SFU), which log every ICE and
-/// connection state change of every peer at info.
+/// connection state change of every peer at info, and warn about routine events (ICE checks
+/// before the first candidate, every retransmitted SRTP packet, DTLS without a server name).
 pub const DEFAULT_LOG_FILTER: &str =
-    "info,rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn";
+    "info,rtc=warn,rtc::peer_connection::handler=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn";
 
 /// Prefix of environment overrides; nesting is separated by a double underscore.
 pub const ENV_PREFIX: &str = "RAMPART__";

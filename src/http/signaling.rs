@@ -149,8 +149,9 @@ mod imp {
     }
 
     pub async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-        let rooms = sfu(&state)?.rooms().await;
-        Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms })))
+        let sfu = sfu(&state)?;
+        let rooms = sfu.rooms().await;
+        Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms, "media_tasks": sfu.media_tasks() })))
     }
 
     pub fn create_room(state: web::Data<AppState>, name: String) -> Result<HttpResponse, ApiError> {

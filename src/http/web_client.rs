@@ -46,6 +46,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../../web/js/chat.js"),
     },
     Asset {
+        path: "js/video.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../web/js/video.js"),
+    },
+    Asset {
         path: "js/console.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../web/js/console.js"),

@@ -163,6 +163,12 @@ impl Media {
         crate::tasks::spawn_owned_on(&self.handle, name, future)
     }
 
+    /// Tasks alive on the media runtime (forwarding loops, keyframe relays, peer connections'
+    /// own tasks): what a leak would grow.
+    pub fn tasks(&self) -> usize {
+        self.handle.metrics().num_alive_tasks()
+    }
+
     /// Closes `connection` in the background: peers drop theirs when they stop or crash.
     pub fn close(&self, connection: Arc<dyn PeerConnection>) {
         let _ = self.reaper.send(connection);

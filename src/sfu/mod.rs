@@ -174,6 +174,11 @@ mod running {
             self.core.admin_rooms.lock().insert(name.to_owned())
         }
 
+        /// Tasks alive on the media runtime.
+        pub fn media_tasks(&self) -> usize {
+            self.core.media.tasks()
+        }
+
         /// The open rooms with their participants and tracks.
         pub async fn rooms(&self) -> Vec<RoomView> {
             let entries: Vec<Arc<RoomEntry>> = self.core.rooms.lock().values().cloned().collect();

@@ -4,7 +4,10 @@
 //
 // Scenarios: two pages as two users exchange messages and see acks; a page survives a server
 // restart and catches up (a message typed while the server is down is sent and acked after);
-// the console shows a restart after a chaos panic. Exits non-zero on the first failure.
+// the console shows a restart after a chaos panic; with an SFU build (RAMPART_EXPECT_SFU=1), the
+// two pages hold a video call: frames decode both ways, the publisher is asked for keyframes, a
+// panicking peer reconnects by itself, and leaving empties the room. Exits non-zero on the first
+// failure.
 
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
@@ -32,7 +35,10 @@ const env = {
   RAMPART__CHAOS__ENABLED: 'true',
   RAMPART__HTTP__WORKERS: '1',
   RAMPART__LOG__FORMAT: 'json',
+  // Media and ICE on 127.0.0.1 only (the namespace has nothing else anyway).
+  RAMPART__SFU__ICE_LOOPBACK_ONLY: 'true',
 };
+const EXPECT_SFU = process.env.RAMPART_EXPECT_SFU === '1';
 
 function log(...parts) {
   console.log(`[browser] ${parts.join(' ')}`);
@@ -67,6 +73,22 @@ function stopRampart(child) {
 function token(user) {
   const output = execFileSync(BIN, ['token', '--user', user], { env }).toString().trim().split('\n');
   return output[output.length - 1];
+}
+
+async function adminGet(url, path) {
+  const response = await fetch(`${url}${path}`, { headers: { Authorization: `Bearer ${ADMIN_TOKEN}` } });
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+/** Resolves when `condition()` (async) holds, polling; rejects after STEP_TIMEOUT_MS. */
+async function until(what, condition) {
+  const deadline = Date.now() + STEP_TIMEOUT_MS;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
 }
 
 async function adminPost(url, path, body) {
@@ -115,6 +137,8 @@ async function main() {
     args: [
       '--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection',
+      '--disable-features=WebRtcHideLocalIpsWithMdns',
     ],
   });
   const errors = [];
@@ -213,6 +237,15 @@ async function main() {
     await consolePage.locator('#crash-detail .actions li', { hasText: 'chaos panic requested' }).first().waitFor();
     log('the console showed the restart and the crash record with its recent actions');
 
+    // 4. A video call between the two pages (SFU builds only).
+    const sfu = (await fetch(`${server.url}/rtc`)).status !== 501;
+    if (!sfu && EXPECT_SFU) throw new Error('/rtc answers 501: this binary has no SFU');
+    if (sfu) {
+      await videoCall(server.url, alice, bob);
+    } else {
+      log('no SFU in this build (/rtc answers 501): video scenario skipped');
+    }
+
     if (errors.length) throw new Error(`page errors:\n${errors.join('\n')}`);
   } finally {
     await browser.close();
@@ -220,6 +253,51 @@ async function main() {
     rmSync(dataDir, { recursive: true, force: true });
   }
   log('all scenarios passed');
+}
+
+const stats = (page) => page.evaluate(() => window.rampartVideo?.stats() ?? null);
+
+/** Waits until `page` decoded `more` video frames beyond what it has now. */
+async function framesGrow(page, name, more) {
+  const start = (await stats(page))?.framesDecoded ?? 0;
+  await until(`${name} to decode ${more} more frames`, async () => ((await stats(page))?.framesDecoded ?? 0) >= start + more);
+}
+
+async function videoCall(url, alice, bob) {
+  await alice.click('#video-join');
+  await bob.click('#video-join');
+  for (const [page, name] of [[alice, 'alice'], [bob, 'bob']]) {
+    await page.waitForSelector('#video-state[data-state="live"]', { timeout: STEP_TIMEOUT_MS });
+    await page.waitForSelector('#video-tiles figure:not(.local) video', { timeout: STEP_TIMEOUT_MS });
+    await framesGrow(page, name, 20);
+  }
+  log('alice and bob see each other (frames decoded on both pages)');
+  await until('a keyframe request to a publisher', async () => ((await stats(alice)).pliCount + (await stats(bob)).pliCount) >= 1);
+  log('publishers were asked for keyframes (pliCount >= 1)');
+  await shot(bob, 'video');
+
+  // Alice's peer panics: her page reconnects by itself and both see each other again.
+  const { rooms } = await adminGet(url, '/admin/rooms');
+  const room = rooms.find((r) => r.participants.length === 2);
+  if (!room) throw new Error(`no room with both: ${JSON.stringify(rooms)}`);
+  const aliceId = await alice.evaluate(() => window.rampartVideo.participant);
+  const peer = room.participants.find((p) => p.participant === aliceId);
+  await adminPost(url, '/admin/chaos/panic', { actor: peer.path });
+  await alice.waitForSelector('#video-state[data-state="reconnecting"]', { timeout: STEP_TIMEOUT_MS });
+  await alice.waitForSelector('#video-state[data-state="live"]', { timeout: STEP_TIMEOUT_MS });
+  await framesGrow(bob, 'bob after the panic', 20);
+  await framesGrow(alice, 'alice after the panic', 20);
+  const after = (await adminGet(url, '/admin/rooms')).rooms.find((r) => r.name === room.name);
+  if (after.participants.length !== 2) throw new Error(`ghosts or losses after the panic: ${JSON.stringify(after)}`);
+  log('a panicking peer reconnected by itself; media flows both ways again, no ghosts');
+
+  await alice.click('#video-leave');
+  await bob.click('#video-leave');
+  await until('the room to empty', async () => {
+    const listed = (await adminGet(url, '/admin/rooms')).rooms.find((r) => r.name === room.name);
+    return !listed || listed.participants.length === 0;
+  });
+  log('leaving emptied the room');
 }
 
 main().catch((error) => {

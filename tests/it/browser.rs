@@ -39,7 +39,8 @@ fn two_users_chat_survive_a_restart_and_the_console_shows_a_panic() {
     command
         .args(["--signal=KILL", TIMEOUT_SECS, "unshare", "-rn", "sh", "-c", "ip link set lo up && exec node run.mjs"])
         .current_dir(BROWSER_DIR)
-        .env("RAMPART_BIN", env!("CARGO_BIN_EXE_rampart"));
+        .env("RAMPART_BIN", env!("CARGO_BIN_EXE_rampart"))
+        .env("RAMPART_EXPECT_SFU", if cfg!(feature = "sfu") { "1" } else { "0" });
     for (key, _) in std::env::vars() {
         if key.starts_with("RAMPART__") {
             command.env_remove(key);

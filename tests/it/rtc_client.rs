@@ -105,6 +105,8 @@ pub struct ClientState {
     pub keyframe_requests: AtomicU64,
     pub reconnects: AtomicU64,
     pub sent_packets: AtomicU64,
+    /// Media sections in the latest subscriber offer (grows only if transceivers are not reused).
+    pub offered_sections: AtomicU64,
     pub errors: Mutex<Vec<Value>>,
     remote_tracks: Mutex<Vec<Arc<dyn TrackRemote>>>,
 }
@@ -198,6 +200,11 @@ impl RtcClient {
             Ok(Some(frame)) => frame,
             _ => panic!("no {what} frame within {deadline:?}"),
         }
+    }
+
+    /// The next frame the client logic did not consume.
+    pub async fn next_event(&mut self) -> Option<Value> {
+        self.events.recv().await
     }
 
     /// Joins `room` and returns the `joined` frame (or the `error` frame).
@@ -337,7 +344,7 @@ impl Brain {
                     if let (Some(pc), Some(sdp)) = (&self.publisher, frame["sdp"].as_str()) {
                         let answer = RTCSessionDescription::answer(sdp.to_owned()).expect("answer sdp");
                         if let Err(error) = pc.set_remote_description(answer).await {
-                            let _ = self.events.send(json!({"type": "client_error", "message": error.to_string()}));
+                            self.client_error(format!("publisher answer: {error}"));
                         }
                     }
                 }
@@ -386,6 +393,13 @@ impl Brain {
 
     fn send(&self, frame: Value) {
         let _ = self.outbound.send(frame.to_string());
+    }
+
+    /// Something this client could not do: kept with the server's error frames.
+    fn client_error(&self, message: String) {
+        let frame = json!({"type": "client_error", "message": message});
+        self.state.errors.lock().push(frame.clone());
+        let _ = self.events.send(frame);
     }
 
     async fn connection(&self, target: &'static str) -> (Arc<dyn PeerConnection>, tokio::sync::watch::Receiver<bool>) {
@@ -464,6 +478,8 @@ impl Brain {
     }
 
     async fn answer_subscriber(&mut self, sdp: String) {
+        let sections = sdp.lines().filter(|line| line.starts_with("m=")).count();
+        self.state.offered_sections.store(sections as u64, Ordering::Relaxed);
         let (pc, gathered) = match &self.subscriber {
             Some(pc) => {
                 let (_, gathered) = tokio::sync::watch::channel(true);
@@ -473,7 +489,7 @@ impl Brain {
         };
         let offer = RTCSessionDescription::offer(sdp).expect("offer sdp");
         if let Err(error) = pc.set_remote_description(offer).await {
-            let _ = self.events.send(json!({"type": "client_error", "message": error.to_string()}));
+            self.client_error(format!("subscriber offer: {error}"));
             return;
         }
         let answer = pc.create_answer(None).await.expect("answer");
@@ -607,4 +623,28 @@ impl PeerConnectionEventHandler for Handler {
             }
         });
     }
+}
+
+/// A real publisher offer (audio and video, one host candidate) from a throwaway connection.
+pub async fn sample_offer(runtime: &Arc<MediaRuntime>) -> String {
+    runtime
+        .spawn(async {
+            struct Quiet;
+            #[async_trait::async_trait]
+            impl PeerConnectionEventHandler for Quiet {}
+            let pc = client_connection(Arc::new(Quiet)).await;
+            for kind in ["video", "audio"] {
+                pc.add_track(local_track("sample", kind, rand::random::<u32>() | 1) as Arc<dyn TrackLocal>)
+                    .await
+                    .expect("track");
+            }
+            let offer = pc.create_offer(None).await.expect("offer");
+            pc.set_local_description(offer).await.expect("set offer");
+            tokio::time::sleep(Duration::from_millis(200)).await; // Gathering on loopback: one host candidate.
+            let sdp = pc.local_description().await.expect("offer").sdp;
+            let _ = pc.close().await;
+            sdp
+        })
+        .await
+        .expect("sample offer")
 }

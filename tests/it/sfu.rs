@@ -1,6 +1,7 @@
 //! The SFU (feature `sfu`) with real WebRTC clients (webrtc-rs, `rtc_client.rs`) on loopback:
 //! every server runs with `sfu.ice_loopback_only`, every client binds 127.0.0.1.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,14 +43,19 @@ async fn users_and_room(server: &ChatServer, prefix: &str, count: usize) -> (Vec
 
 /// Waits until `subscriber` got at least `packets` intact packets of both kinds from `publisher`.
 async fn media_flows(subscriber: &RtcClient, publisher: &str, packets: u64) {
-    let state = subscriber.state.clone();
-    let publisher = publisher.to_owned();
-    eventually(&format!("{packets} intact audio and video packets from {publisher}"), MEDIA_DEADLINE, || {
-        let state = state.clone();
-        let publisher = publisher.clone();
-        async move { ["video", "audio"].iter().all(|kind| state.received(&publisher, kind).intact >= packets) }
-    })
-    .await;
+    let state = &subscriber.state;
+    let started = std::time::Instant::now();
+    while !["video", "audio"].iter().all(|kind| state.received(publisher, kind).intact >= packets) {
+        if started.elapsed() > MEDIA_DEADLINE {
+            let errors = state.errors.lock().clone();
+            let received: Vec<_> = ["video", "audio"].iter().map(|kind| state.received(publisher, kind)).collect();
+            panic!(
+                "no {packets} intact audio and video packets from {publisher} within {MEDIA_DEADLINE:?}: \
+                 received {received:?}; client errors: {errors:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await; // Poll interval.
+    }
 }
 
 #[actix_rt::test]
@@ -163,4 +169,381 @@ async fn rooms_are_for_members_and_bad_signaling_gets_error_frames() {
 pub async fn listed_room(server: &ChatServer, room: &str) -> Option<Value> {
     let (_, rooms) = server.http.get(&server.url("/admin/rooms"), Some(ADMIN_TOKEN)).await;
     rooms["rooms"].as_array().and_then(|rooms| rooms.iter().find(|r| r["name"] == room).cloned())
+}
+
+#[actix_rt::test]
+async fn four_rooms_at_once_keep_their_media_apart_and_keyframe_requests_are_throttled() {
+    let server = sfu_server(&[]);
+    let runtime = media_runtime();
+    let mut rooms = Vec::new();
+    for n in 0..4u32 {
+        let (users, room) = users_and_room(&server, &format!("r{n}u"), 2).await;
+        let mut publisher = client(&server, &runtime, &users[0], true).await;
+        assert_eq!(publisher.join(&room).await["type"], "joined");
+        // Half the subscribers never trickle: every candidate in the SDP.
+        let url = server.url("/rtc").replacen("http://", "ws://", 1);
+        let options = Options { publish: false, trickle: n.is_multiple_of(2) };
+        let mut subscriber = RtcClient::connect(&runtime, &url, &server.token(&users[1]), options).await;
+        assert_eq!(subscriber.join(&room).await["type"], "joined");
+        rooms.push((room, publisher, subscriber));
+    }
+    for (room, publisher, subscriber) in &rooms {
+        let from = publisher.participant();
+        media_flows(subscriber, &from, 50).await;
+        let tags = subscriber.state.tags();
+        assert_eq!(tags.keys().collect::<Vec<_>>(), vec![&format!("{room}|{from}")], "cross-talk into {room}");
+    }
+
+    // A subscriber hammering keyframe requests: each reaches the publisher at most every 500 ms.
+    let (_, publisher, subscriber) = &rooms[0];
+    eventually("the join's keyframe request", MEDIA_DEADLINE, || async {
+        publisher.state.keyframe_requests.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let before = publisher.state.keyframe_requests.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    subscriber.request_keyframes(40, Duration::from_millis(25)).await;
+    let window = started.elapsed();
+    eventually("a relayed keyframe request", MEDIA_DEADLINE, || async {
+        publisher.state.keyframe_requests.load(Ordering::Relaxed) > before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // Let late relays land before counting.
+    let relayed = publisher.state.keyframe_requests.load(Ordering::Relaxed) - before;
+    let allowed = window.as_millis() as u64 / 500 + 2;
+    assert!(relayed <= allowed, "{relayed} keyframe requests relayed in {window:?} (at most {allowed})");
+    let metrics = scrape(&server.process).await;
+    assert!(
+        metric_value(&metrics, "rampart_sfu_keyframe_requests_total{outcome=\"throttled\"}").unwrap_or(0.0) >= 20.0,
+        "{metrics}"
+    );
+}
+
+/// The participants of `room` by `/admin/rooms`.
+async fn room_participants(server: &ChatServer, room: &str) -> Vec<Value> {
+    listed_room(server, room).await.and_then(|room| room["participants"].as_array().cloned()).unwrap_or_default()
+}
+
+async fn chaos_panic(server: &ChatServer, actor: &str) {
+    let (status, body) =
+        server.http.post(&server.url("/admin/chaos/panic"), Some(ADMIN_TOKEN), json!({"actor": actor})).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+/// Waits until `subscriber` got `more` intact packets of each kind from `publisher` beyond now.
+async fn media_resumes(subscriber: &RtcClient, publisher: &str, more: u64, deadline: Duration) {
+    let start: Vec<u64> =
+        ["video", "audio"].iter().map(|kind| subscriber.state.received(publisher, kind).intact).collect();
+    let state = subscriber.state.clone();
+    eventually(&format!("media from {publisher} again"), deadline, || {
+        let state = state.clone();
+        let start = start.clone();
+        async move {
+            ["video", "audio"]
+                .iter()
+                .zip(&start)
+                .all(|(kind, before)| state.received(publisher, kind).intact >= before + more)
+        }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_panicking_peer_or_room_comes_back_and_media_flows_again_without_ghosts() {
+    let server = sfu_server(&[]);
+    let (users, room) = users_and_room(&server, "chaos", 2).await;
+    let runtime = media_runtime();
+    let mut alice = client(&server, &runtime, &users[0], true).await;
+    assert_eq!(alice.join(&room).await["type"], "joined");
+    let mut bob = client(&server, &runtime, &users[1], true).await;
+    assert_eq!(bob.join(&room).await["type"], "joined");
+    let (a, b) = (alice.participant(), bob.participant());
+    media_flows(&bob, &a, 30).await;
+    media_flows(&alice, &b, 30).await;
+
+    // Alice's peer panics: she is told to reconnect, publishes again, and both directions flow.
+    let participants = room_participants(&server, &room).await;
+    let peer = participants
+        .iter()
+        .find(|p| p["participant"] == a.as_str())
+        .map(|p| p["path"].as_str().unwrap_or_default().to_owned());
+    chaos_panic(&server, &peer.expect("alice's peer in /admin/rooms")).await;
+    alice.wait_for("reconnect", |f| f["type"] == "reconnect").await;
+    media_resumes(&bob, &a, 30, Duration::from_secs(5)).await;
+    media_resumes(&alice, &b, 30, Duration::from_secs(5)).await;
+
+    // The room panics: it rebuilds from the live peers, re-offers, and media keeps flowing.
+    let room_path = listed_room(&server, &room).await.and_then(|r| r["path"].as_str().map(str::to_owned));
+    chaos_panic(&server, &room_path.expect("room path")).await;
+    eventually("the room rebuilt", Duration::from_secs(5), || async {
+        let participants = room_participants(&server, &room).await;
+        participants.len() == 2 && participants.iter().all(|p| p["tracks"].as_array().map_or(0, Vec::len) == 2)
+    })
+    .await;
+    media_resumes(&bob, &a, 30, Duration::from_secs(5)).await;
+    media_resumes(&alice, &b, 30, Duration::from_secs(5)).await;
+    let participants = room_participants(&server, &room).await;
+    let mut ids: Vec<&str> = participants.iter().filter_map(|p| p["participant"].as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = vec![a.as_str(), b.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "no ghosts: {participants:?}");
+    server.assert_restarted([room_path_of(&server, &room).await.as_str()]).await;
+    for client in [&alice, &bob] {
+        let errors = client.state.errors.lock().clone();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
+
+async fn room_path_of(server: &ChatServer, room: &str) -> String {
+    listed_room(server, room).await.and_then(|r| r["path"].as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// One random mutation of a valid frame: flipped, dropped or inserted bytes, a truncation, a
+/// field removed or given another type, or the type swapped.
+fn mutate(rng: &mut impl rand::Rng, frame: &Value) -> String {
+    let text = frame.to_string();
+    match rng.gen_range(0..7) {
+        0 => {
+            let mut bytes = text.into_bytes();
+            for _ in 0..rng.gen_range(1..8) {
+                let at = rng.gen_range(0..bytes.len());
+                bytes[at] = rng.gen();
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        1 => {
+            let cut = rng.gen_range(0..text.len());
+            text.chars().take(cut).collect()
+        }
+        2 => {
+            let mut value = frame.clone();
+            if let Some(object) = value.as_object_mut() {
+                let keys: Vec<String> = object.keys().cloned().collect();
+                let key = &keys[rng.gen_range(0..keys.len())];
+                object.remove(key);
+            }
+            value.to_string()
+        }
+        3 => {
+            let mut value = frame.clone();
+            if let Some(object) = value.as_object_mut() {
+                let keys: Vec<String> = object.keys().cloned().collect();
+                let key = keys[rng.gen_range(0..keys.len())].clone();
+                let replacement =
+                    [json!(null), json!(1e308), json!(-1), json!([]), json!({}), json!("x".repeat(5000)), json!(true)];
+                object.insert(key, replacement[rng.gen_range(0..replacement.len())].clone());
+            }
+            value.to_string()
+        }
+        4 => {
+            let mut value = frame.clone();
+            let types = ["join", "leave", "offer", "answer", "candidate", "mute", "ping", "JOIN", ""];
+            value["type"] = json!(types[rng.gen_range(0..types.len())]);
+            value.to_string()
+        }
+        5 => {
+            // An SDP with lines shuffled, dropped or mangled.
+            let mut value = frame.clone();
+            if let Some(sdp) = frame["sdp"].as_str() {
+                let mut lines: Vec<String> = sdp.split("\r\n").map(str::to_owned).collect();
+                for _ in 0..rng.gen_range(1..6) {
+                    let at = rng.gen_range(0..lines.len());
+                    match rng.gen_range(0..3) {
+                        0 => {
+                            lines.remove(at);
+                        }
+                        1 => lines[at] = lines[at].chars().rev().collect(),
+                        _ => {
+                            let other = rng.gen_range(0..lines.len());
+                            lines.swap(at, other);
+                        }
+                    }
+                }
+                value["sdp"] = json!(lines.join("\r\n"));
+            }
+            value.to_string()
+        }
+        _ => {
+            let mut bytes = text.into_bytes();
+            let at = rng.gen_range(0..bytes.len());
+            let junk: Vec<u8> = (0..rng.gen_range(1..20)).map(|_| rng.gen()).collect();
+            bytes.splice(at..at, junk);
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn fuzzed_signaling_gets_only_error_frames_and_the_room_keeps_forwarding() {
+    use rand::{Rng as _, SeedableRng as _};
+    let server =
+        sfu_server(&[("RAMPART__SFU__SIGNALING_RATE_PER_SEC", "100000"), ("RAMPART__SFU__SIGNALING_BURST", "100000")]);
+    let (users, room) = users_and_room(&server, "fuzz", 3).await;
+    let runtime = media_runtime();
+    let mut alice = client(&server, &runtime, &users[0], true).await;
+    assert_eq!(alice.join(&room).await["type"], "joined");
+    let mut bob = client(&server, &runtime, &users[1], false).await;
+    assert_eq!(bob.join(&room).await["type"], "joined");
+    let a = alice.participant();
+    media_flows(&bob, &a, 20).await;
+
+    let offer = crate::rtc_client::sample_offer(&runtime).await;
+    let candidate = json!({"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
+    let templates = [
+        json!({"type": "join", "room": room}),
+        json!({"type": "offer", "target": "publisher", "sdp": offer}),
+        json!({"type": "answer", "target": "subscriber", "sdp": offer}),
+        json!({"type": "candidate", "target": "publisher", "candidate": candidate}),
+        json!({"type": "mute", "track": "t", "muted": true}),
+        json!({"type": "leave"}),
+        json!({"type": "ping"}),
+    ];
+    let seed: u64 = rand::random();
+    println!("fuzz seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mallory = client(&server, &runtime, &users[2], false).await;
+    let sent = 600;
+    for n in 0..sent {
+        let template = &templates[n % templates.len()];
+        let frame = if rng.gen_bool(0.2) { template.to_string() } else { mutate(&mut rng, template) };
+        mallory.send_text(frame);
+    }
+    // A ping at the end: its pong proves every frame before it was handled.
+    let mut mallory = mallory;
+    mallory.send(json!({"type": "ping"}));
+    mallory.wait_for("pong after the fuzz", |f| f["type"] == "pong" || f["type"] == "closed").await;
+    let allowed = [
+        "error",
+        "joined",
+        "left",
+        "answer",
+        "offer",
+        "candidate",
+        "participant_joined",
+        "participant_left",
+        "track_published",
+        "track_unpublished",
+        "track_muted",
+        "pong",
+        "reconnect",
+    ];
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(200), mallory.next_event()).await {
+        let kind = frame["type"].as_str().unwrap_or_default();
+        assert!(allowed.contains(&kind), "seed {seed}: unexpected frame {frame}");
+        if kind == "error" {
+            assert!(frame["code"].as_str().is_some_and(|c| !c.is_empty()), "{frame}");
+        }
+    }
+    let metrics = scrape(&server.process).await;
+    for source in ["actor", "task", "thread", "http"] {
+        let panics = metric_value(&metrics, &format!("rampart_panics_total{{source=\"{source}\",route=\"\"}}"))
+            .or_else(|| metric_value(&metrics, &format!("rampart_panics_total{{source=\"{source}\"}}")))
+            .unwrap_or(0.0);
+        assert_eq!(panics, 0.0, "seed {seed}: {source} panics");
+    }
+    media_resumes(&bob, &a, 50, Duration::from_secs(5)).await;
+    assert!(alice.state.errors.lock().is_empty() && bob.state.errors.lock().is_empty());
+}
+
+/// Waits until only the observer is left in the room.
+async fn settled(server: &ChatServer) {
+    eventually("publishers gone", Duration::from_secs(10), || async {
+        metric_value(&scrape(&server.process).await, "rampart_sfu_participants") == Some(1.0)
+    })
+    .await;
+}
+
+/// The footprint once the media tasks stopped changing (connections closed in the background).
+async fn quiet_footprint(server: &ChatServer) -> (u64, u64, u64, u64) {
+    let mut last = footprint(server).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await; // Sampling interval of a quiet check.
+        let now = footprint(server).await;
+        if now.3 == last.3 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// (RSS bytes, OS threads, live actors, media tasks) of the server.
+async fn footprint(server: &ChatServer) -> (u64, u64, u64, u64) {
+    let (_, actors) = server.http.get(&server.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
+    let (_, rooms) = server.http.get(&server.url("/admin/rooms"), Some(ADMIN_TOKEN)).await;
+    let live = actors["actors"].as_array().map_or(0, |all| all.iter().filter(|a| a["status"] != "stopped").count());
+    (
+        server.process.rss_bytes(),
+        server.process.threads(),
+        live as u64,
+        rooms["media_tasks"].as_u64().unwrap_or_default(),
+    )
+}
+
+#[actix_rt::test]
+async fn two_hundred_join_leave_cycles_leave_nothing_behind() {
+    let server = sfu_server(&[("RAMPART__SFU__EMPTY_TIMEOUT", "300ms")]);
+    let (users, room) = users_and_room(&server, "leak", 2).await;
+    let runtime = media_runtime();
+    let url = server.url("/rtc").replacen("http://", "ws://", 1);
+    let token = server.token(&users[0]);
+    let mut observer = client(&server, &runtime, &users[1], false).await;
+    assert_eq!(observer.join(&room).await["type"], "joined");
+
+    let cycle = |n: usize| {
+        let (runtime, url, token, room) = (runtime.clone(), url.clone(), token.clone(), room.clone());
+        async move {
+            let mut publisher =
+                RtcClient::connect(&runtime, &url, &token, Options { publish: true, trickle: n.is_multiple_of(2) })
+                    .await;
+            assert_eq!(publisher.join(&room).await["type"], "joined", "cycle {n}");
+            publisher
+        }
+    };
+    // Warm-up: allocator arenas, the reactor pool's threads and lazily built state settle first.
+    // Eight publishers at a time: each joins, publishes, reaches the observer, and leaves.
+    let batch = |first: usize| {
+        let cycle = &cycle;
+        let observer = &observer;
+        async move {
+            let publishers = futures_util::future::join_all((first..first + 8).map(cycle)).await;
+            for publisher in &publishers {
+                media_flows(observer, &publisher.participant(), 1).await;
+            }
+        }
+    };
+    batch(0).await;
+    settled(&server).await;
+    let baseline = quiet_footprint(&server).await;
+    let started = std::time::Instant::now();
+    let cycles: usize = std::env::var("RAMPART_TEST_SFU_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
+    for first in (0..cycles).step_by(8) {
+        batch(first).await;
+    }
+    settled(&server).await;
+    let mut after = footprint(&server).await;
+    // Connections close in the background and the allocator returns memory lazily: wait for the
+    // numbers to come back down rather than sampling once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline
+        && (after.0 > baseline.0 + 5 * 1024 * 1024 || after.2 > baseline.2 || after.3 > baseline.3)
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await; // Poll inside the deadline.
+        after = footprint(&server).await;
+    }
+    let sections = observer.state.offered_sections.load(Ordering::Relaxed);
+    println!(
+        "{cycles} cycles in {:?}: baseline {baseline:?}, after {after:?}; {sections} media sections offered last",
+        started.elapsed()
+    );
+    assert!(
+        sections <= 2 * 8 + 2,
+        "the observer's connection grew to {sections} media sections: transceivers are not reused"
+    );
+    assert!(after.0 <= baseline.0 + 5 * 1024 * 1024, "RSS grew: {baseline:?} -> {after:?}");
+    assert!(after.1 <= baseline.1 + 2, "threads grew: {baseline:?} -> {after:?}");
+    assert!(after.2 <= baseline.2, "actors grew: {baseline:?} -> {after:?}");
+    assert!(after.3 <= baseline.3, "media tasks grew: {baseline:?} -> {after:?}");
 }

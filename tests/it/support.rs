@@ -202,10 +202,26 @@ impl RampartProcess {
 
     /// Peak resident memory of the process so far (`VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
+        self.proc_status("VmHWM:") * 1024
+    }
+
+    /// Resident memory now (`VmRSS`), in bytes.
+    #[cfg_attr(not(feature = "sfu"), expect(dead_code, reason = "used by the SFU leak test"))]
+    pub fn rss_bytes(&self) -> u64 {
+        self.proc_status("VmRSS:") * 1024
+    }
+
+    /// OS threads now.
+    #[cfg_attr(not(feature = "sfu"), expect(dead_code, reason = "used by the SFU leak test"))]
+    pub fn threads(&self) -> u64 {
+        self.proc_status("Threads:")
+    }
+
+    /// The first number of a `/proc/<pid>/status` line.
+    fn proc_status(&self, key: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("procfs");
-        let line = status.lines().find(|line| line.starts_with("VmHWM:")).expect("VmHWM");
-        let kib: u64 = line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).expect("VmHWM value");
-        kib * 1024
+        let line = status.lines().find(|line| line.starts_with(key)).unwrap_or_else(|| panic!("{key} in procfs"));
+        line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).unwrap_or_else(|| panic!("{key} value"))
     }
 
     pub fn url(&self, path: &str) -> String {

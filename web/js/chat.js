@@ -4,6 +4,7 @@
 
 import { api, ApiError, escapeHtml, highlightHtml, saved, shortTime, tokenFromFragment } from './api.js';
 import { ChatSocket } from './socket.js';
+import { VideoRoom } from './video.js';
 
 const TOKEN_KEY = 'rampart.token';
 const HISTORY_PAGE = 50;
@@ -22,6 +23,9 @@ const state = {
   current: null,
   /** Oldest message id shown in the current thread (history cursor). */
   oldest: null,
+  /** Whether the server has an SFU (video rooms), and the room this page is in. */
+  videoAvailable: false,
+  video: null,
 };
 
 async function start() {
@@ -56,6 +60,7 @@ async function signIn(token) {
   $('sign-out').hidden = false;
   $('me').textContent = state.me.display_name === state.me.id ? state.me.id : `${state.me.display_name} (${state.me.id})`;
   connect();
+  state.videoAvailable = await VideoRoom.available(token);
   await loadConversations(true);
 }
 
@@ -169,6 +174,8 @@ async function openConversation(id) {
   $('thread-members').textContent = conversation ? `Members: ${conversation.members.join(', ')}` : '';
   $('messages').innerHTML = '';
   $('composer').hidden = false;
+  if (state.video && state.video.room !== id) leaveVideo();
+  $('video').hidden = !state.videoAvailable;
   await loadOlder();
   $('body').focus();
 }
@@ -296,6 +303,7 @@ $('sign-out').addEventListener('click', () => {
   state.conversations.clear();
   state.order = [];
   state.current = null;
+  leaveVideo();
   showSignIn();
 });
 $('new-conversation').addEventListener('submit', createConversation);
@@ -303,8 +311,77 @@ $('composer').addEventListener('submit', send);
 $('older').addEventListener('click', loadOlder);
 $('more-conversations').addEventListener('click', () => loadConversations(false));
 $('search-form').addEventListener('submit', search);
+$('video-join').addEventListener('click', joinVideo);
+$('video-leave').addEventListener('click', leaveVideo);
+$('video-mic').addEventListener('click', () => toggleMute('audio', 'video-mic', 'Mute mic', 'Unmute mic'));
+$('video-camera').addEventListener('click', () => toggleMute('video', 'video-camera', 'Camera off', 'Camera on'));
 $('close-search').addEventListener('click', () => {
   $('search-results').hidden = true;
 });
+
+// ---- video room --------------------------------------------------------------------------------
+
+function joinVideo() {
+  if (!state.current || state.video) return;
+  const room = new VideoRoom(state.token, state.current);
+  state.video = room;
+  window.rampartVideo = room;
+  room.addEventListener('state', (event) => setVideoState(event.detail.state, event.detail.detail));
+  room.addEventListener('local', (event) => showTile('local', `${state.me.id} (you)`, event.detail.stream, true));
+  room.addEventListener('stream', (event) => showTile(event.detail.participant, event.detail.user, event.detail.stream, false));
+  room.addEventListener('stream-ended', (event) => document.querySelector(`#video-tiles [data-participant="${CSS.escape(event.detail.participant)}"]`)?.remove());
+  room.addEventListener('participants', () => {
+    for (const [participant, info] of room.participants) {
+      const label = document.querySelector(`#video-tiles [data-participant="${CSS.escape(participant)}"] figcaption`);
+      if (label) label.textContent = info.user;
+    }
+  });
+  room.addEventListener('error', (event) => setVideoState(room.state, `${event.detail.code}: ${event.detail.message}`));
+  for (const id of ['video-mic', 'video-camera', 'video-leave']) $(id).hidden = false;
+  $('video-join').hidden = true;
+  room.start();
+}
+
+function leaveVideo() {
+  state.video?.leave();
+  state.video = null;
+  $('video-tiles').innerHTML = '';
+  for (const id of ['video-mic', 'video-camera', 'video-leave']) $(id).hidden = true;
+  $('video-mic').textContent = 'Mute mic';
+  $('video-camera').textContent = 'Camera off';
+  $('video-join').hidden = false;
+  setVideoState('idle');
+}
+
+function toggleMute(kind, button, muteLabel, unmuteLabel) {
+  if (!state.video) return;
+  const muted = $(button).textContent === muteLabel;
+  state.video.setMuted(kind, muted);
+  $(button).textContent = muted ? unmuteLabel : muteLabel;
+}
+
+function setVideoState(videoState, detail = '') {
+  const label = { idle: '', connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…', failed: 'unavailable' };
+  $('video-state').dataset.state = videoState;
+  $('video-state').textContent = [label[videoState] ?? videoState, detail].filter(Boolean).join(' — ');
+}
+
+function showTile(participant, name, stream, muted) {
+  let tile = document.querySelector(`#video-tiles [data-participant="${CSS.escape(participant)}"]`);
+  if (!tile) {
+    tile = document.createElement('figure');
+    tile.dataset.participant = participant;
+    tile.className = participant === 'local' ? 'tile local' : 'tile';
+    const video = document.createElement('video');
+    video.autoplay = true;
+    video.playsInline = true;
+    video.muted = muted;
+    const caption = document.createElement('figcaption');
+    tile.append(video, caption);
+    $('video-tiles').append(tile);
+  }
+  tile.querySelector('figcaption').textContent = name;
+  tile.querySelector('video').srcObject = stream;
+}
 
 start();
