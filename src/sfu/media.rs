@@ -333,27 +333,61 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-/// One subscriber's copy of a published track.
+/// An SSRC a subscriber connection used before, and where its sequence numbers and timestamps
+/// go on. webrtc-rs 0.21 keeps per-SSRC state (statistics, SRTP contexts) for a connection's
+/// whole life, so a participant who stays while others come and go would grow with every SSRC
+/// it was ever sent; reusing them bounds that by the most tracks it received at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Recycled {
+    ssrc: u32,
+    next_seq: u16,
+    next_ts: u32,
+}
+
+/// No packet forwarded yet.
+const UNSET: u64 = u64::MAX;
+
+fn pack(seq: u16, ts: u32) -> u64 {
+    (u64::from(seq) << 32) | u64::from(ts)
+}
+
+fn unpack(packed: u64) -> (u16, u32) {
+    ((packed >> 32) as u16, packed as u32)
+}
+
+/// One subscriber's copy of a published track: its own SSRC, and sequence numbers and
+/// timestamps that continue from whatever the SSRC carried before (the publisher's are offset).
 pub struct Downstream {
     pub subscriber: String,
     pub track: Arc<TrackLocalStaticRTP>,
+    pub kind: MediaKind,
     ssrc: u32,
     payload_type: u8,
+    seq_start: u16,
+    ts_start: u32,
+    /// The first forwarded packet's (sequence number, timestamp) from the publisher, packed.
+    base: AtomicU64,
+    /// The last written (sequence number, timestamp), packed.
+    last: AtomicU64,
 }
 
 impl Downstream {
-    /// A local track for `subscriber` carrying `fanout`'s media: its own SSRC, the SFU's payload
-    /// type, and the publisher's participant id as stream id (so a browser groups a
-    /// participant's audio and video in one `MediaStream`).
-    pub fn new(subscriber: &str, fanout: &Fanout) -> Arc<Self> {
-        let ssrc = rand::random::<u32>() | 1;
+    /// A local track for `subscriber` carrying `fanout`'s media, on a `recycled` SSRC or a new
+    /// one, with the SFU's payload type and the publisher's participant id as stream id (so a
+    /// browser groups a participant's audio and video in one `MediaStream`).
+    pub fn new(subscriber: &str, fanout: &Fanout, recycled: Option<Recycled>) -> Arc<Self> {
+        let recycled = recycled.unwrap_or_else(|| Recycled {
+            ssrc: rand::random::<u32>() | 1,
+            next_seq: rand::random(),
+            next_ts: rand::random(),
+        });
         let track = TrackLocalStaticRTP::new(MediaStreamTrack::new(
             fanout.publisher.clone(),
             fanout.track.clone(),
             fanout.track.clone(),
             fanout.kind.rtp_kind(),
             vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(recycled.ssrc), ..Default::default() },
                 codec: fanout.kind.codec(),
                 ..Default::default()
             }],
@@ -361,13 +395,48 @@ impl Downstream {
         Arc::new(Self {
             subscriber: subscriber.to_owned(),
             track: Arc::new(track),
-            ssrc,
+            kind: fanout.kind,
+            ssrc: recycled.ssrc,
             payload_type: fanout.kind.payload_type(),
+            seq_start: recycled.next_seq,
+            ts_start: recycled.next_ts,
+            base: AtomicU64::new(UNSET),
+            last: AtomicU64::new(UNSET),
         })
     }
 
     pub fn as_track_local(&self) -> Arc<dyn TrackLocal> {
         self.track.clone()
+    }
+
+    /// This copy's SSRC, to be reused: the next sequence number, and a timestamp a second on.
+    pub fn recycle(&self) -> Recycled {
+        let (seq, ts) = match self.last.load(Ordering::Relaxed) {
+            UNSET => (self.seq_start.wrapping_sub(1), self.ts_start),
+            last => unpack(last),
+        };
+        let second = match self.kind {
+            MediaKind::Video => 90_000,
+            MediaKind::Audio => 48_000,
+        };
+        Recycled { ssrc: self.ssrc, next_seq: seq.wrapping_add(1), next_ts: ts.wrapping_add(second) }
+    }
+
+    /// The publisher's (sequence number, timestamp) as this copy sends them. Called only by the
+    /// fan-out's forwarding loop, one packet at a time.
+    fn rewrite(&self, seq: u16, ts: u32) -> (u16, u32) {
+        let mut base = self.base.load(Ordering::Relaxed);
+        if base == UNSET {
+            base = pack(seq, ts);
+            self.base.store(base, Ordering::Relaxed);
+        }
+        let (base_seq, base_ts) = unpack(base);
+        let out = (
+            self.seq_start.wrapping_add(seq.wrapping_sub(base_seq)),
+            self.ts_start.wrapping_add(ts.wrapping_sub(base_ts)),
+        );
+        self.last.store(pack(out.0, out.1), Ordering::Relaxed);
+        out
     }
 }
 
@@ -455,8 +524,9 @@ impl Fanout {
     }
 
     /// Reads the publisher's packets until the track ends, writing each to every subscriber
-    /// with the subscriber's SSRC and payload type and without the publisher's header
-    /// extensions (their ids are the publisher's negotiation, not the subscriber's).
+    /// with the subscriber's SSRC, sequence numbers, timestamps and payload type and without the
+    /// publisher's header extensions (their ids are the publisher's negotiation, not the
+    /// subscriber's).
     pub async fn forward(self: Arc<Self>) {
         let forwarded = &metrics().sfu_forwarded_packets;
         let write_errors = &metrics().sfu_write_errors;
@@ -469,6 +539,9 @@ impl Fanout {
                     let targets = self.downstream.read().clone();
                     for target in targets.iter() {
                         let mut copy = packet.clone();
+                        let (seq, ts) = target.rewrite(packet.header.sequence_number, packet.header.timestamp);
+                        copy.header.sequence_number = seq;
+                        copy.header.timestamp = ts;
                         copy.header.ssrc = target.ssrc;
                         copy.header.payload_type = target.payload_type;
                         copy.header.extension = false;

@@ -31,7 +31,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::media::{relay_keyframe_requests, Downstream, Fanout};
+use super::media::{relay_keyframe_requests, Downstream, Fanout, MediaKind, Recycled};
 use super::protocol::{self, Candidate, ClientSignal, SignalError, Target};
 use super::room::{Join, Leave, MemberInfo, Mute, Publish, TrackRef, Unpublish};
 use super::{room_closed, RoomEntry, RoomRefused, SfuCore, Signal};
@@ -171,6 +171,8 @@ pub struct Peer {
     subscriptions: HashMap<TrackKey, Subscription>,
     wanted: Vec<TrackRef>,
     negotiation: Negotiation,
+    /// SSRCs of ended subscriptions, reused by the next ones of the same kind.
+    ssrc_pool: HashMap<MediaKind, Vec<Recycled>>,
 }
 
 impl Peer {
@@ -187,6 +189,7 @@ impl Peer {
             subscriptions: HashMap::new(),
             wanted: Vec::new(),
             negotiation: Negotiation::default(),
+            ssrc_pool: HashMap::new(),
         }
     }
 
@@ -234,6 +237,8 @@ impl Peer {
         }
         self.wanted.clear();
         self.negotiation = Negotiation::default();
+        // A new subscriber connection starts from fresh SSRCs.
+        self.ssrc_pool.clear();
     }
 
     fn handle_signal(&mut self, signal: ClientSignal, ctx: &mut Context<Self>) {
@@ -465,6 +470,8 @@ impl Peer {
                 if let Some(fanout) = subscription.fanout.upgrade() {
                     fanout.remove(&self.shared.participant);
                 }
+                let downstream = &subscription.downstream;
+                self.ssrc_pool.entry(downstream.kind).or_default().push(downstream.recycle());
                 removed.push(subscription.sender);
             }
         }
@@ -481,7 +488,8 @@ impl Peer {
         let added: Vec<(TrackKey, Weak<Fanout>, Arc<Downstream>)> = added
             .into_iter()
             .map(|(key, fanout)| {
-                let downstream = Downstream::new(&participant, &fanout);
+                let recycled = self.ssrc_pool.get_mut(&fanout.kind).and_then(Vec::pop);
+                let downstream = Downstream::new(&participant, &fanout, recycled);
                 (key, Arc::downgrade(&fanout), downstream)
             })
             .collect();

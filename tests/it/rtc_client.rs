@@ -64,24 +64,41 @@ impl Drop for MediaRuntime {
     }
 }
 
-/// The payload of packet `n` of `kind` sent by `tag` (room and participant): a readable head
-/// and a body derived from `n`, so any corruption or mix-up is visible at the receiver.
-pub fn payload(tag: &str, kind: &str, n: u32) -> Bytes {
-    let mut bytes = format!("rampart|{tag}|{kind}|{n}|").into_bytes();
+/// Where send times in payloads count from (senders and receivers share the process).
+static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+/// Nanoseconds since `EPOCH`.
+fn now_nanos() -> u64 {
+    EPOCH.elapsed().as_nanos() as u64
+}
+
+/// The payload of packet `n` of `kind` sent by `tag` (room and participant) at `sent` (ns since
+/// `EPOCH`): a readable head and a body derived from `n`, so any corruption or mix-up is visible
+/// at the receiver.
+pub fn payload(tag: &str, kind: &str, n: u32, sent: u64) -> Bytes {
+    let mut bytes = format!("rampart|{tag}|{kind}|{n}|{sent}|").into_bytes();
     let size = if kind == "video" { 900 } else { 120 };
     bytes.extend((0..size).map(|i| ((n as usize + i) % 251) as u8));
     Bytes::from(bytes)
 }
 
-/// Parses a payload back: (tag, kind, n) when it is intact. Tags are `room|participant`.
-pub fn parse_payload(bytes: &[u8]) -> Option<(String, String, u32)> {
-    let head_end = bytes.iter().enumerate().filter(|(_, b)| **b == b'|').nth(4)?.0;
+/// A payload parsed back when it is intact.
+pub struct Parsed {
+    pub tag: String,
+    pub kind: String,
+    pub n: u32,
+    pub sent: u64,
+}
+
+/// Parses a payload back, `None` unless it is intact. Tags are `room|participant`.
+pub fn parse_payload(bytes: &[u8]) -> Option<Parsed> {
+    let head_end = bytes.iter().enumerate().filter(|(_, b)| **b == b'|').nth(5)?.0;
     let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
     let parts: Vec<&str> = head.split('|').collect();
-    let [_, room, participant, kind, n] = parts[..] else { return None };
+    let [_, room, participant, kind, n, sent] = parts[..] else { return None };
     let tag = format!("{room}|{participant}");
-    let n: u32 = n.parse().ok()?;
-    (bytes == &payload(&tag, kind, n)[..]).then(|| (tag, kind.to_owned(), n))
+    let (n, sent): (u32, u64) = (n.parse().ok()?, sent.parse().ok()?);
+    (bytes == &payload(&tag, kind, n, sent)[..]).then(|| Parsed { tag, kind: kind.to_owned(), n, sent })
 }
 
 /// What arrived on one received track.
@@ -91,6 +108,8 @@ pub struct Received {
     pub intact: u64,
     pub corrupt: u64,
     pub out_of_order: u64,
+    /// Send-to-receive times in nanoseconds (with `Options::record_latency`).
+    pub latencies: Vec<u64>,
     /// The sender tags seen (room|participant): one, unless media crossed rooms.
     pub tags: BTreeMap<String, u64>,
     last_n: Option<u32>,
@@ -108,6 +127,8 @@ pub struct ClientState {
     /// Media sections in the latest subscriber offer (grows only if transceivers are not reused).
     pub offered_sections: AtomicU64,
     pub errors: Mutex<Vec<Value>>,
+    /// Every candidate line the server trickled or put in its SDP.
+    pub server_candidates: Mutex<Vec<String>>,
     remote_tracks: Mutex<Vec<Arc<dyn TrackRemote>>>,
 }
 
@@ -133,6 +154,16 @@ pub struct Options {
     pub publish: bool,
     /// Send candidates in trickle frames (true) or only inside the SDP (false).
     pub trickle: bool,
+    /// Packets per track every 20 ms (1: 50 packets/s per track).
+    pub packets_per_tick: u32,
+    /// Keep every received packet's latency (benchmarks).
+    pub record_latency: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { publish: false, trickle: true, packets_per_tick: 1, record_latency: false }
+    }
 }
 
 pub struct RtcClient {
@@ -167,6 +198,8 @@ impl RtcClient {
             events: events_tx,
             publish: options.publish,
             trickle: options.trickle,
+            packets_per_tick: options.packets_per_tick.max(1),
+            record_latency: options.record_latency,
             room: String::new(),
             publisher: None,
             subscriber: None,
@@ -320,6 +353,8 @@ struct Brain {
     events: tokio::sync::mpsc::UnboundedSender<Value>,
     publish: bool,
     trickle: bool,
+    packets_per_tick: u32,
+    record_latency: bool,
     room: String,
     publisher: Option<Arc<dyn PeerConnection>>,
     subscriber: Option<Arc<dyn PeerConnection>>,
@@ -354,6 +389,8 @@ impl Brain {
                     }
                 }
                 ("candidate", _) => {
+                    let line = frame["candidate"]["candidate"].as_str().unwrap_or_default().to_owned();
+                    self.state.server_candidates.lock().push(line);
                     let pc = if target == "publisher" { &self.publisher } else { &self.subscriber };
                     if let Some(pc) = pc {
                         let init: RTCIceCandidateInit =
@@ -406,6 +443,7 @@ impl Brain {
         let (gathered_tx, gathered) = tokio::sync::watch::channel(false);
         let handler = Arc::new(Handler {
             target,
+            record_latency: self.record_latency,
             trickle: self.trickle,
             outbound: self.outbound.clone(),
             state: self.state.clone(),
@@ -451,26 +489,32 @@ impl Brain {
                 }
             }
         });
+        let per_tick = self.packets_per_tick;
         self.sending = Some(self.runtime.spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(20));
-            for n in 0u32.. {
+            let video_ssrc = video.ssrcs().await.first().copied().unwrap_or_default();
+            let audio_ssrc = audio.ssrcs().await.first().copied().unwrap_or_default();
+            for tick in 0u32.. {
                 ticker.tick().await;
-                for (track, kind, pt, step) in [(&video, "video", 96u8, 3000u32), (&audio, "audio", 111u8, 960u32)] {
-                    let ssrc = track.ssrcs().await.first().copied().unwrap_or_default();
-                    let packet = rtc::rtp::packet::Packet {
-                        header: rtc::rtp::header::Header {
-                            version: 2,
-                            marker: kind == "video",
-                            payload_type: pt,
-                            sequence_number: n as u16,
-                            timestamp: n.wrapping_mul(step),
-                            ssrc,
-                            ..Default::default()
-                        },
-                        payload: payload(&tag, kind, n),
-                    };
-                    if track.write_rtp(packet).await.is_ok() {
-                        state.sent_packets.fetch_add(1, Ordering::Relaxed);
+                for n in tick * per_tick..(tick + 1) * per_tick {
+                    for (track, ssrc, kind, pt, step) in
+                        [(&video, video_ssrc, "video", 96u8, 3000u32), (&audio, audio_ssrc, "audio", 111u8, 960u32)]
+                    {
+                        let packet = rtc::rtp::packet::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                marker: kind == "video",
+                                payload_type: pt,
+                                sequence_number: n as u16,
+                                timestamp: n.wrapping_mul(step),
+                                ssrc,
+                                ..Default::default()
+                            },
+                            payload: payload(&tag, kind, n, now_nanos()),
+                        };
+                        if track.write_rtp(packet).await.is_ok() {
+                            state.sent_packets.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -479,6 +523,12 @@ impl Brain {
 
     async fn answer_subscriber(&mut self, sdp: String) {
         let sections = sdp.lines().filter(|line| line.starts_with("m=")).count();
+        self.state.server_candidates.lock().extend(
+            sdp.lines()
+                .filter_map(|line| line.strip_prefix("a="))
+                .filter(|l| l.starts_with("candidate:"))
+                .map(str::to_owned),
+        );
         self.state.offered_sections.store(sections as u64, Ordering::Relaxed);
         let (pc, gathered) = match &self.subscriber {
             Some(pc) => {
@@ -571,6 +621,7 @@ pub async fn client_connection(handler: Arc<dyn PeerConnectionEventHandler>) -> 
 
 struct Handler {
     target: &'static str,
+    record_latency: bool,
     trickle: bool,
     outbound: tokio::sync::mpsc::UnboundedSender<String>,
     state: Arc<ClientState>,
@@ -602,6 +653,7 @@ impl PeerConnectionEventHandler for Handler {
         let publisher = track.stream_id().await;
         let kind = if track.kind().await == RtpCodecKind::Video { "video" } else { "audio" };
         let key = (publisher, kind.to_owned());
+        let record_latency = self.record_latency;
         self.runtime.spawn(async move {
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
@@ -609,13 +661,16 @@ impl PeerConnectionEventHandler for Handler {
                     let entry = received.entry(key.clone()).or_default();
                     entry.packets += 1;
                     match parse_payload(&packet.payload) {
-                        Some((tag, kind, n)) if kind == key.1 => {
+                        Some(parsed) if parsed.kind == key.1 => {
                             entry.intact += 1;
-                            *entry.tags.entry(tag).or_default() += 1;
-                            if entry.last_n.is_some_and(|last| n <= last) {
+                            *entry.tags.entry(parsed.tag).or_default() += 1;
+                            if entry.last_n.is_some_and(|last| parsed.n <= last) {
                                 entry.out_of_order += 1;
                             }
-                            entry.last_n = Some(n);
+                            entry.last_n = Some(parsed.n);
+                            if record_latency {
+                                entry.latencies.push(now_nanos().saturating_sub(parsed.sent));
+                            }
                         }
                         _ => entry.corrupt += 1,
                     }

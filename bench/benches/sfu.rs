@@ -1,0 +1,184 @@
+//! The SFU's forwarding: 1 publisher → N subscribers, webrtc-rs clients on 127.0.0.1 (the same
+//! client as the tests, `tests/it/rtc_client.rs`), the server in a child process of its own (this
+//! binary re-executed with `BENCH_SFU_SERVE`), so its CPU time is the server's alone.
+//!
+//! Measures: forwarded packets/s, the server's CPU seconds per second (from
+//! `/proc/<pid>/stat`), so forwarded packets/s per core; the added latency from the publisher's
+//! write to a subscriber's read (p50/p99; both ends in this process, so one clock; it includes
+//! the clients' own webrtc-rs stacks on both sides, an upper bound of the SFU's share); the
+//! server's RSS per participant.
+//!
+//! Run: `cargo bench -p rampart-bench --features sfu --bench sfu` (BENCH_SUBSCRIBERS, default
+//! 20; BENCH_PACKETS_PER_TICK, video and audio packets per 20 ms, default 10: 1,000 packets/s
+//! published; BENCH_SECONDS, default 10). Targets: ≥ 60,000 forwarded packets/s per core, p99
+//! added latency ≤ 5 ms.
+
+#[path = "../../tests/it/rtc_client.rs"]
+#[allow(dead_code, reason = "the tests use more of the client than the benchmark")]
+mod rtc_client;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use rampart::auth::Tokens;
+use rampart::config::Config;
+use serde_json::json;
+
+const ADMIN_TOKEN: &str = "bench-admin";
+const JWT_SECRET: &str = "bench-secret";
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if let Ok(address) = std::env::var("BENCH_SFU_SERVE") {
+        return serve(address.parse().expect("BENCH_SFU_SERVE is an address"));
+    }
+    if std::env::args().any(|arg| arg == "--list") {
+        return; // `cargo bench -- --list` and friends: nothing to list.
+    }
+    actix_rt::System::new().block_on(bench());
+}
+
+/// The child: the real app, SFU on loopback only.
+fn serve(address: SocketAddr) {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let mut config = Config::default();
+    config.http.bind = address;
+    config.storage.data_dir = data_dir.path().to_owned();
+    config.admin.token = ADMIN_TOKEN.into();
+    config.auth.jwt_secret = JWT_SECRET.into();
+    config.sfu.ice_loopback_only = true;
+    config.sfu.max_participants = 1000;
+    config.sfu.signaling_rate_per_sec = 10_000;
+    config.shutdown.readiness_delay = Duration::ZERO;
+    let never = std::future::pending::<()>();
+    if let Err(error) = actix_rt::System::new().block_on(rampart::app::run(config, never)) {
+        eprintln!("rampart app failed: {error:#}");
+    }
+}
+
+/// (user+system CPU seconds, RSS bytes) of `pid`.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name: state is field 3 of stat(5); utime and stime are 14 and 15.
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = (ticks(14) + ticks(15)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    (cpu, rss)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1e6
+}
+
+async fn bench() {
+    let subscribers = env_number("BENCH_SUBSCRIBERS", 20) as usize;
+    let per_tick = env_number("BENCH_PACKETS_PER_TICK", 10) as u32;
+    let seconds = env_number("BENCH_SECONDS", 10);
+    let address = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .env("BENCH_SFU_SERVE", address.to_string())
+        .env("RAMPART__LOG__FILTER", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let base = format!("http://{address}");
+    let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let started = Instant::now();
+    while http.get(format!("{base}/health")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await; // Start-up poll.
+    }
+    let (_, idle_rss) = usage(child.id());
+    let mut response = http
+        .post(format!("{base}/admin/rooms"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send_json(&json!({"name": "bench"}))
+        .await
+        .expect("room");
+    assert!(response.status().is_success(), "{:?}", response.body().await);
+    let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
+    for user in ["publisher", "subscriber"] {
+        let _ = http.post(format!("{base}/api/users")).bearer_auth(ADMIN_TOKEN).send_json(&json!({"id": user})).await;
+    }
+    let url = format!("ws://{address}/rtc");
+    let runtime = rtc_client::media_runtime();
+    let token = |user: &str| tokens.issue(user, Duration::from_secs(3600)).expect("token");
+    let mut clients = Vec::new();
+    for _ in 0..subscribers {
+        let options = rtc_client::Options { record_latency: true, ..Default::default() };
+        let mut client = rtc_client::RtcClient::connect(&runtime, &url, &token("subscriber"), options).await;
+        assert_eq!(client.join("bench").await["type"], "joined");
+        clients.push(client);
+    }
+    let options = rtc_client::Options { publish: true, packets_per_tick: per_tick, ..Default::default() };
+    let mut publisher = rtc_client::RtcClient::connect(&runtime, &url, &token("publisher"), options).await;
+    assert_eq!(publisher.join("bench").await["type"], "joined");
+    let from = publisher.participant();
+    // Warm up until every subscriber receives, then measure a clean window.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !clients.iter().all(|c| c.state.received(&from, "video").intact > 100) {
+        assert!(Instant::now() < deadline, "not every subscriber receives");
+        tokio::time::sleep(Duration::from_millis(50)).await; // Warm-up poll.
+    }
+    let received = |clients: &[rtc_client::RtcClient]| -> u64 {
+        clients
+            .iter()
+            .map(|c| c.state.received(&from, "video").packets + c.state.received(&from, "audio").packets)
+            .sum()
+    };
+    for client in &clients {
+        for kind in ["video", "audio"] {
+            if let Some(entry) = client.state.received.lock().get_mut(&(from.clone(), kind.to_owned())) {
+                entry.latencies.clear();
+            }
+        }
+    }
+    let (cpu_before, _) = usage(child.id());
+    let packets_before = received(&clients);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await; // The measured window.
+    let elapsed = window.elapsed().as_secs_f64();
+    let (cpu_after, busy_rss) = usage(child.id());
+    let forwarded = (received(&clients) - packets_before) as f64 / elapsed;
+    let cores = (cpu_after - cpu_before) / elapsed;
+    let mut latencies: Vec<u64> = Vec::new();
+    for client in &clients {
+        for kind in ["video", "audio"] {
+            latencies.extend(client.state.received(&from, kind).latencies);
+        }
+    }
+    latencies.sort_unstable();
+    let participants = subscribers as u64 + 1;
+    println!(
+        "sfu: 1 publisher ({} packets/s) -> {subscribers} subscribers, {seconds} s: {forwarded:.0} forwarded packets/s received; \
+         server CPU {cores:.2} cores -> {:.0} packets/s per core; latency publisher->subscriber p50 {:.2} ms p99 {:.2} ms \
+         ({} samples); server RSS {:.1} MiB idle, {:.1} MiB busy, {:.0} KiB per participant",
+        per_tick as u64 * 2 * 50,
+        forwarded / cores.max(1e-9),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len(),
+        idle_rss as f64 / 1048576.0,
+        busy_rss as f64 / 1048576.0,
+        busy_rss.saturating_sub(idle_rss) as f64 / 1024.0 / participants as f64,
+    );
+    drop(publisher);
+    drop(clients);
+    let _ = child.kill();
+    let _ = child.wait();
+}
