@@ -355,6 +355,47 @@ fn unpack(packed: u64) -> (u16, u32) {
     ((packed >> 32) as u16, packed as u32)
 }
 
+/// Maps a publisher's sequence numbers and timestamps onto an SSRC's own, continuing from
+/// where the SSRC left off. Written by one forwarding loop, read when the SSRC is recycled.
+struct Sequencer {
+    seq_start: u16,
+    ts_start: u32,
+    /// The first forwarded packet's (sequence number, timestamp) from the publisher, packed.
+    base: AtomicU64,
+    /// The last written (sequence number, timestamp), packed.
+    last: AtomicU64,
+}
+
+impl Sequencer {
+    fn new(next_seq: u16, next_ts: u32) -> Self {
+        Self { seq_start: next_seq, ts_start: next_ts, base: AtomicU64::new(UNSET), last: AtomicU64::new(UNSET) }
+    }
+
+    fn rewrite(&self, seq: u16, ts: u32) -> (u16, u32) {
+        let mut base = self.base.load(Ordering::Relaxed);
+        if base == UNSET {
+            base = pack(seq, ts);
+            self.base.store(base, Ordering::Relaxed);
+        }
+        let (base_seq, base_ts) = unpack(base);
+        let out = (
+            self.seq_start.wrapping_add(seq.wrapping_sub(base_seq)),
+            self.ts_start.wrapping_add(ts.wrapping_sub(base_ts)),
+        );
+        self.last.store(pack(out.0, out.1), Ordering::Relaxed);
+        out
+    }
+
+    /// The next sequence number, and a timestamp `gap` ticks after the last.
+    fn next(&self, gap: u32) -> (u16, u32) {
+        let (seq, ts) = match self.last.load(Ordering::Relaxed) {
+            UNSET => (self.seq_start.wrapping_sub(1), self.ts_start.wrapping_sub(gap)),
+            last => unpack(last),
+        };
+        (seq.wrapping_add(1), ts.wrapping_add(gap))
+    }
+}
+
 /// One subscriber's copy of a published track: its own SSRC, and sequence numbers and
 /// timestamps that continue from whatever the SSRC carried before (the publisher's are offset).
 pub struct Downstream {
@@ -363,12 +404,7 @@ pub struct Downstream {
     pub kind: MediaKind,
     ssrc: u32,
     payload_type: u8,
-    seq_start: u16,
-    ts_start: u32,
-    /// The first forwarded packet's (sequence number, timestamp) from the publisher, packed.
-    base: AtomicU64,
-    /// The last written (sequence number, timestamp), packed.
-    last: AtomicU64,
+    sequencer: Sequencer,
 }
 
 impl Downstream {
@@ -398,10 +434,7 @@ impl Downstream {
             kind: fanout.kind,
             ssrc: recycled.ssrc,
             payload_type: fanout.kind.payload_type(),
-            seq_start: recycled.next_seq,
-            ts_start: recycled.next_ts,
-            base: AtomicU64::new(UNSET),
-            last: AtomicU64::new(UNSET),
+            sequencer: Sequencer::new(recycled.next_seq, recycled.next_ts),
         })
     }
 
@@ -411,32 +444,12 @@ impl Downstream {
 
     /// This copy's SSRC, to be reused: the next sequence number, and a timestamp a second on.
     pub fn recycle(&self) -> Recycled {
-        let (seq, ts) = match self.last.load(Ordering::Relaxed) {
-            UNSET => (self.seq_start.wrapping_sub(1), self.ts_start),
-            last => unpack(last),
-        };
         let second = match self.kind {
             MediaKind::Video => 90_000,
             MediaKind::Audio => 48_000,
         };
-        Recycled { ssrc: self.ssrc, next_seq: seq.wrapping_add(1), next_ts: ts.wrapping_add(second) }
-    }
-
-    /// The publisher's (sequence number, timestamp) as this copy sends them. Called only by the
-    /// fan-out's forwarding loop, one packet at a time.
-    fn rewrite(&self, seq: u16, ts: u32) -> (u16, u32) {
-        let mut base = self.base.load(Ordering::Relaxed);
-        if base == UNSET {
-            base = pack(seq, ts);
-            self.base.store(base, Ordering::Relaxed);
-        }
-        let (base_seq, base_ts) = unpack(base);
-        let out = (
-            self.seq_start.wrapping_add(seq.wrapping_sub(base_seq)),
-            self.ts_start.wrapping_add(ts.wrapping_sub(base_ts)),
-        );
-        self.last.store(pack(out.0, out.1), Ordering::Relaxed);
-        out
+        let (next_seq, next_ts) = self.sequencer.next(second);
+        Recycled { ssrc: self.ssrc, next_seq, next_ts }
     }
 }
 
@@ -539,7 +552,8 @@ impl Fanout {
                     let targets = self.downstream.read().clone();
                     for target in targets.iter() {
                         let mut copy = packet.clone();
-                        let (seq, ts) = target.rewrite(packet.header.sequence_number, packet.header.timestamp);
+                        let (seq, ts) =
+                            target.sequencer.rewrite(packet.header.sequence_number, packet.header.timestamp);
                         copy.header.sequence_number = seq;
                         copy.header.timestamp = ts;
                         copy.header.ssrc = target.ssrc;
@@ -577,5 +591,29 @@ pub async fn relay_keyframe_requests(downstream: Arc<Downstream>, fanout: Weak<F
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sequencer;
+
+    #[test]
+    fn a_recycled_ssrc_continues_its_sequence_numbers_and_timestamps() {
+        // Regression: a new SSRC per subscription grew webrtc-rs's per-SSRC state forever; a
+        // reused SSRC must look like one continuous stream to SRTP and to the receiver.
+        let first = Sequencer::new(65_530, 1_000);
+        assert_eq!(first.rewrite(100, 50_000), (65_530, 1_000));
+        assert_eq!(first.rewrite(101, 53_000), (65_531, 4_000));
+        assert_eq!(first.rewrite(110, 80_000), (4, 31_000), "sequence numbers wrap");
+        let (next_seq, next_ts) = first.next(90_000);
+        assert_eq!((next_seq, next_ts), (5, 121_000));
+
+        // The next publisher on the same SSRC starts wherever its own numbering is.
+        let second = Sequencer::new(next_seq, next_ts);
+        assert_eq!(second.rewrite(7, 9), (5, 121_000));
+        assert_eq!(second.rewrite(8, 3_009), (6, 124_000));
+        // Never forwarded: the SSRC goes on right where it was handed over.
+        assert_eq!(Sequencer::new(42, 7).next(100), (42, 7));
     }
 }
