@@ -30,7 +30,8 @@ pub async fn upgrade(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    imp::upgrade(request, payload, state).await
+    let user = super::chat::authenticate(&request, &state.chat, true).await?;
+    imp::upgrade(request, payload, state, user).await
 }
 
 /// A room anyone authenticated may join (not only a conversation's members).
@@ -47,6 +48,7 @@ pub(super) struct NewRoom {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Open rooms", body = Object),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
     )
 )]
@@ -63,6 +65,7 @@ pub(super) async fn list_rooms(state: web::Data<AppState>) -> Result<HttpRespons
         (status = 201, description = "Created", body = Object),
         (status = 200, description = "Already existed", body = Object),
         (status = 400, description = "Invalid name", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
     )
 )]
@@ -85,7 +88,12 @@ mod imp {
         ApiError::NotImplemented("this build has no SFU (video rooms): build rampart with `--features sfu`".into())
     }
 
-    pub async fn upgrade(_: HttpRequest, _: web::Payload, _: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    pub async fn upgrade(
+        _: HttpRequest,
+        _: web::Payload,
+        _: web::Data<AppState>,
+        _: String,
+    ) -> Result<HttpResponse, ApiError> {
         Err(not_built())
     }
 
@@ -105,7 +113,6 @@ mod imp {
 
     use super::*;
     use crate::chat::presence::Outbox;
-    use crate::http::chat::authenticate;
     use crate::http::ws::{outbound, read_frames, ActorLink, Socket};
     use crate::sfu::{Sfu, Signal};
 
@@ -127,12 +134,12 @@ mod imp {
         request: HttpRequest,
         payload: web::Payload,
         state: web::Data<AppState>,
+        user: String,
     ) -> Result<HttpResponse, ApiError> {
         let sfu = sfu(&state)?.clone();
         if state.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ApiError::Unavailable("shutting down".into()));
         }
-        let user = authenticate(&request, &state.chat, true).await?;
         let mut response = actix_web_actors::ws::handshake(&request)
             .map_err(|error| ApiError::BadRequest(format!("not a WebSocket handshake: {error}")))?;
         let (outbox, outbox_receiver) = Outbox::new(state.config.ws.outbound_capacity);

@@ -26,6 +26,9 @@ const ROUTES: &[&str] = &[
     "GET /metrics",
     "GET /openapi.json",
     "GET /ws",
+    "GET /rtc",
+    "GET /admin/rooms",
+    "POST /admin/rooms",
     "GET /api/me",
     "POST /api/users",
     "GET /api/conversations",
@@ -132,6 +135,8 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
         .args(["--no-color", "--config-file", CONFIG, "run", &server.url("/openapi.json")])
         .args(["--checks", "all", "--max-examples", &examples, "--seed", SEED, "--workers", "2"])
         .args(["--request-timeout", "10"])
+        // Without the `sfu` feature the video-room routes answer 501 (not_implemented) by design.
+        .args(if cfg!(feature = "sfu") { &[][..] } else { &["--exclude-path-regex", "^/(rtc|admin/rooms)$"][..] })
         .env("RAMPART_USER_TOKEN", &alice)
         .env("RAMPART_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RAMPART_CONVERSATION_ID", &conversation)
@@ -145,9 +150,12 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
         Some(rest.trim_start().split(|c: char| !c.is_ascii_digit() && c != '/').next()?.to_owned())
     };
     let (selected, tested) = (number_after("Selected:"), number_after("Tested:"));
-    let all = format!("{}/{}", ROUTES.len() - 1, ROUTES.len() - 1);
+    let total = ROUTES.len() - 1;
+    // GET /rtc, GET and POST /admin/rooms are left out of a build without the SFU (above).
+    let run = if cfg!(feature = "sfu") { total } else { total - 3 };
+    let all = format!("{run}/{total}");
     assert_eq!(selected.as_deref(), Some(all.as_str()), "{report}");
-    assert_eq!(tested.as_deref(), Some(&all[..all.find('/').unwrap()]), "{report}");
+    assert_eq!(tested.as_deref(), Some(run.to_string().as_str()), "{report}");
     // The server lived through it.
     let (status, health): (u16, Value) = server.http.get(&server.url("/health"), None).await;
     assert_eq!((status, health["status"].as_str()), (200, Some("pass")));
