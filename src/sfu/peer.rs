@@ -285,24 +285,39 @@ impl Peer {
         ));
     }
 
+    /// The `target` connection, or (on the media runtime) a new one.
+    fn connection(
+        &self,
+        ctx: &Context<Self>,
+        target: Target,
+    ) -> impl std::future::Future<Output = Result<Arc<dyn PeerConnection>, String>> + Send + 'static {
+        let existing = match target {
+            Target::Publisher => self.publisher.clone(),
+            Target::Subscriber => self.subscriber.clone(),
+        };
+        let events = self.events(ctx, target);
+        let core = self.shared.core.clone();
+        async move {
+            match existing {
+                Some(connection) => Ok(connection),
+                None => core.media.connection(events).await,
+            }
+        }
+    }
+
     fn publisher_offer(&mut self, sdp: String, ctx: &mut Context<Self>) {
         if self.shared.membership().is_none() {
             return self.reject(SignalError::new("not_joined", "offer: join a room first"));
         }
-        let existing = self.publisher.clone();
-        let events = self.events(ctx, Target::Publisher);
-        let core = self.shared.core.clone();
+        let connection = self.connection(ctx, Target::Publisher);
         crate::action!("sfu", "offer", participant = self.shared.participant, target = "publisher");
         self.media_step(
             ctx,
             "sfu.negotiate",
             async move {
-                let connection = match existing {
-                    Some(connection) => connection,
-                    None => match core.media.connection(events).await {
-                        Ok(connection) => connection,
-                        Err(error) => return (None, Err(SignalError::new("unavailable", error))),
-                    },
+                let connection = match connection.await {
+                    Ok(connection) => connection,
+                    Err(error) => return (None, Err(SignalError::new("unavailable", error))),
                 };
                 let answer = answer(&*connection, sdp).await;
                 (Some(connection), answer)
@@ -494,20 +509,15 @@ impl Peer {
             })
             .collect();
         let tracks: Vec<_> = added.iter().map(|(_, _, downstream)| downstream.as_track_local()).collect();
-        let existing = self.subscriber.clone();
-        let events = self.events(ctx, Target::Subscriber);
-        let core = self.shared.core.clone();
+        let connection = self.connection(ctx, Target::Subscriber);
         self.negotiation.awaiting_answer = true;
         self.media_step(
             ctx,
             "sfu.negotiate",
             async move {
-                let connection = match existing {
-                    Some(connection) => connection,
-                    None => match core.media.connection(events).await {
-                        Ok(connection) => connection,
-                        Err(error) => return (None, Err(error)),
-                    },
+                let connection = match connection.await {
+                    Ok(connection) => connection,
+                    Err(error) => return (None, Err(error)),
                 };
                 let offer = offer(&*connection, removed, tracks).await;
                 (Some(connection), offer)

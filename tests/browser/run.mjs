@@ -238,8 +238,11 @@ async function main() {
     log('the console showed the restart and the crash record with its recent actions');
 
     // 4. A video call between the two pages (SFU builds only).
-    const sfu = (await fetch(`${server.url}/rtc`)).status !== 501;
-    if (!sfu && EXPECT_SFU) throw new Error('/rtc answers 501: this binary has no SFU');
+    // The build decides (tests/it/browser.rs says which); a build without the SFU answers /rtc
+    // with 501 once the token is checked, one with it refuses a plain GET (400).
+    const probe = await fetch(`${server.url}/rtc?token=${token('alice')}`);
+    const sfu = EXPECT_SFU;
+    if ((probe.status === 501) === sfu) throw new Error(`GET /rtc answered ${probe.status} (SFU build: ${sfu})`);
     if (sfu) {
       await videoCall(server.url, alice, bob);
     } else {

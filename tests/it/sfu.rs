@@ -581,3 +581,24 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
     assert!(after.2 <= baseline.2, "actors grew: {baseline:?} -> {after:?}");
     assert!(after.3 <= baseline.3, "media tasks grew: {baseline:?} -> {after:?}");
 }
+
+#[actix_rt::test]
+async fn media_sockets_bind_ports_from_the_configured_range() {
+    let server = sfu_server(&[("RAMPART__SFU__PORT_MIN", "47310"), ("RAMPART__SFU__PORT_MAX", "47329")]);
+    let (users, room) = users_and_room(&server, "ports", 2).await;
+    let runtime = media_runtime();
+    let mut alice = client(&server, &runtime, &users[0], true).await;
+    assert_eq!(alice.join(&room).await["type"], "joined");
+    let mut bob = client(&server, &runtime, &users[1], true).await;
+    assert_eq!(bob.join(&room).await["type"], "joined");
+    media_flows(&bob, &alice.participant(), 10).await;
+    media_flows(&alice, &bob.participant(), 10).await;
+    for client in [&alice, &bob] {
+        let candidates = client.state.server_candidates.lock().clone();
+        assert!(!candidates.is_empty());
+        for candidate in &candidates {
+            let port: u16 = candidate.split_whitespace().nth(5).and_then(|p| p.parse().ok()).unwrap_or(0);
+            assert!((47310..=47329).contains(&port), "{candidate}");
+        }
+    }
+}

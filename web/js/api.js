@@ -43,6 +43,15 @@ export async function api(method, path, { token, body, query } = {}) {
 }
 
 /** Text made safe to put in HTML. */
+/** A WebSocket text frame as JSON, or null when it is not JSON. */
+export function parseFrame(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
 export function escapeHtml(text) {
   return String(text ?? '')
     .replaceAll('&', '&amp;')

@@ -2,7 +2,7 @@
 // was not acked (sends are idempotent by client_msg_id), confirm every pushed message with
 // `delivered`, and hand each message id to the page once however often it is delivered.
 
-import { randomId } from './api.js';
+import { parseFrame, randomId } from './api.js';
 
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
@@ -49,13 +49,8 @@ export class ChatSocket extends EventTarget {
       for (const frame of this.pending.values()) ws.send(JSON.stringify(frame));
     };
     ws.onmessage = (event) => {
-      let frame;
-      try {
-        frame = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      this.onFrame(frame);
+      const frame = parseFrame(event.data);
+      if (frame) this.onFrame(frame);
     };
     ws.onclose = () => {
       if (this.ws !== ws) return;

@@ -5,6 +5,8 @@
 // Candidates trickle both ways. On `reconnect` (the server restarted this participant) or a
 // dropped socket, the room rebuilds itself: new connections, the same camera, the tiles back.
 
+import { parseFrame } from './api.js';
+
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 8_000;
 
@@ -103,13 +105,8 @@ export class VideoRoom extends EventTarget {
       this.send({ type: 'join', room: this.room });
     };
     ws.onmessage = (event) => {
-      let frame;
-      try {
-        frame = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      this.onFrame(frame).catch((error) => this.emit('error', { code: 'client', message: error.message }));
+      const frame = parseFrame(event.data);
+      if (frame) this.onFrame(frame).catch((error) => this.emit('error', { code: 'client', message: error.message }));
     };
     ws.onclose = () => {
       if (this.ws !== ws || this.stopped) return;
