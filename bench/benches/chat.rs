@@ -86,19 +86,7 @@ fn start_app(data_dir: &std::path::Path, batch_max_messages: usize) -> (SocketAd
         config.kafka.topic = format!("rampart.bench.{}.{}", std::process::id(), address.port());
         config.kafka.group_prefix = format!("rampart-bench-{}-{}-", std::process::id(), address.port());
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("rampart-app".into())
-        .spawn(move || {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(error) = actix_rt::System::new().block_on(rampart::app::run(config, shutdown)) {
-                eprintln!("rampart app failed: {error:#}");
-            }
-        })
-        .expect("app thread");
-    (address, stop)
+    (address, rampart_bench::spawn_app(config).stop)
 }
 
 struct Setup {
@@ -109,12 +97,8 @@ struct Setup {
 
 async fn setup(address: SocketAddr, clients: usize) -> Setup {
     let base = format!("http://{address}");
+    rampart_bench::wait_healthy(&base, Duration::from_secs(30)).await;
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-    let started = Instant::now();
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "app did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
     let admin = format!("Bearer {ADMIN_TOKEN}");
     // Every conversation has an offline second member: each message also writes a delivery row.

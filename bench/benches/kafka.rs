@@ -72,31 +72,16 @@ fn start_app(
         config.kafka.partitions = PARTITIONS;
         config.kafka.group_prefix = format!("{}-", target.topic);
     }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("rampart-app".into())
-        .spawn(move || {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(error) = actix_rt::System::new().block_on(rampart::app::run(config, shutdown)) {
-                eprintln!("rampart app failed: {error:#}");
-            }
-        })
-        .expect("app thread");
-    (address, stop, thread)
+    let app = rampart_bench::spawn_app(config);
+    (address, app.stop, app.thread)
 }
 
 /// Users `user0..` with one conversation each (with an offline second member); returns the
 /// conversation ids.
 async fn prepare(address: SocketAddr) -> Vec<(String, String)> {
     let base = format!("http://{address}");
+    rampart_bench::wait_healthy(&base, Duration::from_secs(60)).await;
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-    let started = Instant::now();
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "app did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let tokens = rampart::auth::Tokens::from_secret(JWT_SECRET.as_bytes());
     let admin = format!("Bearer {ADMIN_TOKEN}");
     let mut conversations = Vec::new();

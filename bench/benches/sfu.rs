@@ -97,12 +97,8 @@ async fn bench() {
         .spawn()
         .expect("start the server");
     let base = format!("http://{address}");
+    rampart_bench::wait_healthy(&base, Duration::from_secs(30)).await;
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-    let started = Instant::now();
-    while http.get(format!("{base}/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await; // Start-up poll.
-    }
     let (_, idle_rss) = usage(child.id());
     let mut response = http
         .post(format!("{base}/admin/rooms"))

@@ -680,14 +680,21 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// A real publisher offer (audio and video, one host candidate) from a throwaway connection.
+/// A real publisher offer (audio and video, its host candidate) from a throwaway connection.
 pub async fn sample_offer(runtime: &Arc<MediaRuntime>) -> String {
     runtime
         .spawn(async {
-            struct Quiet;
+            struct Gathering(tokio::sync::watch::Sender<bool>);
             #[async_trait::async_trait]
-            impl PeerConnectionEventHandler for Quiet {}
-            let pc = client_connection(Arc::new(Quiet)).await;
+            impl PeerConnectionEventHandler for Gathering {
+                async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+                    if state == RTCIceGatheringState::Complete {
+                        let _ = self.0.send(true);
+                    }
+                }
+            }
+            let (gathered_tx, mut gathered) = tokio::sync::watch::channel(false);
+            let pc = client_connection(Arc::new(Gathering(gathered_tx))).await;
             for kind in ["video", "audio"] {
                 pc.add_track(local_track("sample", kind, rand::random::<u32>() | 1) as Arc<dyn TrackLocal>)
                     .await
@@ -695,7 +702,10 @@ pub async fn sample_offer(runtime: &Arc<MediaRuntime>) -> String {
             }
             let offer = pc.create_offer(None).await.expect("offer");
             pc.set_local_description(offer).await.expect("set offer");
-            tokio::time::sleep(Duration::from_millis(200)).await; // Gathering on loopback: one host candidate.
+            tokio::time::timeout(Duration::from_secs(5), gathered.wait_for(|done| *done))
+                .await
+                .expect("gathering completes")
+                .expect("gathering state");
             let sdp = pc.local_description().await.expect("offer").sdp;
             let _ = pc.close().await;
             sdp
