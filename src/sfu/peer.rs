@@ -17,7 +17,7 @@
 //! re-sends what to receive, and the client is told `reconnect`: it builds new connections and
 //! publishes again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -45,6 +45,9 @@ const SUBSCRIBE_DEBOUNCE: Duration = Duration::from_millis(40);
 
 /// A subscription's key: (publisher participant, track id).
 type TrackKey = (String, String);
+
+/// Candidates kept per connection while it cannot take them yet.
+const MAX_EARLY_CANDIDATES: usize = 32;
 
 /// Every peer incarnation's generation is unique in the process.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
@@ -173,6 +176,11 @@ pub struct Peer {
     negotiation: Negotiation,
     /// SSRCs of ended subscriptions, reused by the next ones of the same kind.
     ssrc_pool: HashMap<MediaKind, Vec<Recycled>>,
+    /// Connections with a remote description (they take candidates), and candidates that came
+    /// before theirs had one: a client may trickle before its offer arrives, or still trickle
+    /// for a connection it is replacing. Applied when the description is set.
+    described: HashSet<Target>,
+    early: HashMap<Target, Vec<Candidate>>,
 }
 
 impl Peer {
@@ -190,6 +198,8 @@ impl Peer {
             wanted: Vec::new(),
             negotiation: Negotiation::default(),
             ssrc_pool: HashMap::new(),
+            described: HashSet::new(),
+            early: HashMap::new(),
         }
     }
 
@@ -227,9 +237,8 @@ impl Peer {
         for connection in [self.publisher.take(), self.subscriber.take()].into_iter().flatten() {
             media.close(connection);
         }
-        for published in self.published.drain().map(|(_, p)| p) {
-            drop(published);
-        }
+        // Dropping a publication cancels its forwarding task.
+        self.published.clear();
         for ((_, _), subscription) in self.subscriptions.drain() {
             if let Some(fanout) = subscription.fanout.upgrade() {
                 fanout.remove(&self.shared.participant);
@@ -239,6 +248,8 @@ impl Peer {
         self.negotiation = Negotiation::default();
         // A new subscriber connection starts from fresh SSRCs.
         self.ssrc_pool.clear();
+        self.described.clear();
+        self.early.clear();
     }
 
     fn handle_signal(&mut self, signal: ClientSignal, ctx: &mut Context<Self>) {
@@ -322,7 +333,7 @@ impl Peer {
                 let answer = answer(&*connection, sdp).await;
                 (Some(connection), answer)
             },
-            |peer, outcome, _ctx| match outcome {
+            |peer, outcome, ctx| match outcome {
                 Ok((connection, answer)) => {
                     if peer.publisher.is_none() {
                         peer.publisher = connection;
@@ -336,6 +347,7 @@ impl Peer {
                                 target = "publisher"
                             );
                             peer.shared.signal.send(protocol::sdp("answer", Target::Publisher, &sdp));
+                            peer.described(Target::Publisher, ctx);
                         }
                         Err(error) => peer.reject(error),
                     }
@@ -365,7 +377,10 @@ impl Peer {
             |peer, outcome, ctx| {
                 peer.negotiation.awaiting_answer = false;
                 match outcome {
-                    Ok(Ok(())) => peer.subscriptions_live(),
+                    Ok(Ok(())) => {
+                        peer.subscriptions_live();
+                        peer.described(Target::Subscriber, ctx);
+                    }
                     Ok(Err(error)) => {
                         peer.reject(error);
                         // The offer is still pending on our side: offer again.
@@ -399,36 +414,66 @@ impl Peer {
     }
 
     fn add_candidate(&mut self, target: Target, candidate: Candidate, ctx: &mut Context<Self>) {
+        if candidate.candidate.trim().is_empty() {
+            return; // End of candidates.
+        }
+        if self.described.contains(&target) {
+            return self.apply_candidates(target, vec![candidate], true, ctx);
+        }
+        // The server makes the subscriber connection: a candidate for it before any offer is wrong.
+        if target == Target::Subscriber && self.subscriber.is_none() {
+            let message = "candidate: there is no subscriber connection yet".to_owned();
+            return self.reject(SignalError::new("no_connection", message));
+        }
+        let early = self.early.entry(target).or_default();
+        if early.len() >= MAX_EARLY_CANDIDATES {
+            let message = format!("candidate: more than {MAX_EARLY_CANDIDATES} before the {} offer", target.as_str());
+            return self.reject(SignalError::new("no_connection", message));
+        }
+        early.push(candidate);
+    }
+
+    /// `target` has a remote description now: it takes the candidates that waited for it.
+    fn described(&mut self, target: Target, ctx: &mut Context<Self>) {
+        self.described.insert(target);
+        if let Some(early) = self.early.remove(&target) {
+            // Some may belong to a connection the client replaced: not worth an error frame.
+            self.apply_candidates(target, early, false, ctx);
+        }
+    }
+
+    fn apply_candidates(&mut self, target: Target, candidates: Vec<Candidate>, report: bool, ctx: &mut Context<Self>) {
         let connection = match target {
             Target::Publisher => self.publisher.clone(),
             Target::Subscriber => self.subscriber.clone(),
         };
-        let Some(connection) = connection else {
-            let message = format!("candidate: there is no {} connection yet", target.as_str());
-            return self.reject(SignalError::new("no_connection", message));
-        };
-        if candidate.candidate.trim().is_empty() {
-            return; // End of candidates.
-        }
+        let Some(connection) = connection else { return };
         self.media_step(
             ctx,
             "sfu.candidate",
             async move {
-                let init = RTCIceCandidateInit {
-                    candidate: candidate.candidate,
-                    sdp_mid: candidate.sdp_mid,
-                    sdp_mline_index: candidate.sdp_mline_index,
-                    username_fragment: candidate.username_fragment,
-                    ..Default::default()
-                };
-                connection.add_ice_candidate(init).await.map_err(|error| error.to_string())
+                for candidate in candidates {
+                    let init = RTCIceCandidateInit {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.sdp_mid,
+                        sdp_mline_index: candidate.sdp_mline_index,
+                        username_fragment: candidate.username_fragment,
+                        ..Default::default()
+                    };
+                    connection.add_ice_candidate(init).await.map_err(|error| error.to_string())?;
+                }
+                Ok(())
             },
-            |peer, outcome, _ctx| {
+            move |peer, outcome, _ctx| {
                 let error = match outcome {
                     Ok(Ok(())) => return,
                     Ok(Err(error)) | Err(error) => error,
                 };
-                peer.reject(SignalError::new("invalid_candidate", format!("candidate: {error}")));
+                if report {
+                    peer.reject(SignalError::new("invalid_candidate", format!("candidate: {error}")));
+                } else {
+                    tracing::debug!(participant = %peer.shared.participant, %error, "an early candidate did not apply");
+                }
             },
         );
     }
