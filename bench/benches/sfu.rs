@@ -1,21 +1,27 @@
 //! The SFU's forwarding: 1 publisher → N subscribers, webrtc-rs clients on 127.0.0.1 (the same
 //! client as the tests, `tests/it/rtc_client.rs`), the server in a child process of its own (this
-//! binary re-executed with `BENCH_SFU_SERVE`), so its CPU time is the server's alone.
+//! binary re-executed with `BENCH_SFU_SERVE`), so its CPU time is the server's alone. The same
+//! load then runs against a bare webrtc-rs forwarder with no actors (`sfu/bare.rs`, child mode
+//! `BENCH_SFU_SERVE_BARE`): the difference is the cost of rampart's actors and supervision.
 //!
-//! Measures: forwarded packets/s, the server's CPU seconds per second (from
-//! `/proc/<pid>/stat`), so forwarded packets/s per core; the added latency from the publisher's
-//! write to a subscriber's read (p50/p99; both ends in this process, so one clock; it includes
-//! the clients' own webrtc-rs stacks on both sides, an upper bound of the SFU's share); the
-//! server's RSS per participant.
+//! Measures, for each server: forwarded packets/s, the server's CPU seconds per second (from
+//! `/proc/<pid>/stat`), so forwarded packets/s per core and CPU per packet; the latency from the
+//! publisher's write to a subscriber's read (p50/p99; both ends in this process, so one clock; it
+//! includes the clients' own webrtc-rs stacks on both sides, so rampart's p99 minus the bare
+//! forwarder's is what rampart adds); the server's RSS per participant.
 //!
 //! Run: `cargo bench -p rampart-bench --features sfu --bench sfu` (BENCH_SUBSCRIBERS, default
 //! 20; BENCH_PACKETS_PER_TICK, video and audio packets per 20 ms, default 10: 1,000 packets/s
-//! published; BENCH_SECONDS, default 10). Targets: ≥ 60,000 forwarded packets/s per core, p99
-//! added latency ≤ 5 ms.
+//! published; BENCH_SECONDS, default 10; BENCH_SFU_SERVERS, default `rampart,bare`). Targets:
+//! ≥ 60,000 forwarded packets/s per core, p99 added latency ≤ 5 ms, ≤ 1.1× the bare forwarder's
+//! CPU per packet.
 
 #[path = "../../tests/it/rtc_client.rs"]
 #[allow(dead_code, reason = "the tests use more of the client than the benchmark")]
 mod rtc_client;
+
+#[path = "sfu/bare.rs"]
+mod bare;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -34,6 +40,9 @@ fn env_number(name: &str, default: u64) -> u64 {
 fn main() {
     if let Ok(address) = std::env::var("BENCH_SFU_SERVE") {
         return serve(address.parse().expect("BENCH_SFU_SERVE is an address"));
+    }
+    if let Ok(address) = std::env::var("BENCH_SFU_SERVE_BARE") {
+        return bare::serve(address.parse().expect("BENCH_SFU_SERVE_BARE is an address"));
     }
     if std::env::args().any(|arg| arg == "--list") {
         return; // `cargo bench -- --list` and friends: nothing to list.
@@ -85,13 +94,56 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1e6
 }
 
+/// What one server did under the load.
+struct Measurement {
+    forwarded_per_sec: f64,
+    cores: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Measurement {
+    /// Server CPU seconds per million forwarded packets.
+    fn cpu_per_million(&self) -> f64 {
+        self.cores / self.forwarded_per_sec.max(1e-9) * 1e6
+    }
+}
+
 async fn bench() {
+    let servers = std::env::var("BENCH_SFU_SERVERS").unwrap_or_else(|_| "rampart,bare".into());
+    let mut results = Vec::new();
+    for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bare = match server {
+            "rampart" => false,
+            "bare" => true,
+            other => panic!("BENCH_SFU_SERVERS: unknown server {other:?} (rampart, bare)"),
+        };
+        results.push((server.to_owned(), measure(bare).await));
+    }
+    if let (Some((_, rampart)), Some((_, bare))) =
+        (results.iter().find(|(s, _)| s == "rampart"), results.iter().find(|(s, _)| s == "bare"))
+    {
+        println!(
+            "sfu: supervision cost: rampart {:.2} CPU-s per million forwarded packets, bare webrtc-rs forwarder {:.2} \
+             -> {:.2}x (target <= 1.1x); latency p99 rampart {:.2} ms, bare {:.2} ms -> added {:.2} ms",
+            rampart.cpu_per_million(),
+            bare.cpu_per_million(),
+            rampart.cpu_per_million() / bare.cpu_per_million().max(1e-9),
+            rampart.p99_ms,
+            bare.p99_ms,
+            rampart.p99_ms - bare.p99_ms,
+        );
+    }
+}
+
+async fn measure(bare: bool) -> Measurement {
+    let name = if bare { "bare" } else { "rampart" };
     let subscribers = env_number("BENCH_SUBSCRIBERS", 20) as usize;
     let per_tick = env_number("BENCH_PACKETS_PER_TICK", 10) as u32;
     let seconds = env_number("BENCH_SECONDS", 10);
     let address = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
-        .env("BENCH_SFU_SERVE", address.to_string())
+        .env(if bare { "BENCH_SFU_SERVE_BARE" } else { "BENCH_SFU_SERVE" }, address.to_string())
         .env("RAMPART__LOG__FILTER", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -100,17 +152,20 @@ async fn bench() {
     rampart_bench::wait_healthy(&base, Duration::from_secs(30)).await;
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
     let (_, idle_rss) = usage(child.id());
-    let mut response = http
-        .post(format!("{base}/admin/rooms"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send_json(&json!({"name": "bench"}))
-        .await
-        .expect("room");
-    assert!(response.status().is_success(), "{:?}", response.body().await);
-    let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
-    for user in ["publisher", "subscriber"] {
-        let _ = http.post(format!("{base}/api/users")).bearer_auth(ADMIN_TOKEN).send_json(&json!({"id": user})).await;
+    if !bare {
+        let mut response = http
+            .post(format!("{base}/admin/rooms"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send_json(&json!({"name": "bench"}))
+            .await
+            .expect("room");
+        assert!(response.status().is_success(), "{:?}", response.body().await);
+        for user in ["publisher", "subscriber"] {
+            let _ =
+                http.post(format!("{base}/api/users")).bearer_auth(ADMIN_TOKEN).send_json(&json!({"id": user})).await;
+        }
     }
+    let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
     let url = format!("ws://{address}/rtc");
     let runtime = rtc_client::media_runtime();
     let token = |user: &str| tokens.issue(user, Duration::from_secs(3600)).expect("token");
@@ -160,14 +215,20 @@ async fn bench() {
     }
     latencies.sort_unstable();
     let participants = subscribers as u64 + 1;
+    let measurement = Measurement {
+        forwarded_per_sec: forwarded,
+        cores,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    };
     println!(
-        "sfu: 1 publisher ({} packets/s) -> {subscribers} subscribers, {seconds} s: {forwarded:.0} forwarded packets/s received; \
+        "sfu [{name}]: 1 publisher ({} packets/s) -> {subscribers} subscribers, {seconds} s: {forwarded:.0} forwarded packets/s received; \
          server CPU {cores:.2} cores -> {:.0} packets/s per core; latency publisher->subscriber p50 {:.2} ms p99 {:.2} ms \
          ({} samples); server RSS {:.1} MiB idle, {:.1} MiB busy, {:.0} KiB per participant",
         per_tick as u64 * 2 * 50,
         forwarded / cores.max(1e-9),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        measurement.p50_ms,
+        measurement.p99_ms,
         latencies.len(),
         idle_rss as f64 / 1048576.0,
         busy_rss as f64 / 1048576.0,
@@ -177,4 +238,5 @@ async fn bench() {
     drop(clients);
     let _ = child.kill();
     let _ = child.wait();
+    measurement
 }

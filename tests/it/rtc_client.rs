@@ -550,7 +550,7 @@ impl Brain {
     }
 }
 
-fn codec(kind: &str) -> RTCRtpCodec {
+pub fn codec(kind: &str) -> RTCRtpCodec {
     if kind == "video" {
         RTCRtpCodec {
             mime_type: MIME_TYPE_VP8.to_owned(),
