@@ -215,6 +215,20 @@ async fn measure(bare: bool) -> Measurement {
     }
     latencies.sort_unstable();
     let participants = subscribers as u64 + 1;
+    if !bare {
+        // Packets a subscriber connection refused or fell too far behind for: should be none.
+        let mut response = http.get(format!("{base}/metrics")).send().await.expect("metrics");
+        let body = response.body().limit(1 << 22).await.expect("metrics body");
+        let text = String::from_utf8_lossy(&body);
+        let lost: Vec<&str> = text
+            .lines()
+            .filter(|line| {
+                line.starts_with("rampart_sfu_dropped_packets_total")
+                    || line.starts_with("rampart_sfu_write_errors_total")
+            })
+            .collect();
+        println!("sfu [rampart]: {}", lost.join(", "));
+    }
     let measurement = Measurement {
         forwarded_per_sec: forwarded,
         cores,

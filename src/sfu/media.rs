@@ -12,12 +12,14 @@
 //! Must never: hold a lock across an `.await` on the packet path, or keep a peer alive (fan-outs
 //! hold subscribers' tracks, never their actors or connections).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use parking_lot::{Mutex, RwLock};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::{register_default_interceptors, Registry};
@@ -26,11 +28,11 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::packet::Packet as RtpPacket;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
-use std::collections::VecDeque;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -49,6 +51,9 @@ const OPUS_PAYLOAD_TYPE: u8 = 111;
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the reaper gives one connection to close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Packets a subscriber's copy of a track holds while its connection is not taking writes
+/// (about a quarter second of 1,000 packets/s video); beyond that the oldest are dropped.
+const BACKLOG_PACKETS: usize = 256;
 
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -396,6 +401,102 @@ impl Sequencer {
     }
 }
 
+/// What became of a packet offered to a [`Backlog`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    /// Written straight away; `false` if the writer refused it.
+    Written(bool),
+    /// Queued behind packets the writer has not taken yet.
+    Queued,
+    /// Queued, and the oldest queued packet dropped to make room.
+    QueuedDroppingOldest,
+}
+
+/// An order-keeping hand-off between one producer (a fan-out's forwarding loop) and a writer
+/// that may be momentarily full (a subscriber connection's driver queue): packets are written
+/// directly while the writer takes them; once it does not, they queue (up to `capacity`, then
+/// the oldest go) and a drain task writes them, waiting on the writer, until the queue is empty.
+/// So one slow subscriber costs the forwarding loop nothing and the others never wait for it.
+struct Backlog<P> {
+    state: Mutex<BacklogState<P>>,
+    wake: tokio::sync::Notify,
+    capacity: usize,
+}
+
+struct BacklogState<P> {
+    packets: VecDeque<P>,
+    /// The drain task owns the order: the producer only queues until the queue is empty again.
+    draining: bool,
+}
+
+impl<P: Clone> Backlog<P> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(BacklogState { packets: VecDeque::new(), draining: false }),
+            wake: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Writes `packet` with `write_now` (which answers `None` when the writer would have to
+    /// wait) unless packets are already queued, in which case it queues behind them.
+    fn offer(&self, packet: P, write_now: impl FnOnce(P) -> Option<bool>) -> Offered {
+        {
+            let mut state = self.state.lock();
+            if state.draining {
+                return self.enqueue(&mut state, packet);
+            }
+        }
+        match write_now(packet.clone()) {
+            Some(written) => Offered::Written(written),
+            None => {
+                let offered = {
+                    let mut state = self.state.lock();
+                    state.draining = true;
+                    self.enqueue(&mut state, packet)
+                };
+                self.wake.notify_one();
+                offered
+            }
+        }
+    }
+
+    fn enqueue(&self, state: &mut BacklogState<P>, packet: P) -> Offered {
+        let dropped = state.packets.len() >= self.capacity && state.packets.pop_front().is_some();
+        state.packets.push_back(packet);
+        if dropped {
+            Offered::QueuedDroppingOldest
+        } else {
+            Offered::Queued
+        }
+    }
+
+    /// The drain task: whenever packets queue, writes them in order with `write` (which may
+    /// wait), then hands direct writing back to the producer. Runs until cancelled.
+    async fn drain<F, W>(&self, mut write: W)
+    where
+        W: FnMut(P) -> F,
+        F: Future<Output = ()>,
+    {
+        loop {
+            self.wake.notified().await;
+            loop {
+                let next = {
+                    let mut state = self.state.lock();
+                    match state.packets.pop_front() {
+                        Some(packet) => packet,
+                        None => {
+                            state.draining = false;
+                            break;
+                        }
+                    }
+                };
+                write(next).await;
+            }
+        }
+    }
+}
+
 /// One subscriber's copy of a published track: its own SSRC, and sequence numbers and
 /// timestamps that continue from whatever the SSRC carried before (the publisher's are offset).
 pub struct Downstream {
@@ -405,6 +506,9 @@ pub struct Downstream {
     ssrc: u32,
     payload_type: u8,
     sequencer: Sequencer,
+    backlog: Backlog<RtpPacket>,
+    /// The fan-out's count of packets written to subscribers (shared with every copy).
+    forwarded: Arc<AtomicU64>,
 }
 
 impl Downstream {
@@ -435,7 +539,46 @@ impl Downstream {
             ssrc: recycled.ssrc,
             payload_type: fanout.kind.payload_type(),
             sequencer: Sequencer::new(recycled.next_seq, recycled.next_ts),
+            backlog: Backlog::new(BACKLOG_PACKETS),
+            forwarded: fanout.forwarded.clone(),
         })
+    }
+
+    /// Hands one packet (already rewritten for this copy) to the subscriber's connection: written
+    /// now if its queue has room, else queued for [`Downstream::drain`].
+    fn offer(&self, packet: RtpPacket) {
+        let offered =
+            self.backlog.offer(packet, |packet| self.track.write_rtp(packet).now_or_never().map(|r| r.is_ok()));
+        match offered {
+            Offered::Written(true) => self.written(),
+            Offered::Written(false) => {
+                metrics().sfu_write_errors.inc();
+            }
+            Offered::Queued => {}
+            Offered::QueuedDroppingOldest => {
+                metrics().sfu_dropped_packets.inc();
+            }
+        }
+    }
+
+    fn written(&self) {
+        metrics().sfu_forwarded_packets.inc();
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes what queued while the connection was not taking packets, waiting on it; an owned
+    /// task of the subscriber for as long as the copy is forwarded to.
+    pub async fn drain(&self) {
+        self.backlog
+            .drain(|packet| async move {
+                match self.track.write_rtp(packet).await {
+                    Ok(()) => self.written(),
+                    Err(_) => {
+                        metrics().sfu_write_errors.inc();
+                    }
+                }
+            })
+            .await;
     }
 
     pub fn as_track_local(&self) -> Arc<dyn TrackLocal> {
@@ -463,7 +606,7 @@ pub struct Fanout {
     downstream: RwLock<Arc<[Arc<Downstream>]>>,
     muted: AtomicBool,
     last_keyframe_request: Mutex<Option<Instant>>,
-    forwarded: AtomicU64,
+    forwarded: Arc<AtomicU64>,
 }
 
 impl Fanout {
@@ -482,7 +625,7 @@ impl Fanout {
             downstream: RwLock::new(Arc::from(Vec::new())),
             muted: AtomicBool::new(false),
             last_keyframe_request: Mutex::new(None),
-            forwarded: AtomicU64::new(0),
+            forwarded: Arc::new(AtomicU64::new(0)),
         }))
     }
 
@@ -536,13 +679,11 @@ impl Fanout {
         }
     }
 
-    /// Reads the publisher's packets until the track ends, writing each to every subscriber
-    /// with the subscriber's SSRC, sequence numbers, timestamps and payload type and without the
-    /// publisher's header extensions (their ids are the publisher's negotiation, not the
-    /// subscriber's).
+    /// Reads the publisher's packets until the track ends, handing each to every subscriber's
+    /// copy with the subscriber's SSRC, sequence numbers, timestamps and payload type and without
+    /// the publisher's header extensions (their ids are the publisher's negotiation, not the
+    /// subscriber's). Never waits on a subscriber (see [`Backlog`]).
     pub async fn forward(self: Arc<Self>) {
-        let forwarded = &metrics().sfu_forwarded_packets;
-        let write_errors = &metrics().sfu_write_errors;
         while let Some(event) = self.remote.poll().await {
             match event {
                 TrackRemoteEvent::OnRtpPacket(packet) => {
@@ -561,15 +702,7 @@ impl Fanout {
                         copy.header.extension = false;
                         copy.header.extension_profile = 0;
                         copy.header.extensions.clear();
-                        match target.track.write_rtp(copy).await {
-                            Ok(()) => {
-                                forwarded.inc();
-                                self.forwarded.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(_) => {
-                                write_errors.inc();
-                            }
-                        }
+                        target.offer(copy);
                     }
                 }
                 TrackRemoteEvent::OnEnded => break,
@@ -596,7 +729,56 @@ pub async fn relay_keyframe_requests(downstream: Arc<Downstream>, fanout: Weak<F
 
 #[cfg(test)]
 mod tests {
-    use super::Sequencer;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use parking_lot::Mutex;
+
+    use super::{Backlog, Offered, Sequencer};
+
+    #[actix_rt::test]
+    async fn a_subscriber_that_falls_behind_gets_its_packets_in_order_and_loses_only_the_oldest() {
+        // Regression: a fan-out used to await each subscriber's write in turn, so one
+        // subscriber whose connection queue was full held up the track for everyone.
+        let backlog = Arc::new(Backlog::<u32>::new(4));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let write_now = |packet| {
+            written.lock().push(packet);
+            Some(true)
+        };
+        assert_eq!(backlog.offer(1, write_now), Offered::Written(true));
+        assert_eq!(backlog.offer(2, write_now), Offered::Written(true));
+        assert_eq!(backlog.offer(3, |_| None), Offered::Queued, "a full connection: the packet queues");
+        let never = |_| -> Option<bool> { panic!("a packet must not overtake the queued ones") };
+        for packet in 4..=6 {
+            assert_eq!(backlog.offer(packet, never), Offered::Queued);
+        }
+        assert_eq!(backlog.offer(7, never), Offered::QueuedDroppingOldest, "capacity 4: packet 3 goes");
+        assert_eq!(backlog.offer(8, never), Offered::QueuedDroppingOldest, "then packet 4");
+
+        let drained = written.clone();
+        let draining = backlog.clone();
+        let _drain = crate::tasks::spawn_owned("test.drain", async move {
+            draining
+                .drain(|packet| {
+                    let drained = drained.clone();
+                    async move {
+                        tokio::task::yield_now().await; // A writer that makes the drain wait.
+                        drained.lock().push(packet);
+                    }
+                })
+                .await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while backlog.state.lock().draining {
+            assert!(Instant::now() < deadline, "the backlog never drained");
+            tokio::time::sleep(Duration::from_millis(5)).await; // Poll for the drain task.
+        }
+        assert_eq!(*written.lock(), vec![1, 2, 5, 6, 7, 8]);
+        assert_eq!(backlog.offer(9, write_now), Offered::Written(true), "drained: direct writes again");
+        assert_eq!(backlog.offer(10, |_| Some(false)), Offered::Written(false), "a refusal is reported");
+        assert_eq!(*written.lock(), vec![1, 2, 5, 6, 7, 8, 9]);
+    }
 
     #[test]
     fn a_recycled_ssrc_continues_its_sequence_numbers_and_timestamps() {

@@ -147,8 +147,9 @@ struct Subscription {
     fanout: Weak<Fanout>,
     downstream: Arc<Downstream>,
     sender: Arc<dyn RtpSender>,
-    /// Forwarding into it and relaying its keyframe requests, once the client's answer is in.
-    relay: Option<OwnedTask<()>>,
+    /// Once the client's answer is in: writing what queued for it (`Downstream::drain`) and
+    /// relaying its keyframe requests.
+    live: Option<OwnedTask<()>>,
 }
 
 /// The subscriber connection's offer/answer state.
@@ -400,15 +401,18 @@ impl Peer {
     /// are asked for a keyframe so the new subscriber can start decoding.
     fn subscriptions_live(&mut self) {
         let media = self.shared.core.media.clone();
-        for subscription in self.subscriptions.values_mut().filter(|s| s.relay.is_none()) {
+        for subscription in self.subscriptions.values_mut().filter(|s| s.live.is_none()) {
             let Some(fanout) = subscription.fanout.upgrade() else { continue };
             fanout.add(subscription.downstream.clone());
             let downstream = subscription.downstream.clone();
             let weak = subscription.fanout.clone();
-            subscription.relay = Some(media.spawn("sfu.keyframe_relay", async move {
-                fanout.request_keyframe().await;
-                drop(fanout);
-                relay_keyframe_requests(downstream, weak).await;
+            subscription.live = Some(media.spawn("sfu.subscription", async move {
+                let relay = async {
+                    fanout.request_keyframe().await;
+                    drop(fanout);
+                    relay_keyframe_requests(downstream.clone(), weak).await;
+                };
+                tokio::join!(relay, downstream.drain());
             }));
         }
     }
@@ -578,7 +582,7 @@ impl Peer {
                 match offer {
                     Ok((senders, sdp)) => {
                         for ((key, fanout, downstream), sender) in added.into_iter().zip(senders) {
-                            peer.subscriptions.insert(key, Subscription { fanout, downstream, sender, relay: None });
+                            peer.subscriptions.insert(key, Subscription { fanout, downstream, sender, live: None });
                         }
                         crate::action!("sfu", "offer", participant = peer.shared.participant, target = "subscriber");
                         peer.shared.signal.send(protocol::sdp("offer", Target::Subscriber, &sdp));

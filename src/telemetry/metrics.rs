@@ -202,13 +202,15 @@ pub struct Metrics {
     pub kafka_dead_letters: Counter,
     /// SFU: open rooms, participants and published tracks; RTP packets written to subscribers;
     /// keyframe requests relayed to publishers (`sent`) or absorbed by the 500 ms throttle
-    /// (`throttled`); RTP packets a subscriber's connection refused (not yet negotiated, closed).
+    /// (`throttled`); RTP packets a subscriber's connection refused (not yet negotiated, closed);
+    /// RTP packets dropped because a subscriber's connection fell more than 256 packets behind.
     pub sfu_rooms: Gauge,
     pub sfu_participants: Gauge,
     pub sfu_tracks: Gauge,
     pub sfu_forwarded_packets: Counter,
     pub sfu_keyframe_requests: Family<OutcomeLabels, Counter>,
     pub sfu_write_errors: Counter,
+    pub sfu_dropped_packets: Counter,
 }
 
 impl Metrics {
@@ -267,6 +269,7 @@ impl Metrics {
             sfu_forwarded_packets: Counter::default(),
             sfu_keyframe_requests: Family::default(),
             sfu_write_errors: Counter::default(),
+            sfu_dropped_packets: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -454,6 +457,11 @@ impl Metrics {
             "sfu_write_errors",
             "RTP packets a subscriber connection refused (not negotiated yet, or closing)",
             metrics.sfu_write_errors.clone(),
+        );
+        registry.register(
+            "sfu_dropped_packets",
+            "RTP packets dropped because a subscriber connection fell more than 256 packets behind (the oldest go)",
+            metrics.sfu_dropped_packets.clone(),
         );
         for outcome in ["sent", "throttled"] {
             drop(metrics.sfu_keyframe_requests.get_or_create(&OutcomeLabels::of(outcome)));
