@@ -538,14 +538,19 @@ fn start_runner<A: SupervisedActor>(
     let capacity = spec.mailbox_capacity.unwrap_or(default_capacity);
     let (sender, receiver) = channel::channel::<A>(capacity);
     let addr = Addr::new(sender);
-    let chaos_addr = addr.clone();
-    let chaos_record = record.clone();
+    // Weak: the trigger lives in the record, and a strong reference to it from there would keep
+    // every record (and the mailbox behind `chaos_addr`) alive after its actor left the tree.
+    let chaos_addr = addr.downgrade();
+    let chaos_record = Arc::downgrade(&record);
     let _ = record.chaos.set(Box::new(move || {
-        if !chaos_addr.connected() {
+        let (Some(addr), Some(record)) = (chaos_addr.upgrade(), chaos_record.upgrade()) else {
+            return false;
+        };
+        if !addr.connected() {
             return false;
         }
-        chaos_record.sent.fetch_add(1, Ordering::Relaxed);
-        chaos_addr.do_send(Tracked::new(ChaosPanic, None, &chaos_record));
+        record.sent.fetch_add(1, Ordering::Relaxed);
+        addr.do_send(Tracked::new(ChaosPanic, None, &record));
         true
     }));
     let factory = spec.factory.clone();

@@ -875,6 +875,32 @@ async fn dynamic_children_come_and_go_and_large_groups_are_summarized() {
 }
 
 #[actix_rt::test]
+async fn an_ended_child_frees_its_record_and_mailbox() {
+    // Regression: the chaos trigger stored in each record held the record itself (and the
+    // actor's address), so every actor ever spawned stayed in memory after it ended: ~1 KiB per
+    // WebSocket session or SFU peer, found with heaptrack over the SFU's join/leave cycles.
+    let tree = tree();
+    let sessions = tree.root().spawn_supervisor(SupervisorSpec::new("sessions").dynamic()).unwrap();
+    let handle = sessions.spawn(ChildSpec::new("s0", Probe::default).restart(RestartType::Transient)).unwrap();
+    assert_eq!(handle.send(Increment).await, Ok(1));
+    let record = Arc::downgrade(handle.record());
+    assert_eq!(handle.send(StopSelf).await, Ok(()));
+    let watched = sessions.clone();
+    eventually("the ended child leaves the tree", WAIT, || {
+        let sessions = watched.clone();
+        async move { sessions.child_count() == 0 }
+    })
+    .await;
+    drop(handle);
+    eventually("the ended child's record is freed", WAIT, || {
+        let record = record.clone();
+        async move { record.upgrade().is_none() }
+    })
+    .await;
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn a_child_on_another_arbiter_failing_at_once_is_still_restarted() {
     // Regression: the slot was registered after the runner started, so a child on another
     // thread could fail before its supervisor knew it and was stopped instead of restarted.
