@@ -507,13 +507,19 @@ async fn footprint(server: &ChatServer) -> (u64, u64, u64, u64) {
     )
 }
 
-/// Memory a join/leave cycle may leave behind. The target is 5 MiB over 200 cycles
-/// (~26 KiB each). Measured while one participant stays in the room: 10.3 MiB over 360 cycles
-/// when every subscription had a new SSRC (webrtc-rs keeps per-SSRC state for a connection's
-/// life), 5.3 MiB over 360 since SSRCs are reused, so ~15 KiB per cycle is still retained (open:
-/// see the closing note). This bound catches what matters most, a cycle keeping its
-/// connections or buffers (hundreds of KiB each), without failing on the known retention.
-const RETAINED_PER_CYCLE: u64 = 64 * 1024;
+/// What RSS may grow by over the measured cycles: the target, 5 MiB over 200 cycles.
+///
+/// Measured from a baseline taken after `WARM_UP_CYCLES`: glibc keeps the memory of the first
+/// batches' connections in its per-thread arenas (RSS steps up by 4-5.5 MiB during the first
+/// measured batch and then moves within that band, no trend, whether 200 or 360 cycles follow),
+/// while the live heap stays flat (heaptrack, 40 vs 200 cycles). A baseline before that step
+/// would measure the allocator, not rampart. What this catches: anything kept per cycle beyond
+/// ~25 KiB (a connection, its buffers, a forwarding task). Smaller per-cycle leaks are below what
+/// RSS can see; the supervision test `an_ended_child_frees_its_record_and_mailbox` guards the
+/// one found that way.
+const RETAINED_MAX: u64 = 5 * 1024 * 1024;
+/// Cycles before the baseline (five batches of eight).
+const WARM_UP_CYCLES: usize = 40;
 
 #[actix_rt::test]
 async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
@@ -557,12 +563,14 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
             }
         }
     };
-    batch(0).await;
+    for first in (0..WARM_UP_CYCLES).step_by(8) {
+        batch(first).await;
+    }
     settled(&server).await;
     let baseline = quiet_footprint(&server).await;
     let started = std::time::Instant::now();
     let cycles: usize = std::env::var("RAMPART_TEST_SFU_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
-    for first in (0..cycles).step_by(8) {
+    for first in (WARM_UP_CYCLES..WARM_UP_CYCLES + cycles).step_by(8) {
         batch(first).await;
     }
     settled(&server).await;
@@ -571,7 +579,7 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
     // numbers to come back down rather than sampling once.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline
-        && (after.0 > baseline.0 + RETAINED_PER_CYCLE * cycles as u64 || after.2 > baseline.2 || after.3 > baseline.3)
+        && (after.0 > baseline.0 + RETAINED_MAX || after.2 > baseline.2 || after.3 > baseline.3)
     {
         tokio::time::sleep(Duration::from_millis(250)).await; // Poll inside the deadline.
         after = footprint(&server).await;
@@ -585,7 +593,7 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
         sections <= 2 * 8 + 2,
         "the observer's connection grew to {sections} media sections: transceivers are not reused"
     );
-    assert!(after.0 <= baseline.0 + RETAINED_PER_CYCLE * cycles as u64, "RSS grew: {baseline:?} -> {after:?}");
+    assert!(after.0 <= baseline.0 + RETAINED_MAX, "RSS grew: {baseline:?} -> {after:?}");
     assert!(after.1 <= baseline.1 + 2, "threads grew: {baseline:?} -> {after:?}");
     assert!(after.2 <= baseline.2, "actors grew: {baseline:?} -> {after:?}");
     assert!(after.3 <= baseline.3, "media tasks grew: {baseline:?} -> {after:?}");
