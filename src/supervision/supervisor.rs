@@ -91,6 +91,10 @@ pub(crate) struct ChildSlot {
     pub(crate) backoff: Mutex<BackoffState>,
     /// Set when the child is itself a supervisor: shutdown recurses into it first.
     pub(crate) group: Option<Arc<Group>>,
+    /// The child's address, held for as long as the child is in the tree: an actix actor stops
+    /// when nothing can send to it any more, and a supervised child (a timer-driven job nobody
+    /// else addresses) must not. Dropped with the slot when the child leaves the tree.
+    pub(crate) keepalive: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ChildSlot {
@@ -519,13 +523,17 @@ fn spawn_child<A: SupervisedActor>(
         backoff_policy: spec.backoff.unwrap_or(defaults.backoff),
         backoff: Mutex::new(BackoffState::default()),
         group,
+        keepalive: OnceLock::new(),
     });
     // The slot must exist before the runner starts: a child on another arbiter can fail at once,
     // and its supervisor must find the slot to restart it.
-    parent_group.children.lock().push(slot);
-    start_runner(spec, record.clone(), control_receiver, parent, defaults.mailbox_capacity).inspect_err(|_| {
-        parent_group.remove_slot(&record);
-    })
+    parent_group.children.lock().push(slot.clone());
+    let handle =
+        start_runner(spec, record.clone(), control_receiver, parent, defaults.mailbox_capacity).inspect_err(|_| {
+            parent_group.remove_slot(&record);
+        })?;
+    let _ = slot.keepalive.set(Box::new(handle.addr.clone()));
+    Ok(handle)
 }
 
 fn start_runner<A: SupervisedActor>(
@@ -656,7 +664,9 @@ impl SupervisionTree {
             backoff_policy: config.backoff,
             backoff: Mutex::new(BackoffState::default()),
             group: Some(group.clone()),
+            keepalive: OnceLock::new(),
         });
+        let _ = root_slot.keepalive.set(Box::new(actor.addr.clone()));
         Ok(Self { root: SupervisorHandle { group, actor }, root_slot, top, fatal, context, _watchdog: watchdog })
     }
 

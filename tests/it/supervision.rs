@@ -901,6 +901,29 @@ async fn an_ended_child_frees_its_record_and_mailbox() {
 }
 
 #[actix_rt::test]
+async fn a_child_nobody_holds_a_handle_to_is_restarted_after_a_chaos_panic() {
+    // Regression: with the record's chaos trigger no longer holding the actor's address, a
+    // timer-driven job whose handle nobody kept (the cleanup job) had no sender left; after a
+    // chaos panic its new incarnation stopped at once instead of running on. The tree holds
+    // every child's address while it is in the tree.
+    let tree = tree();
+    let handle = tree.root().spawn(ChildSpec::new("job", Probe::default)).unwrap();
+    assert_eq!(handle.send(Increment).await, Ok(1));
+    let record = handle.record().clone();
+    drop(handle);
+    assert!(record.trigger_chaos_panic(), "the chaos trigger reaches a child nobody holds");
+    let watched = record.clone();
+    eventually("the job restarted and running", WAIT, || {
+        let record = watched.clone();
+        async move { record.restarts() == 1 && record.status() == ActorStatus::Running }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // A quiet window: it must stay up.
+    assert_eq!(record.status(), ActorStatus::Running);
+    tree.shutdown().await;
+}
+
+#[actix_rt::test]
 async fn a_child_on_another_arbiter_failing_at_once_is_still_restarted() {
     // Regression: the slot was registered after the runner started, so a child on another
     // thread could fail before its supervisor knew it and was stopped instead of restarted.
