@@ -656,6 +656,12 @@ impl PeerConnectionEventHandler for Handler {
         let record_latency = self.record_latency;
         self.runtime.spawn(async move {
             while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnEnded = event {
+                    // Negotiated away (its publisher left): forget it, or a long-lived client
+                    // keeps one task and one track for every track it was ever sent.
+                    state.remote_tracks.lock().retain(|known| !Arc::ptr_eq(known, &track));
+                    break;
+                }
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
                     let mut received = state.received.lock();
                     let entry = received.entry(key.clone()).or_default();
