@@ -137,7 +137,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
 
     #[cfg(feature = "sfu")]
     let sfu = if config.sfu.enabled {
-        match crate::sfu::start(tree.root(), &config, chat.directory.clone()) {
+        match crate::sfu::start(tree.root(), &config, chat.directory.clone(), chat.store.clone()) {
             Ok(sfu) => Some(sfu),
             Err(error) => {
                 tree.shutdown().await;

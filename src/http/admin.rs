@@ -33,6 +33,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .service(web::resource("/dead-letters/{id}/retry").post(super::chat::retry_dead_letter))
             .service(web::resource("/info").get(info))
             .service(web::resource("/rooms").get(super::signaling::list_rooms).post(super::signaling::create_room))
+            .service(web::resource("/rooms/{name}").delete(super::signaling::delete_room))
             .service(web::resource("/actors").get(list_actors))
             .service(web::resource("/journal").get(journal))
             .service(web::resource("/quarantine").get(quarantine))

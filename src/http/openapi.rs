@@ -33,6 +33,7 @@ use super::{admin, chat, error, health, signaling, web_client, ws};
         signaling::upgrade,
         signaling::list_rooms,
         signaling::create_room,
+        signaling::delete_room,
         chat::me,
         chat::create_user,
         chat::list_conversations,

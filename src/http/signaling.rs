@@ -38,16 +38,22 @@ pub async fn upgrade(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewRoom {
-    #[schema(min_length = 1, max_length = 128)]
+    /// 1 to 128 characters, no control characters, not only whitespace (trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    )]
     name: String,
 }
 
-/// The open rooms: participants, their tracks, subscribers and forwarded packets.
+/// The open rooms (participants, their tracks, subscribers and forwarded packets) and the
+/// operators' rooms, open or not.
 #[utoipa::path(
     get, path = "/admin/rooms", tag = "sfu",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "Open rooms", body = Object),
+        (status = 200, description = "Open rooms and operators' rooms", body = Object),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
     )
@@ -67,17 +73,43 @@ pub(super) async fn list_rooms(state: web::Data<AppState>) -> Result<HttpRespons
         (status = 400, description = "Invalid name", body = super::error::ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
         (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = super::error::ErrorBody),
     )
 )]
 pub(super) async fn create_room(
     state: web::Data<AppState>,
     body: web::Json<NewRoom>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = body.into_inner().name.trim().to_owned();
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+    let name = room_name(&body.into_inner().name)?;
+    imp::create_room(state, name).await
+}
+
+/// Takes an operator's room back: only members of the conversation of that name may join it from
+/// now on; participants in it stay until they leave.
+#[utoipa::path(
+    delete, path = "/admin/rooms/{name}", tag = "sfu",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The room's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or wrong admin token", body = super::error::ErrorBody),
+        (status = 404, description = "No operator's room of that name", body = super::error::ErrorBody),
+        (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = super::error::ErrorBody),
+    )
+)]
+pub(super) async fn delete_room(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    // No validation: a name that could not have been created is simply not found.
+    imp::delete_room(state, name.trim().to_owned()).await
+}
+
+/// A room name as operators give it: trimmed, 1 to 128 characters, none of them a control.
+fn room_name(raw: &str) -> Result<String, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest("name must be 1 to 128 printable characters".into()));
     }
-    imp::create_room(state, name)
+    Ok(name.to_owned())
 }
 
 #[cfg(not(feature = "sfu"))]
@@ -101,7 +133,11 @@ mod imp {
         Err(not_built())
     }
 
-    pub fn create_room(_: web::Data<AppState>, _: String) -> Result<HttpResponse, ApiError> {
+    pub async fn create_room(_: web::Data<AppState>, _: String) -> Result<HttpResponse, ApiError> {
+        Err(not_built())
+    }
+
+    pub async fn delete_room(_: web::Data<AppState>, _: String) -> Result<HttpResponse, ApiError> {
         Err(not_built())
     }
 }
@@ -157,13 +193,26 @@ mod imp {
 
     pub async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         let sfu = sfu(&state)?;
-        let rooms = sfu.rooms().await;
-        Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms, "media_tasks": sfu.media_tasks() })))
+        let operator_rooms = sfu.admin_rooms().await?;
+        let rooms = sfu.rooms(&operator_rooms).await;
+        Ok(HttpResponse::Ok().json(serde_json::json!({
+            "rooms": rooms,
+            "operator_rooms": operator_rooms,
+            "media_tasks": sfu.media_tasks(),
+        })))
     }
 
-    pub fn create_room(state: web::Data<AppState>, name: String) -> Result<HttpResponse, ApiError> {
-        let created = sfu(&state)?.create_admin_room(&name);
+    pub async fn create_room(state: web::Data<AppState>, name: String) -> Result<HttpResponse, ApiError> {
+        let created = sfu(&state)?.create_admin_room(&name).await?;
         let body = serde_json::json!({ "name": name, "created": created });
         Ok(if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) })
+    }
+
+    pub async fn delete_room(state: web::Data<AppState>, name: String) -> Result<HttpResponse, ApiError> {
+        if sfu(&state)?.delete_admin_room(&name).await? {
+            Ok(HttpResponse::NoContent().finish())
+        } else {
+            Err(ApiError::NotFound(format!("no operator's room named {name:?}")))
+        }
     }
 }

@@ -30,7 +30,7 @@ pub use running::*;
 
 #[cfg(feature = "sfu")]
 mod running {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::Instant;
@@ -44,6 +44,7 @@ mod running {
     use super::SfuConfig;
     use crate::chat::presence::Outbox;
     use crate::chat::Directory;
+    use crate::storage::{ChatStore, StorageError};
     use crate::supervision::{
         ActorHandle, CallError, ChildSpec, RestartType, SpawnError, SupervisorHandle, SupervisorSpec,
     };
@@ -106,7 +107,9 @@ mod running {
         pub(super) media: Arc<super::media::Media>,
         rooms_supervisor: SupervisorHandle,
         pub(super) rooms: Mutex<HashMap<String, Arc<RoomEntry>>>,
-        admin_rooms: Mutex<HashSet<String>>,
+        /// Where operators' rooms are kept (`POST /admin/rooms`): the chat store, so they outlive
+        /// a restart and every process of a deployment on MongoDB sees the same.
+        store: ChatStore,
         directory: Arc<Directory>,
         next_room: AtomicU64,
         next_participant: AtomicU64,
@@ -130,6 +133,7 @@ mod running {
         root: &SupervisorHandle,
         config: &crate::config::Config,
         directory: Arc<Directory>,
+        store: ChatStore,
     ) -> anyhow::Result<Arc<Sfu>> {
         let media = super::media::Media::start(&config.sfu).context("starting the SFU media runtime")?;
         let sfu = root.spawn_supervisor(SupervisorSpec::new("sfu")).context("starting /root/sfu")?;
@@ -144,7 +148,7 @@ mod running {
             media,
             rooms_supervisor,
             rooms: Mutex::new(HashMap::new()),
-            admin_rooms: Mutex::new(HashSet::new()),
+            store,
             directory,
             next_room: AtomicU64::new(0),
             next_participant: AtomicU64::new(0),
@@ -169,9 +173,30 @@ mod running {
             Ok(handle)
         }
 
-        /// Lets anyone authenticated join `name` (an operator's room).
-        pub fn create_admin_room(&self, name: &str) -> bool {
-            self.core.admin_rooms.lock().insert(name.to_owned())
+        /// Lets anyone authenticated join `name` (an operator's room): `true` when created,
+        /// `false` when it already was one.
+        pub async fn create_admin_room(&self, name: &str) -> Result<bool, StorageError> {
+            let created = self.core.store.create_room(name.to_owned(), crate::storage::now_ms()).await?;
+            if created {
+                crate::action!("sfu", "operator room created", room = name);
+            }
+            Ok(created)
+        }
+
+        /// Takes `name` back from everyone who is not a member of the conversation of that name:
+        /// nobody else may join it any more (participants in it stay until they leave). `true`
+        /// when it was an operator's room.
+        pub async fn delete_admin_room(&self, name: &str) -> Result<bool, StorageError> {
+            let deleted = self.core.store.delete_room(name.to_owned()).await?;
+            if deleted {
+                crate::action!("sfu", "operator room deleted", room = name);
+            }
+            Ok(deleted)
+        }
+
+        /// The operators' rooms, open or not.
+        pub async fn admin_rooms(&self) -> Result<Vec<String>, StorageError> {
+            self.core.store.rooms().await
         }
 
         /// Tasks alive on the media runtime.
@@ -179,13 +204,13 @@ mod running {
             self.core.media.tasks()
         }
 
-        /// The open rooms with their participants and tracks.
-        pub async fn rooms(&self) -> Vec<RoomView> {
+        /// The open rooms with their participants and tracks; `admin_rooms` are the operators'.
+        pub async fn rooms(&self, admin_rooms: &[String]) -> Vec<RoomView> {
             let entries: Vec<Arc<RoomEntry>> = self.core.rooms.lock().values().cloned().collect();
             let mut views = Vec::with_capacity(entries.len());
             for entry in entries {
                 let snapshot = entry.room.send_timeout(Snapshot, std::time::Duration::from_secs(2)).await;
-                let admin_created = self.core.admin_rooms.lock().contains(&entry.name);
+                let admin_created = admin_rooms.contains(&entry.name);
                 views.push(match snapshot {
                     Ok(participants) => RoomView {
                         name: entry.name.clone(),
@@ -242,8 +267,10 @@ mod running {
     impl SfuCore {
         /// Whether `user` may be in `room`: an operator's room, or a conversation they belong to.
         pub(super) async fn may_join(&self, room: &str, user: &str) -> Result<(), RoomRefused> {
-            if self.admin_rooms.lock().contains(room) {
-                return Ok(());
+            match self.store.room_exists(room.to_owned()).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(error) => return Err(RoomRefused::Unavailable(error.to_string())),
             }
             match self.directory.is_member(room, user).await {
                 Ok(true) => Ok(()),

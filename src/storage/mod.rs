@@ -262,6 +262,26 @@ impl ChatStore {
         on_backend!(self, store => store.dead_letter(id).await)
     }
 
+    /// Opens SFU room `name` to every authenticated user: `true` when created, `false` when it
+    /// already was.
+    pub async fn create_room(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.create_room(name, now_ms).await)
+    }
+
+    /// `true` when the operator's room `name` existed.
+    pub async fn delete_room(&self, name: String) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.delete_room(name).await)
+    }
+
+    pub async fn room_exists(&self, name: String) -> Result<bool, StorageError> {
+        on_backend!(self, store => store.room_exists(name).await)
+    }
+
+    /// The operators' rooms, by name.
+    pub async fn rooms(&self) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, store => store.rooms().await)
+    }
+
     pub async fn remove_dead_letter(&self, id: String) -> Result<bool, StorageError> {
         on_backend!(self, store => store.remove_dead_letter(id).await)
     }

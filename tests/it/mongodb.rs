@@ -281,6 +281,27 @@ fn stages(plan: &Value, out: &mut Vec<String>) {
 }
 
 #[actix_rt::test]
+async fn mongodb_operator_rooms_are_one_list_for_every_process() {
+    let Some(backend) = Backend::scale_out("rooms") else { return };
+    let config = rampart::storage::mongodb::MongoConfig {
+        uri: backend.get("RAMPART__MONGODB__URI").unwrap_or_default().to_owned(),
+        database: backend.get("RAMPART__MONGODB__DATABASE").unwrap_or_default().to_owned(),
+        ..Default::default()
+    };
+    // Two handles on one database, as two rampart processes of a deployment have.
+    let one = rampart::storage::mongodb::MongoChat::open(&config, true).await.expect("open");
+    let other = rampart::storage::mongodb::MongoChat::open(&config, true).await.expect("open");
+    assert!(one.create_room("town-hall".into(), 1).await.expect("create"));
+    assert!(!other.create_room("town-hall".into(), 2).await.expect("create again"), "one room, created once");
+    assert!(other.create_room("all-hands".into(), 3).await.expect("create"));
+    assert_eq!(one.rooms().await.expect("rooms"), vec!["all-hands".to_owned(), "town-hall".to_owned()]);
+    assert!(other.room_exists("town-hall".into()).await.expect("exists"));
+    assert!(other.delete_room("town-hall".into()).await.expect("delete"));
+    assert!(!one.delete_room("town-hall".into()).await.expect("delete again"));
+    assert!(!one.room_exists("town-hall".into()).await.expect("exists"));
+}
+
+#[actix_rt::test]
 async fn mongodb_history_and_membership_queries_use_their_indexes() {
     let Some(backend) = Backend::scale_out("explain") else { return };
     let chat = backend.start(&[]);

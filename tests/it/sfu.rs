@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::chat_client::{ChatServer, ADMIN_TOKEN};
+use crate::chat_client::{chat_env, ChatServer, ADMIN_TOKEN};
 use crate::rtc_client::{media_runtime, Options, RtcClient};
-use crate::support::{eventually, metric_value, scrape};
+use crate::support::{eventually, metric_value, scrape, RampartProcess};
 
 /// How long media may take to start flowing (ICE, DTLS, the first offer/answer round).
 const MEDIA_DEADLINE: Duration = Duration::from_secs(20);
@@ -188,6 +188,54 @@ async fn rooms_are_for_members_and_bad_signaling_gets_error_frames() {
     assert_eq!(left["type"], "left", "{left}");
     let metrics = scrape(&server.process).await;
     assert_eq!(metric_value(&metrics, "rampart_panics_total{source=\"actor\"}").unwrap_or(0.0), 0.0, "{metrics}");
+}
+
+#[actix_rt::test]
+async fn operator_rooms_outlive_a_restart_and_can_be_taken_back() {
+    let data_dir = tempfile::tempdir().expect("data dir");
+    let env = [("RAMPART__SFU__ICE_LOOPBACK_ONLY", "true")];
+    let mut server = ChatServer::wrap(RampartProcess::start_on(data_dir.path(), &chat_env(&env)));
+    server.create_user("guest").await;
+    let rooms = server.url("/admin/rooms");
+    let (status, body) = server.http.post(&rooms, Some(ADMIN_TOKEN), json!({"name": " town-hall "})).await;
+    assert_eq!((status, &body["name"], &body["created"]), (201, &json!("town-hall"), &json!(true)), "{body}");
+    let (status, body) = server.http.post(&rooms, Some(ADMIN_TOKEN), json!({"name": "town-hall"})).await;
+    assert_eq!((status, &body["created"]), (200, &json!(false)), "{body}");
+    let (status, body) = server.http.post(&rooms, Some(ADMIN_TOKEN), json!({"name": "\u{7}"})).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+    server.process.terminate();
+    server.process.wait_exit(Duration::from_secs(20));
+    drop(server);
+
+    // The room is still the operators' after a restart.
+    let server = ChatServer::wrap(RampartProcess::start_on(data_dir.path(), &chat_env(&env)));
+    let rooms = server.url("/admin/rooms");
+    let (status, listing) = server.http.get(&rooms, Some(ADMIN_TOKEN)).await;
+    assert_eq!((status, &listing["operator_rooms"]), (200, &json!(["town-hall"])), "{listing}");
+    let runtime = media_runtime();
+    let mut guest = client(&server, &runtime, "guest", false).await;
+    assert_eq!(guest.join("town-hall").await["type"], "joined");
+    let (_, listing) = server.http.get(&rooms, Some(ADMIN_TOKEN)).await;
+    let open = &listing["rooms"][0];
+    assert_eq!((&open["name"], &open["admin_created"]), (&json!("town-hall"), &json!(true)), "{listing}");
+    guest.send(json!({"type": "leave"}));
+    assert_eq!(guest.wait_for("left", |f| f["type"] == "left" || f["type"] == "error").await["type"], "left");
+
+    // Taken back: nobody but the conversation's members (there is none) may join any more.
+    let delete = |name: &str| {
+        let url = format!("{rooms}/{name}");
+        let server = &server;
+        async move { server.http.request(awc::http::Method::DELETE, &url, Some(ADMIN_TOKEN), None).await }
+    };
+    assert_eq!(delete("town-hall").await.0, 204);
+    let (status, body) = delete("town-hall").await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, _) = server.http.request(awc::http::Method::DELETE, &format!("{rooms}/town-hall"), None, None).await;
+    assert_eq!(status, 401);
+    let refused = guest.join("town-hall").await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("forbidden")), "{refused}");
+    let (_, listing) = server.http.get(&rooms, Some(ADMIN_TOKEN)).await;
+    assert_eq!(listing["operator_rooms"], json!([]), "{listing}");
 }
 
 /// `Value` of `/admin/rooms` for `room`, if open.

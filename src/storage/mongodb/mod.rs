@@ -259,6 +259,14 @@ impl DeadLetterDoc {
     }
 }
 
+/// An SFU room an operator opened to every authenticated user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RoomDoc {
+    #[serde(rename = "_id")]
+    name: String,
+    created_at: DateTime,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ProgressDoc {
     #[serde(rename = "_id")]
@@ -302,6 +310,7 @@ struct Inner {
     deliveries: Collection<DeliveryDoc>,
     dead_letters: Collection<DeadLetterDoc>,
     progress: Collection<ProgressDoc>,
+    rooms: Collection<RoomDoc>,
     clock: SeqClock,
     timeout: Duration,
     settle: Duration,
@@ -334,7 +343,8 @@ impl MongoChat {
             conversations: database.collection_with_options("conversations", writes.clone()),
             deliveries: database.collection_with_options("deliveries", writes.clone()),
             dead_letters: database.collection_with_options("dead_letters", writes.clone()),
-            progress: database.collection_with_options("search_progress", writes),
+            progress: database.collection_with_options("search_progress", writes.clone()),
+            rooms: database.collection_with_options("rooms", writes),
             database,
             clock: SeqClock::new(),
             timeout: config.operation_timeout,
@@ -1149,6 +1159,34 @@ impl MongoChat {
 
     pub async fn remove_dead_letter(&self, id: String) -> Result<bool, StorageError> {
         self.timed(async { Ok(self.inner.dead_letters.delete_one(doc! {"_id": id}).await?.deleted_count == 1) }).await
+    }
+
+    pub async fn create_room(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
+        let room = RoomDoc { name, created_at: DateTime::from_millis(now_ms) };
+        self.timed(async {
+            match self.inner.rooms.insert_one(room).await {
+                Ok(_) => Ok(true),
+                Err(error) if is_duplicate(&error) => Ok(false),
+                Err(error) => Err(error.into()),
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_room(&self, name: String) -> Result<bool, StorageError> {
+        self.timed(async { Ok(self.inner.rooms.delete_one(doc! {"_id": name}).await?.deleted_count == 1) }).await
+    }
+
+    pub async fn room_exists(&self, name: String) -> Result<bool, StorageError> {
+        self.timed(async { Ok(self.inner.rooms.find_one(doc! {"_id": name}).await?.is_some()) }).await
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<String>, StorageError> {
+        self.timed(async {
+            let rooms: Vec<RoomDoc> = self.inner.rooms.find(doc! {}).sort(doc! {"_id": 1}).await?.try_collect().await?;
+            Ok(rooms.into_iter().map(|room| room.name).collect())
+        })
+        .await
     }
 }
 

@@ -69,6 +69,11 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         seq INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 3: SFU rooms an operator opened to every authenticated user (`POST /admin/rooms`).
+    "CREATE TABLE rooms (
+        name TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The embedded chat database. Cheap to clone.
@@ -502,6 +507,38 @@ impl SqliteChat {
             .write(move |connection| Ok(connection.execute("DELETE FROM dead_letters WHERE id = ?1", [&id])? == 1))
             .await
     }
+
+    pub async fn create_room(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
+        self.db
+            .write(move |connection| {
+                let inserted = connection.execute(
+                    "INSERT INTO rooms (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![name, now_ms],
+                )?;
+                Ok(inserted == 1)
+            })
+            .await
+    }
+
+    pub async fn delete_room(&self, name: String) -> Result<bool, StorageError> {
+        self.db
+            .write(move |connection| Ok(connection.execute("DELETE FROM rooms WHERE name = ?1", [&name])? == 1))
+            .await
+    }
+
+    pub async fn room_exists(&self, name: String) -> Result<bool, StorageError> {
+        self.db.read(move |connection| Ok(exists(connection, "SELECT 1 FROM rooms WHERE name = ?1", &name)?)).await
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<String>, StorageError> {
+        self.db
+            .read(|connection| {
+                let mut statement = connection.prepare_cached("SELECT name FROM rooms ORDER BY name")?;
+                let names = statement.query_map([], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?;
+                Ok(names)
+            })
+            .await
+    }
 }
 
 /// A conversation's columns plus its latest message's seq and its activity time (see
@@ -708,6 +745,24 @@ mod tests {
             body: format!("hello from {sender}"),
             created_at_ms: None,
         }
+    }
+
+    #[actix_rt::test]
+    async fn operator_rooms_are_kept_across_reopening_and_can_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
+            assert!(store.create_room("town-hall".into(), 1).await.unwrap());
+            assert!(!store.create_room("town-hall".into(), 2).await.unwrap(), "a second create is not a new room");
+            assert!(store.create_room("all-hands".into(), 3).await.unwrap());
+        }
+        let store = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        assert_eq!(store.rooms().await.unwrap(), vec!["all-hands".to_owned(), "town-hall".to_owned()]);
+        assert!(store.room_exists("town-hall".into()).await.unwrap());
+        assert!(store.delete_room("town-hall".into()).await.unwrap());
+        assert!(!store.delete_room("town-hall".into()).await.unwrap());
+        assert!(!store.room_exists("town-hall".into()).await.unwrap());
+        assert_eq!(store.rooms().await.unwrap(), vec!["all-hands".to_owned()]);
     }
 
     #[actix_rt::test]
