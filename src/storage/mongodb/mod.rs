@@ -437,14 +437,7 @@ impl MongoChat {
 
     pub async fn create_user(&self, id: String, display_name: String, now_ms: i64) -> Result<bool, StorageError> {
         let user = UserDoc { id, display_name, created_at: DateTime::from_millis(now_ms) };
-        self.timed(async {
-            match self.inner.users.insert_one(user).await {
-                Ok(_) => Ok(true),
-                Err(error) if is_duplicate(&error) => Ok(false),
-                Err(error) => Err(error.into()),
-            }
-        })
-        .await
+        self.timed(insert_new(&self.inner.users, user)).await
     }
 
     pub async fn user_exists(&self, id: String) -> Result<bool, StorageError> {
@@ -1163,14 +1156,7 @@ impl MongoChat {
 
     pub async fn create_room(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
         let room = RoomDoc { name, created_at: DateTime::from_millis(now_ms) };
-        self.timed(async {
-            match self.inner.rooms.insert_one(room).await {
-                Ok(_) => Ok(true),
-                Err(error) if is_duplicate(&error) => Ok(false),
-                Err(error) => Err(error.into()),
-            }
-        })
-        .await
+        self.timed(insert_new(&self.inner.rooms, room)).await
     }
 
     pub async fn delete_room(&self, name: String) -> Result<bool, StorageError> {
@@ -1223,6 +1209,15 @@ fn dead_letter_doc(id: String, letter: &NewDeadLetter, now_ms: i64) -> Result<De
         payload,
         at: DateTime::from_millis(now_ms),
     })
+}
+
+/// Inserts `document`: `true` when inserted, `false` when its `_id` was taken.
+async fn insert_new<T: Serialize + Send + Sync>(collection: &Collection<T>, document: T) -> Result<bool, StorageError> {
+    match collection.insert_one(document).await {
+        Ok(_) => Ok(true),
+        Err(error) if is_duplicate(&error) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn is_duplicate(error: &mongodb::error::Error) -> bool {
