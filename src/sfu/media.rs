@@ -738,7 +738,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_subscriber_that_falls_behind_gets_its_packets_in_order_and_loses_only_the_oldest() {
-        // Regression: a fan-out used to await each subscriber's write in turn, so one
+        // Regression: a fan-out used to await each subscriber's write one after another, so one
         // subscriber whose connection queue was full held up the track for everyone.
         let backlog = Arc::new(Backlog::<u32>::new(4));
         let written = Arc::new(Mutex::new(Vec::new()));
