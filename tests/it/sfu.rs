@@ -30,6 +30,20 @@ async fn client(
     RtcClient::connect(runtime, &url, &server.token(user), Options { publish, ..Options::default() }).await
 }
 
+/// A client of `user` that joined `room`.
+async fn member(
+    server: &ChatServer,
+    runtime: &Arc<crate::rtc_client::MediaRuntime>,
+    user: &str,
+    publish: bool,
+    room: &str,
+) -> RtcClient {
+    let mut client = client(server, runtime, user, publish).await;
+    let joined = client.join(room).await;
+    assert_eq!(joined["type"], "joined", "{user} joining {room}: {joined}");
+    client
+}
+
 /// `count` users (u0, u1...) with one conversation of all of them: the room.
 async fn users_and_room(server: &ChatServer, prefix: &str, count: usize) -> (Vec<String>, String) {
     let users: Vec<String> = (0..count).map(|n| format!("{prefix}{n}")).collect();
@@ -251,8 +265,7 @@ async fn four_rooms_at_once_keep_their_media_apart_and_keyframe_requests_are_thr
     let mut rooms = Vec::new();
     for n in 0..4u32 {
         let (users, room) = users_and_room(&server, &format!("r{n}u"), 2).await;
-        let mut publisher = client(&server, &runtime, &users[0], true).await;
-        assert_eq!(publisher.join(&room).await["type"], "joined");
+        let publisher = member(&server, &runtime, &users[0], true, &room).await;
         // Half the subscribers never trickle: every candidate in the SDP.
         let url = server.url("/rtc").replacen("http://", "ws://", 1);
         let options = Options { trickle: n.is_multiple_of(2), ..Options::default() };
@@ -326,10 +339,8 @@ async fn a_panicking_peer_or_room_comes_back_and_media_flows_again_without_ghost
     let server = sfu_server(&[]);
     let (users, room) = users_and_room(&server, "chaos", 2).await;
     let runtime = media_runtime();
-    let mut alice = client(&server, &runtime, &users[0], true).await;
-    assert_eq!(alice.join(&room).await["type"], "joined");
-    let mut bob = client(&server, &runtime, &users[1], true).await;
-    assert_eq!(bob.join(&room).await["type"], "joined");
+    let mut alice = member(&server, &runtime, &users[0], true, &room).await;
+    let bob = member(&server, &runtime, &users[1], true, &room).await;
     let (a, b) = (alice.participant(), bob.participant());
     media_flows(&bob, &a, 30).await;
     media_flows(&alice, &b, 30).await;
@@ -454,10 +465,8 @@ async fn fuzzed_signaling_gets_only_error_frames_and_the_room_keeps_forwarding()
         sfu_server(&[("RAMPART__SFU__SIGNALING_RATE_PER_SEC", "100000"), ("RAMPART__SFU__SIGNALING_BURST", "100000")]);
     let (users, room) = users_and_room(&server, "fuzz", 3).await;
     let runtime = media_runtime();
-    let mut alice = client(&server, &runtime, &users[0], true).await;
-    assert_eq!(alice.join(&room).await["type"], "joined");
-    let mut bob = client(&server, &runtime, &users[1], false).await;
-    assert_eq!(bob.join(&room).await["type"], "joined");
+    let alice = member(&server, &runtime, &users[0], true, &room).await;
+    let bob = member(&server, &runtime, &users[1], false, &room).await;
     let a = alice.participant();
     media_flows(&bob, &a, 20).await;
 
@@ -576,8 +585,7 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
     let runtime = media_runtime();
     let url = server.url("/rtc").replacen("http://", "ws://", 1);
     let token = server.token(&users[0]);
-    let mut observer = client(&server, &runtime, &users[1], false).await;
-    assert_eq!(observer.join(&room).await["type"], "joined");
+    let observer = member(&server, &runtime, &users[1], false, &room).await;
 
     let cycle = |n: usize| {
         let (runtime, url, token, room) = (runtime.clone(), url.clone(), token.clone(), room.clone());
@@ -652,10 +660,8 @@ async fn media_sockets_bind_ports_from_the_configured_range() {
     let server = sfu_server(&[("RAMPART__SFU__PORT_MIN", "47310"), ("RAMPART__SFU__PORT_MAX", "47329")]);
     let (users, room) = users_and_room(&server, "ports", 2).await;
     let runtime = media_runtime();
-    let mut alice = client(&server, &runtime, &users[0], true).await;
-    assert_eq!(alice.join(&room).await["type"], "joined");
-    let mut bob = client(&server, &runtime, &users[1], true).await;
-    assert_eq!(bob.join(&room).await["type"], "joined");
+    let alice = member(&server, &runtime, &users[0], true, &room).await;
+    let bob = member(&server, &runtime, &users[1], true, &room).await;
     media_flows(&bob, &alice.participant(), 10).await;
     media_flows(&alice, &bob.participant(), 10).await;
     for client in [&alice, &bob] {
