@@ -35,6 +35,9 @@ OPENSEARCH_VERSION=2.19.6
 SERVICE_UID=${RAMPART_SERVICES_UID:-65534}
 SERVICE_GID=${RAMPART_SERVICES_GID:-65534}
 
+# Helpers whose output is captured (`bin=$(pg_bin)`, `home=$(opensearch_home)`, ...) print their
+# result and nothing else on stdout: every tool they run writes to stderr. (`mvn -q` once wrote an
+# ANSI reset to stdout that became part of a path, failing every first install of OpenSearch.)
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -73,7 +76,7 @@ tcp_open() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 apt_install() {
     [ "$(id -u)" = 0 ] || die "$* missing, and installing it needs root (apt-get install $*)"
     if [ ! -f "$CACHE/.apt-updated" ]; then
-        apt-get update -qq && mkdir -p "$CACHE" && touch "$CACHE/.apt-updated"
+        apt-get update -qq >&2 && mkdir -p "$CACHE" && touch "$CACHE/.apt-updated"
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
@@ -143,7 +146,7 @@ ferretdb_bin() {
         command -v go >/dev/null || die "Go is needed to build FerretDB"
         log "building FerretDB $FERRETDB_VERSION (first time: a few minutes)"
         mkdir -p "$CACHE/bin"
-        (cd "$ROOT/scripts/ferretdb" && go build -o "$bin.tmp" . && mv "$bin.tmp" "$bin")
+        (cd "$ROOT/scripts/ferretdb" && go build -o "$bin.tmp" . && mv "$bin.tmp" "$bin") >&2
     fi
     echo "$bin"
 }
@@ -188,12 +191,12 @@ opensearch_home() {
         if [ ! -f "$download/opensearch-$OPENSEARCH_VERSION.zip" ]; then
             log "fetching OpenSearch $OPENSEARCH_VERSION from Maven Central"
             command -v mvn >/dev/null || die "Maven is needed to fetch OpenSearch"
-            mvn -q -f "$ROOT/scripts/opensearch/pom.xml" dependency:copy -Dout="$download"
+            mvn -B -q -f "$ROOT/scripts/opensearch/pom.xml" dependency:copy -Dout="$download" >&2
         fi
         command -v unzip >/dev/null || apt_install unzip
         rm -rf "$home" "$home.tmp"
         mkdir -p "$home.tmp"
-        unzip -q "$download/opensearch-$OPENSEARCH_VERSION.zip" -d "$home.tmp"
+        unzip -q "$download/opensearch-$OPENSEARCH_VERSION.zip" -d "$home.tmp" >&2
         mv "$home.tmp/opensearch-$OPENSEARCH_VERSION" "$home"
         rmdir "$home.tmp"
         # The integ-test distribution has only transport-netty4: add the analysis modules.
@@ -306,7 +309,7 @@ kafka_libs() {
         command -v mvn >/dev/null || die "Maven is needed to fetch Kafka"
         log "fetching Kafka $KAFKA_VERSION from Maven Central"
         rm -rf "$libs"
-        mvn -q -f "$ROOT/scripts/kafka/pom.xml" dependency:copy-dependencies -DoutputDirectory="$libs" >&2
+        mvn -B -q -f "$ROOT/scripts/kafka/pom.xml" dependency:copy-dependencies -DoutputDirectory="$libs" >&2
         touch "$libs/.complete"
     fi
     echo "$libs"

@@ -21,9 +21,9 @@ use actix::prelude::*;
 use parking_lot::Mutex;
 use rand::Rng as _;
 
-use super::delivery::{Committed, DeliveryHub};
+use super::delivery::{self, DeliveryHub};
 use super::indexer::{Indexer, Poke};
-use super::{Ack, SendError, Submission, CHAOS_POISON_MARKER};
+use super::{Ack, SendError, Submission, CHAOS_POISON_MARKER, CHAOS_UNANNOUNCED_MARKER};
 use crate::chat::PipelineConfig;
 use crate::resilience::{CircuitBreaker, Outcome};
 use crate::storage::{ChatStore, CommitOutcome, DeadLetterKind, NewDeadLetter, NewMessage, StorageError};
@@ -243,17 +243,18 @@ impl BatchWriter {
         ctx.spawn(attempt.into_actor(self).map(|result, writer, ctx| writer.finish(result, ctx)));
     }
 
-    fn finish(&mut self, result: Result<(Vec<CommitOutcome>, Duration), StorageError>, ctx: &mut Context<Self>) {
+    fn finish(&mut self, result: Result<Committed, StorageError>, ctx: &mut Context<Self>) {
         let batch = self.ledger.state.lock().committing.take().unwrap_or_default();
         match result {
-            Ok((outcomes, took)) => {
+            Ok(Committed { outcomes, took, attempts }) => {
                 let metrics = crate::telemetry::metrics();
                 metrics.batch_size.observe(batch.len() as f64);
                 metrics.commit_duration.observe(took.as_secs_f64());
                 if let Some(oldest) = batch.iter().map(|submission| submission.received).min() {
                     self.admission.committed(oldest.elapsed(), batch.len());
                 }
-                let mut fresh = Vec::with_capacity(outcomes.len());
+                let mut stored = 0u64;
+                let mut announced = Vec::with_capacity(outcomes.len());
                 let mut rejected = Vec::new();
                 for (submission, outcome) in batch.into_iter().zip(outcomes) {
                     let (message, duplicate) = match outcome {
@@ -273,9 +274,16 @@ impl BatchWriter {
                         id: message.id.clone(),
                         created_at: crate::storage::ms_to_rfc3339(message.created_at_ms),
                     };
+                    // A duplicate is announced when this writer may have stored it itself without
+                    // announcing it: an earlier attempt of this batch that timed out (its write
+                    // still landed), or a commit this message was in when the writer crashed.
+                    // A client's resend of a message stored long ago is not pushed again.
+                    let ours = !duplicate || attempts > 1 || submission.crashes > 0;
+                    stored += u64::from(!duplicate);
                     submission.answer(Ok(ack));
-                    if !duplicate {
-                        fresh.push(Arc::new(message));
+                    let unannounced = self.chaos && message.body.contains(CHAOS_UNANNOUNCED_MARKER);
+                    if ours && !unannounced {
+                        announced.push(Arc::new(message));
                     }
                 }
                 for (submission, reason) in rejected {
@@ -283,15 +291,19 @@ impl BatchWriter {
                     self.ledger.state.lock().rejecting.push((submission, reason));
                     self.write_dead_letter(id, ctx);
                 }
-                metrics.messages_stored.inc_by(fresh.len() as u64);
-                if !fresh.is_empty() {
+                metrics.messages_stored.inc_by(stored);
+                if !announced.is_empty() {
                     // Delivery and indexing are best effort here: both recover from storage
-                    // (pending deliveries, the search watermark) if these are lost.
+                    // (pending deliveries pushed by the backstop, the search watermark) if these
+                    // are lost.
                     if let Some(announce) = &self.announce {
-                        announce(fresh);
-                    } else if let Err(error) = self.delivery.try_send(Committed(fresh)) {
-                        tracing::warn!(%error, "delivery did not take committed messages; they stay pending");
+                        announce(announced);
+                    } else if let Err(error) = self.delivery.try_send(delivery::Committed(announced)) {
+                        metrics.deliveries_unannounced.inc();
+                        tracing::warn!(%error, "delivery did not take committed messages; the backstop pushes them");
                     }
+                }
+                if stored > 0 {
                     let _ = self.indexer.try_send(Poke);
                 }
             }
@@ -371,6 +383,16 @@ impl BatchWriter {
     }
 }
 
+/// A batch the store answered.
+struct Committed {
+    /// One per message, in batch order.
+    outcomes: Vec<CommitOutcome>,
+    /// The successful attempt's duration.
+    took: Duration,
+    /// Attempts it took (1: no retry).
+    attempts: u32,
+}
+
 /// One batch, attempted up to `max_attempts` times. A panic of the storage job is not retried:
 /// it is returned at once so the batch is bisected.
 async fn commit_with_retries(
@@ -379,7 +401,7 @@ async fn commit_with_retries(
     config: PipelineConfig,
     messages: Arc<[NewMessage]>,
     chaos: bool,
-) -> Result<(Vec<CommitOutcome>, Duration), StorageError> {
+) -> Result<Committed, StorageError> {
     let backoff = BackoffPolicy { base: config.retry_base, max: config.retry_max, reset_after: Duration::ZERO };
     let mut attempt = 0u32;
     loop {
@@ -404,7 +426,7 @@ async fn commit_with_retries(
                     Err(_) => Outcome::Failure,
                 };
                 breaker.record(permit, outcome);
-                result.map(|outcomes| (outcomes, started.elapsed()))
+                result.map(|outcomes| Committed { outcomes, took: started.elapsed(), attempts: attempt })
             }
         };
         match result {

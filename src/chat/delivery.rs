@@ -13,11 +13,19 @@
 //! up with), and a replaying connection holds at most one window of frames plus its bounded
 //! `SyncBuffer` of live messages in memory.
 //!
-//! On a crash: the buffers are lost, which only leaves records pending or in flight — they are
-//! pushed again on reconnect or by the cleanup job (delivery is at least once; clients dedupe
-//! by message id). Connections live in `Presence`, not here, and a restarted hub resumes the
-//! backlog of every connection still syncing.
+//! Live pushes come from commit announcements (`Committed`), which can be lost between the commit
+//! and this hub (a crash, a full mailbox, a lost Kafka feed event, another process storing it).
+//! What was lost stays pending in storage, and a *catch-up* pushes a live connection's pending
+//! records the same paced way as a replay: for every live connection when the hub restarts, for
+//! the recipients the cleanup job finds with pending records older than `delivery.stale_after`
+//! (the backstop), and for recipients whose stale claims it put back. So every stored message
+//! reaches every connected member within `stale_after` plus one cleanup interval at worst.
+//!
+//! On a crash: the buffers are lost, which only leaves records pending or in flight — pushed
+//! again by the restarted hub's catch-up, on reconnect or by the cleanup job (delivery is at
+//! least once; clients dedupe by message id). Connections live in `Presence`, not here.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +34,17 @@ use actix::prelude::*;
 use super::presence::{Connection, Presence, SyncState};
 use super::protocol::message_frame;
 use super::Directory;
-use crate::storage::{ChatStore, StoredMessage};
+use crate::storage::{ChatStore, Claim, StoredMessage};
 use crate::supervision::SupervisedMessage;
 
 /// Claims and confirmations are written at most this long after they happen.
 const FLUSH_DELAY: Duration = Duration::from_millis(10);
-/// Backlog rows read per query (for redeliveries; a replay reads at most its window).
-const BACKLOG_PAGE: u32 = 500;
 /// Replayed frames kept in a connection's outbox at most (less for a small `ws.outbound_capacity`).
 const REPLAY_WINDOW: usize = 256;
+
+/// With `chaos.enabled`, the hub panics while announcing a message whose body contains this
+/// (drills of a hub crash with an announcement in hand).
+pub const CHAOS_DELIVERY_PANIC_MARKER: &str = "\u{1F4A5}chaos:delivery-panic";
 
 /// New messages, in commit order (from the batch writer).
 #[derive(Debug, Message)]
@@ -63,7 +73,8 @@ pub struct Confirm {
 }
 impl SupervisedMessage for Confirm {}
 
-/// These recipients have records back in pending (cleanup, dead-letter retry): push them.
+/// These recipients have pending records that were not pushed (the cleanup job's backstop and
+/// requeues, a dead-letter retry): catch their live connections up.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Redeliver(pub Vec<String>);
@@ -73,14 +84,33 @@ pub struct DeliveryHub {
     store: ChatStore,
     directory: Arc<Directory>,
     presence: Arc<Presence>,
-    claims: Vec<(String, i64)>,
+    claims: Vec<Claim>,
     confirmations: Vec<(String, String)>,
     flush_scheduled: bool,
+    /// Flushes whose writes have not returned: shutdown waits for them.
+    flushing: usize,
+    /// Asked to stop: the last claims and confirmations are written first.
+    stopping: bool,
+    /// Connections (by id) with a catch-up running, so two never run side by side.
+    catching_up: HashSet<u64>,
+    /// `chaos.enabled`: see `CHAOS_DELIVERY_PANIC_MARKER`.
+    chaos: bool,
 }
 
 impl DeliveryHub {
-    pub fn new(store: ChatStore, directory: Arc<Directory>, presence: Arc<Presence>) -> Self {
-        Self { store, directory, presence, claims: Vec::new(), confirmations: Vec::new(), flush_scheduled: false }
+    pub fn new(store: ChatStore, directory: Arc<Directory>, presence: Arc<Presence>, chaos: bool) -> Self {
+        Self {
+            store,
+            directory,
+            presence,
+            claims: Vec::new(),
+            confirmations: Vec::new(),
+            flush_scheduled: false,
+            flushing: 0,
+            stopping: false,
+            catching_up: HashSet::new(),
+            chaos,
+        }
     }
 
     /// Pushes `frame` to `connection` if it is live, buffers it while it syncs. Records a claim
@@ -96,11 +126,14 @@ impl DeliveryHub {
         self.push(connection, message, frame.to_owned());
     }
 
-    fn push(&mut self, connection: &Connection, message: &StoredMessage, frame: String) {
-        if connection.outbox.text(frame) {
-            crate::telemetry::metrics().deliveries_pushed.inc();
-            self.claims.push((connection.user.clone(), message.seq));
+    /// Queues `frame` for `connection`; `true` when it was queued (and is claimed).
+    fn push(&mut self, connection: &Connection, message: &StoredMessage, frame: String) -> bool {
+        if !connection.outbox.text(frame) {
+            return false;
         }
+        crate::telemetry::metrics().deliveries_pushed.inc();
+        self.claims.push(Claim { recipient: connection.user.clone(), message_id: message.id.clone(), seq: message.seq });
+        true
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -113,24 +146,35 @@ impl DeliveryHub {
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
+        if self.claims.is_empty() && self.confirmations.is_empty() {
+            return;
+        }
         let claims = std::mem::take(&mut self.claims);
         let confirmations = std::mem::take(&mut self.confirmations);
         let store = self.store.clone();
-        ctx.spawn(
-            async move {
-                if !claims.is_empty() {
-                    if let Err(error) = store.mark_in_flight(claims, crate::storage::now_ms()).await {
-                        tracing::warn!(%error, "could not mark deliveries in flight; they stay pending");
-                    }
-                }
-                if !confirmations.is_empty() {
-                    if let Err(error) = store.mark_delivered(confirmations).await {
-                        tracing::warn!(%error, "could not mark deliveries delivered; they will be sent again");
-                    }
+        self.flushing += 1;
+        let write = async move {
+            if !claims.is_empty() {
+                if let Err(error) = store.mark_in_flight(claims, crate::storage::now_ms()).await {
+                    tracing::warn!(%error, "could not mark deliveries in flight; they stay pending");
                 }
             }
-            .into_actor(self),
-        );
+            if !confirmations.is_empty() {
+                if let Err(error) = store.mark_delivered(confirmations).await {
+                    tracing::warn!(%error, "could not mark deliveries delivered; they will be sent again");
+                }
+            }
+        };
+        ctx.spawn(write.into_actor(self).map(|(), hub, ctx| {
+            hub.flushing -= 1;
+            if hub.stopping {
+                // What came in while stopping is written too; then the hub stops.
+                hub.flush(ctx);
+                if hub.flushing == 0 {
+                    ctx.stop();
+                }
+            }
+        }));
     }
 
     /// Replays `connection`'s backlog from the start, then switches it to live.
@@ -139,7 +183,8 @@ impl DeliveryHub {
     }
 
     /// One step of a replay: wait until the client has drained the previous page to half a
-    /// window, read the next page (seq > `after`) and push it. Continues until a short page.
+    /// window, read the next page (records with seq > `after`) and push it. Continues until the
+    /// last page.
     fn replay(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
         let window = replay_window(connection.outbox.capacity());
         let store = self.store.clone();
@@ -150,15 +195,15 @@ impl DeliveryHub {
             }
             let room = window.saturating_sub(waiting.outbox.queued()).max(1);
             if let SyncState::Syncing(buffer) = &mut *waiting.sync.lock() {
-                buffer.clear();
+                buffer.before_page(after);
             }
             let limit = u32::try_from(room).unwrap_or(u32::MAX);
             let page = store.undelivered(waiting.user.clone(), after, limit, true).await?;
-            Ok::<_, crate::storage::StorageError>(Some((page, limit)))
+            Ok::<_, crate::storage::StorageError>(Some(page))
         };
         ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
-            let (page, limit) = match loaded {
-                Ok(Some(loaded)) => loaded,
+            let page = match loaded {
+                Ok(Some(page)) => page,
                 // The connection closed: nothing to replay to.
                 Ok(None) => return,
                 Err(error) => {
@@ -169,15 +214,23 @@ impl DeliveryHub {
                     return;
                 }
             };
-            let cursor = page.last().map_or(after, |message| message.seq);
-            for message in &page {
+            for message in &page.messages {
+                hub.push(&connection, message, message_frame(message));
+            }
+            // Live messages that arrived meanwhile and that no page will return: stored with a
+            // seq at or below the cursor (by another process, whose seqs interleave by time).
+            let late = match &mut *connection.sync.lock() {
+                SyncState::Syncing(buffer) => buffer.after_page(&page.messages, page.through),
+                SyncState::Live => Vec::new(),
+            };
+            for message in &late {
                 hub.push(&connection, message, message_frame(message));
             }
             hub.schedule_flush(ctx);
-            if page.len() as u32 == limit {
-                hub.replay(connection, cursor, ctx);
+            if page.last {
+                hub.go_live(connection, page.through, ctx);
             } else {
-                hub.go_live(connection, cursor, ctx);
+                hub.replay(connection, page.through, ctx);
             }
         }));
     }
@@ -200,12 +253,64 @@ impl DeliveryHub {
         let Some(mut buffered) = buffered else {
             return self.replay(connection, cursor, ctx);
         };
-        // Committed after the last page query started; some may have been in that page.
+        // Committed after the last page query started, and not in that page (`after_page`).
         buffered.sort_by_key(|message| message.seq);
-        for message in buffered.iter().filter(|message| message.seq > cursor) {
+        for message in &buffered {
             self.push(&connection, message, message_frame(message));
         }
         self.schedule_flush(ctx);
+    }
+
+    /// Starts pushing `connection`'s pending records (never pushed, or put back by the cleanup
+    /// job), page by page at the client's pace like a replay, while it stays live. At most one
+    /// catch-up per connection runs at a time.
+    fn catch_up(&mut self, connection: Arc<Connection>, ctx: &mut Context<Self>) {
+        if !matches!(*connection.sync.lock(), SyncState::Live) {
+            // Replaying: the replay reads pending records anyway.
+            return;
+        }
+        if self.catching_up.insert(connection.id) {
+            self.catch_up_step(connection, 0, ctx);
+        }
+    }
+
+    fn catch_up_step(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
+        let window = replay_window(connection.outbox.capacity());
+        let store = self.store.clone();
+        let waiting = connection.clone();
+        let step = async move {
+            if !waiting.outbox.wait_for_room(window / 2).await {
+                return Ok(None);
+            }
+            let room = window.saturating_sub(waiting.outbox.queued()).max(1);
+            let limit = u32::try_from(room).unwrap_or(u32::MAX);
+            store.undelivered(waiting.user.clone(), after, limit, false).await.map(Some)
+        };
+        ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
+            let page = match loaded {
+                Ok(Some(page)) if matches!(*connection.sync.lock(), SyncState::Live) => page,
+                Ok(_) => {
+                    hub.catching_up.remove(&connection.id);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, user = %connection.user, "could not load pending deliveries; the cleanup job tries again");
+                    hub.catching_up.remove(&connection.id);
+                    return;
+                }
+            };
+            let mut pushed = 0;
+            for message in &page.messages {
+                pushed += u64::from(hub.push(&connection, message, message_frame(message)));
+            }
+            crate::telemetry::metrics().deliveries_caught_up.inc_by(pushed);
+            hub.schedule_flush(ctx);
+            if page.last {
+                hub.catching_up.remove(&connection.id);
+            } else {
+                hub.catch_up_step(connection, page.through, ctx);
+            }
+        }));
     }
 }
 
@@ -218,17 +323,30 @@ impl Actor for DeliveryHub {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // After a restart: connections whose sync the previous incarnation did not finish.
-        for connection in self.presence.syncing() {
-            self.sync(connection, ctx);
+        // After a restart: the previous incarnation may have lost announcements it had in hand
+        // (their records are pending) and replays it had not finished. Live connections catch
+        // up on their pending records; syncing ones replay from their beginning.
+        for connection in self.presence.all() {
+            if matches!(*connection.sync.lock(), SyncState::Live) {
+                self.catch_up(connection, ctx);
+            } else {
+                self.sync(connection, ctx);
+            }
         }
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
-        if !self.claims.is_empty() || !self.confirmations.is_empty() {
+        if self.flushing == 0 && self.claims.is_empty() && self.confirmations.is_empty() {
+            return Running::Stop;
+        }
+        // Write the last claims and confirmations before going (bounded by the shutdown
+        // timeout): unwritten, they would be pushed or confirmed again later. The flush stops
+        // the hub once its writes returned.
+        if !self.stopping {
+            self.stopping = true;
             self.flush(ctx);
         }
-        Running::Stop
+        Running::Continue
     }
 }
 
@@ -265,8 +383,11 @@ impl DeliveryHub {
     /// Offers each message to its recipients' connections on this process.
     fn push_committed(&mut self, messages: &[Arc<StoredMessage>], ctx: &mut Context<Self>) {
         for message in messages {
+            if self.chaos && message.body.contains(CHAOS_DELIVERY_PANIC_MARKER) {
+                panic!("chaos: delivery panicked announcing message {}", message.id);
+            }
             let Some(members) = self.directory.cached_members(&message.conversation) else {
-                // Not found: the records stay pending for reconnects and cleanup.
+                // Not found: the records stay pending for reconnects and the backstop.
                 continue;
             };
             let mut frame = None;
@@ -303,24 +424,9 @@ impl Handler<Redeliver> for DeliveryHub {
 
     fn handle(&mut self, Redeliver(users): Redeliver, ctx: &mut Self::Context) {
         for user in users {
-            let connections = self.presence.connections_of(&user);
-            if connections.is_empty() {
-                continue;
+            for connection in self.presence.connections_of(&user) {
+                self.catch_up(connection, ctx);
             }
-            let store = self.store.clone();
-            let load = async move { store.undelivered(user, 0, BACKLOG_PAGE, false).await };
-            ctx.spawn(load.into_actor(self).map(move |loaded, hub, ctx| {
-                let Ok(pending) = loaded else { return };
-                for message in &pending {
-                    let frame = message_frame(message);
-                    for connection in &connections {
-                        if matches!(*connection.sync.lock(), SyncState::Live) {
-                            hub.push(connection, message, frame.clone());
-                        }
-                    }
-                }
-                hub.schedule_flush(ctx);
-            }));
         }
     }
 }

@@ -38,7 +38,7 @@ pub use batch_writer::{Announcer, BatchWriter, Commit};
 pub use cleanup::CleanupJob;
 pub use config::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
 pub use dead_letters::{DeadLetterSink, DeadLetterWriter, QUEUE_CAPACITY as DEAD_LETTER_QUEUE_CAPACITY};
-pub use delivery::{Attach, Committed, Confirm, DeliveryHub};
+pub use delivery::{Attach, Committed, Confirm, DeliveryHub, CHAOS_DELIVERY_PANIC_MARKER};
 pub use directory::Directory;
 pub use indexer::Indexer;
 pub use presence::Presence;
@@ -60,6 +60,11 @@ use crate::transport::TransportKind;
 /// A message whose body contains this is a poison message while `chaos.enabled`: the batch
 /// writer panics on any batch holding it (tests and drills of the bisection path).
 pub const CHAOS_POISON_MARKER: &str = "\u{1F4A5}chaos:poison";
+
+/// A message whose body contains this is stored and acked but never announced to delivery while
+/// `chaos.enabled` (as if the announcement were lost: a crash, a full mailbox, a lost Kafka feed
+/// event): drills of the delivery backstop.
+pub const CHAOS_UNANNOUNCED_MARKER: &str = "\u{1F4A5}chaos:unannounced";
 
 /// The reply to a stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -352,10 +357,11 @@ pub async fn start(
         }))
         .context("starting the indexer")?;
 
-    let (delivery_store, delivery_directory, delivery_presence) = (store.clone(), directory.clone(), presence.clone());
+    let (delivery_store, delivery_directory, delivery_presence, chaos) =
+        (store.clone(), directory.clone(), presence.clone(), config.chaos.enabled);
     let delivery = chat
         .spawn(ChildSpec::new("delivery", move || {
-            DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone())
+            DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone(), chaos)
         }))
         .context("starting delivery")?;
     // With Kafka, stored messages reach every process's connections through the feed.
@@ -447,9 +453,15 @@ pub async fn start(
         )
         .context("starting the validator")?;
 
-    let (cleanup_store, cleanup_delivery, cleanup_config) = (store.clone(), delivery.clone(), config.delivery.clone());
+    let (cleanup_store, cleanup_delivery, cleanup_presence, cleanup_config) =
+        (store.clone(), delivery.clone(), presence.clone(), config.delivery.clone());
     chat.spawn(ChildSpec::new("cleanup", move || {
-        CleanupJob::new(cleanup_store.clone(), cleanup_delivery.clone(), cleanup_config.clone())
+        CleanupJob::new(
+            cleanup_store.clone(),
+            cleanup_delivery.clone(),
+            cleanup_presence.clone(),
+            cleanup_config.clone(),
+        )
     }))
     .context("starting the cleanup job")?;
 

@@ -141,10 +141,12 @@ pub enum SyncState {
     Live,
 }
 
-/// Live messages that arrived while a connection replays its backlog. Cleared before each page
-/// query (everything in it is in storage and the query returns it), so it only holds what was
-/// committed since. Bounded: beyond `limit` messages are not kept and `overflowed` says so; the
-/// replay then queries again instead of going live, since storage has them all.
+/// Live messages that arrived while a connection replays its backlog. Before each page query it
+/// drops what that query will return (seq above the cursor: everything announced is in storage
+/// already), so it holds what was committed since, plus what no query returns: messages stored
+/// late with a seq at or below the cursor (another process's, whose seqs interleave by time).
+/// Bounded: beyond `limit` messages are not kept and `overflowed` says so; the replay then
+/// queries again instead of going live, and anything late it lost is left to the backstop.
 #[derive(Debug, Default)]
 pub struct SyncBuffer {
     pub messages: Vec<Arc<StoredMessage>>,
@@ -165,10 +167,23 @@ impl SyncBuffer {
         }
     }
 
-    /// Before a page query: what is here is in storage too.
-    pub fn clear(&mut self) {
-        self.messages.clear();
+    /// Before querying the page after `cursor`: what that query returns is dropped here.
+    pub fn before_page(&mut self, cursor: i64) {
+        self.messages.retain(|message| message.seq <= cursor);
         self.overflowed = false;
+    }
+
+    /// After a page up to `through` was pushed: drops what the page held, and returns, in seq
+    /// order, what no page will return (seq at or below `through`), to push now. What stays is
+    /// newer than the page.
+    pub fn after_page(&mut self, page: &[StoredMessage], through: i64) -> Vec<Arc<StoredMessage>> {
+        let in_page: std::collections::HashSet<&str> = page.iter().map(|message| message.id.as_str()).collect();
+        self.messages.retain(|message| !in_page.contains(message.id.as_str()));
+        let (mut late, newer): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.messages).into_iter().partition(|message| message.seq <= through);
+        self.messages = newer;
+        late.sort_by_key(|message| message.seq);
+        late
     }
 }
 
@@ -214,14 +229,21 @@ impl Presence {
         self.by_user.read().get(user).cloned().unwrap_or_default()
     }
 
-    /// Connections whose backlog is not loaded yet (a restarted hub picks them up again).
-    pub fn syncing(&self) -> Vec<Arc<Connection>> {
+    /// Every open connection (a restarted hub picks them all up again).
+    pub fn all(&self) -> Vec<Arc<Connection>> {
+        self.by_user.read().values().flatten().cloned().collect()
+    }
+
+    /// Users with at least one live connection here (backlog sent): whom the delivery backstop
+    /// looks after.
+    pub fn live_users(&self) -> Vec<String> {
         self.by_user
             .read()
-            .values()
-            .flatten()
-            .filter(|connection| matches!(*connection.sync.lock(), SyncState::Syncing(_)))
-            .cloned()
+            .iter()
+            .filter(|(_, connections)| {
+                connections.iter().any(|connection| matches!(*connection.sync.lock(), SyncState::Live))
+            })
+            .map(|(user, _)| user.clone())
             .collect()
     }
 
@@ -257,5 +279,42 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.connection.outbox.close(1001, "going away");
         self.presence.disconnect(&self.connection);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, seq: i64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            id: id.into(),
+            conversation: "c".into(),
+            sender: "alice".into(),
+            client_msg_id: id.into(),
+            body: "hi".into(),
+            created_at_ms: seq,
+        }
+    }
+
+    #[test]
+    fn a_message_stored_late_with_a_lower_seq_is_pushed_after_the_page_that_passed_it() {
+        // Another process stamped seq 15 before this page's query but stored it after: the page
+        // (records up to seq 20) cannot hold it, and no later page (seq > 20) returns it.
+        let mut buffer = SyncBuffer::new(16);
+        buffer.before_page(10);
+        let page = vec![message("a", 12), message("b", 20)];
+        buffer.keep(Arc::new(message("b", 20))); // announced during the query: in the page too
+        buffer.keep(Arc::new(message("late", 15)));
+        buffer.keep(Arc::new(message("newer", 25)));
+        let late = buffer.after_page(&page, 20);
+        assert_eq!(late.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["late"]);
+        assert_eq!(buffer.messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["newer"]);
+        // A late one announced between this page and the next query is kept for after it.
+        buffer.keep(Arc::new(message("late2", 18)));
+        buffer.before_page(20);
+        assert_eq!(buffer.messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["late2"]);
+        assert_eq!(buffer.after_page(&[], 20).len(), 1);
     }
 }

@@ -19,7 +19,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 pub use model::{
-    CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
+    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
     RequeueReport, SearchHit, StoredMessage, User,
 };
 pub use sqlite::{Db, FaultPlan, FaultState, Faults, IoFault, SqliteChat, SqliteSearch, WalPolicy};
@@ -209,21 +209,34 @@ impl ChatStore {
         on_backend!(self, store => store.messages_after(seq, limit).await)
     }
 
-    /// Undelivered messages for `recipient` after `after_seq`, in seq order: pending ones, and
-    /// with `include_in_flight` also those pushed to a connection but never confirmed (what a
-    /// reconnecting client must get again).
+    /// A page of `recipient`'s undelivered messages: up to `limit` delivery records with a seq
+    /// after `after_seq`, in seq order, pending ones and with `include_in_flight` also those
+    /// pushed to a connection but never confirmed (what a reconnecting client must get again).
+    /// The page says where the next one starts and whether this was the last.
     pub async fn undelivered(
         &self,
         recipient: String,
         after_seq: i64,
         limit: u32,
         include_in_flight: bool,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
+    ) -> Result<BacklogPage, StorageError> {
         on_backend!(self, store => store.undelivered(recipient, after_seq, limit, include_in_flight).await)
     }
 
-    /// Marks deliveries pushed to a connection: in flight, claimed now.
-    pub async fn mark_in_flight(&self, claims: Vec<(String, i64)>, now_ms: i64) -> Result<(), StorageError> {
+    /// Of `recipients`, those with a pending delivery (never pushed, or put back) of a message
+    /// stored before `stored_before_ms`: the delivery backstop's question for the users
+    /// connected to this process.
+    pub async fn stale_pending(
+        &self,
+        recipients: Vec<String>,
+        stored_before_ms: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        on_backend!(self, store => store.stale_pending(recipients, stored_before_ms).await)
+    }
+
+    /// Marks deliveries pushed to a connection: in flight, claimed now. Only records still
+    /// pending or in flight change (a confirmed one stays delivered).
+    pub async fn mark_in_flight(&self, claims: Vec<Claim>, now_ms: i64) -> Result<(), StorageError> {
         on_backend!(self, store => store.mark_in_flight(claims, now_ms).await)
     }
 

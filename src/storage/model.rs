@@ -127,6 +127,28 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+/// One page of a recipient's undelivered messages ([`crate::storage::ChatStore::undelivered`]).
+#[derive(Debug, Clone, Default)]
+pub struct BacklogPage {
+    /// In seq order. May hold fewer messages than the page read records: a record whose message
+    /// is not (yet) there is skipped, never the end of the backlog.
+    pub messages: Vec<StoredMessage>,
+    /// The seq of the last delivery record read: the next page starts after it (`after_seq`).
+    /// `after_seq` as given when nothing was read.
+    pub through: i64,
+    /// Fewer records than asked for: nothing more was undelivered when the page was read.
+    pub last: bool,
+}
+
+/// A delivery pushed to a connection, to mark in flight. The message id names the record on
+/// every backend; `seq` is the record's key on the embedded one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub recipient: String,
+    pub message_id: String,
+    pub seq: i64,
+}
+
 /// What one cleanup pass did.
 #[derive(Debug, Clone, Default)]
 pub struct RequeueReport {

@@ -180,6 +180,12 @@ pub struct Metrics {
     pub deliveries_pushed: Counter,
     /// Deliveries the cleanup job moved back to pending.
     pub deliveries_requeued: Counter,
+    /// Pending deliveries pushed to a live connection by a catch-up (the cleanup job's backstop
+    /// or requeue, a restarted delivery hub) rather than by their commit's announcement.
+    pub deliveries_caught_up: Counter,
+    /// Commit announcements the delivery hub could not take (full mailbox): their deliveries
+    /// stay pending until the backstop pushes them.
+    pub deliveries_unannounced: Counter,
     /// Messages added to the search index, and indexing failures.
     pub search_indexed: Counter,
     pub search_index_failures: Counter,
@@ -248,6 +254,8 @@ impl Metrics {
             dead_letters: Family::default(),
             deliveries_pushed: Counter::default(),
             deliveries_requeued: Counter::default(),
+            deliveries_caught_up: Counter::default(),
+            deliveries_unannounced: Counter::default(),
             search_indexed: Counter::default(),
             search_index_failures: Counter::default(),
             ws_connections: Gauge::default(),
@@ -380,6 +388,16 @@ impl Metrics {
             "deliveries_requeued",
             "Deliveries moved back to pending by the cleanup job",
             metrics.deliveries_requeued.clone(),
+        );
+        registry.register(
+            "deliveries_caught_up",
+            "Pending deliveries pushed to a live connection by a catch-up (backstop, requeue, hub restart), not by their commit's announcement",
+            metrics.deliveries_caught_up.clone(),
+        );
+        registry.register(
+            "deliveries_unannounced",
+            "Commit announcements the delivery hub could not take (full mailbox); the backstop pushes those deliveries",
+            metrics.deliveries_unannounced.clone(),
         );
         registry.register("search_indexed", "Messages added to the search index", metrics.search_indexed.clone());
         registry.register(

@@ -590,3 +590,32 @@ async fn kafka_a_broker_outage_answers_unavailable_never_a_false_ack_and_recover
     stored_exactly(&chat, "bob", &conversation, &load.acked, 1).await;
     eprintln!("broker outage: {refused} refused unavailable in {round} rounds, {} acked in all", load.acked.len());
 }
+
+// Live delivery through Kafka: what reaches delivery on each process is the feed's events, so a
+// lost event (`CHAOS_UNANNOUNCED_MARKER` never publishes one), a feed or hub crash and commits
+// acked as duplicates are all covered by the same guarantee (see `live_delivery.rs`).
+
+#[actix_rt::test]
+async fn kafka_an_unannounced_message_reaches_its_connected_recipient() {
+    let Some(backend) = Backend::kafka("unannounced") else { return };
+    crate::live_delivery::an_unannounced_message_reaches_its_connected_recipient_on(&backend).await;
+}
+
+#[actix_rt::test]
+async fn kafka_a_delivery_crash_with_an_announcement_in_hand_loses_no_push() {
+    let Some(backend) = Backend::kafka("hub_crash") else { return };
+    crate::live_delivery::a_delivery_crash_with_an_announcement_in_hand_loses_no_push_on(&backend).await;
+}
+
+#[actix_rt::test]
+async fn kafka_commits_that_timed_out_but_landed_reach_online_members() {
+    let Some(backend) = Backend::kafka("timed_out") else { return };
+    crate::live_delivery::commits_that_timed_out_but_landed_reach_online_members_on(&backend).await;
+}
+
+#[actix_rt::test]
+async fn kafka_every_acked_message_reaches_a_connected_member_through_feed_writer_and_hub_panics() {
+    let Some(backend) = Backend::kafka("live_panics") else { return };
+    let actors = ["/root/chat/kafka_feed", "/root/chat/batch_writer", "/root/chat/delivery"];
+    crate::live_delivery::every_acked_message_reaches_a_connected_member_through_panics_of(&backend, &actors).await;
+}

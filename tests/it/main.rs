@@ -16,6 +16,7 @@ mod http_boundary;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod lifecycle;
+mod live_delivery;
 mod logging;
 mod metrics;
 mod mongodb;

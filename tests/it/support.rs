@@ -355,11 +355,15 @@ impl Http {
     }
 }
 
-/// A TCP proxy to a server (`http://host:port` or `host:port`) that can stop passing connections:
-/// an outage as rampart sees it, without stopping a server other tests share.
+/// A TCP proxy to a server (`http://host:port` or `host:port`) that can stop passing connections
+/// (an outage as rampart sees it, without stopping a server other tests share) or hold the
+/// server's answers back (a slow server: requests arrive and are carried out, their replies come
+/// late).
 pub struct Proxy {
     pub address: String,
     up: tokio::sync::watch::Sender<bool>,
+    /// How long each chunk from the server waits before it is passed on.
+    delay: tokio::sync::watch::Sender<Duration>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Runs the accept loop and every connection on a runtime of its own: a test thread blocked
     /// on starting a server (which connects through the proxy) must not stall it.
@@ -373,6 +377,7 @@ impl Proxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let address = format!("http://{}", listener.local_addr().expect("proxy address"));
         let (up, switch) = tokio::sync::watch::channel(true);
+        let (delay, delays) = tokio::sync::watch::channel(Duration::ZERO);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("test.proxy".into())
@@ -383,19 +388,19 @@ impl Proxy {
                     let mut connections = tokio::task::JoinSet::new();
                     let accept = async {
                         loop {
-                            let Ok((mut inbound, _)) = listener.accept().await else { return };
+                            let Ok((inbound, _)) = listener.accept().await else { return };
                             if !*switch.borrow() {
                                 drop(inbound); // refused: closed at once
                                 continue;
                             }
-                            let (upstream, mut switch) = (upstream.clone(), switch.clone());
+                            let (upstream, mut switch, delays) = (upstream.clone(), switch.clone(), delays.clone());
                             connections.spawn(async move {
-                                let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                                     return;
                                 };
                                 // Pass bytes while up; an outage cuts open connections too.
-                                let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                                tokio::select! { _ = copy => {}, _ = switch.wait_for(|up| !up) => {} }
+                                let relay = relay(inbound, outbound, delays);
+                                tokio::select! { _ = relay => {}, _ = switch.wait_for(|up| !up) => {} }
                             });
                         }
                     };
@@ -404,12 +409,60 @@ impl Proxy {
                 });
             })
             .expect("proxy thread");
-        Self { address, up, stop: Some(stop), thread: Some(thread) }
+        Self { address, up, delay, stop: Some(stop), thread: Some(thread) }
     }
 
     pub fn set_up(&self, up: bool) {
         self.up.send_replace(up);
     }
+
+    /// From now on the server's answers reach the client `delay` after the server sent them
+    /// (zero: at once, including those held back so far).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay.send_replace(delay);
+    }
+}
+
+/// Copies client → server at once, and server → client holding each chunk until it is `delays`
+/// old (the delay in force when it is passed on), in order.
+async fn relay(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    mut delays: tokio::sync::watch::Receiver<Duration>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client_read, mut client_write) = inbound.into_split();
+    let (mut server_read, mut server_write) = outbound.into_split();
+    let upstream = async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let _ = server_write.shutdown().await;
+    };
+    let (chunks, mut held) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read_answers = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = server_read.read(&mut buffer).await {
+            if chunks.send((Instant::now(), buffer[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    let pass_answers = async move {
+        while let Some((arrived, chunk)) = held.recv().await {
+            loop {
+                let due = arrived + *delays.borrow_and_update();
+                if Instant::now() >= due {
+                    break;
+                }
+                // Re-read the delay when it changes (cleared: pass on at once).
+                tokio::select! { _ = tokio::time::sleep_until(due.into()) => {}, _ = delays.changed() => {} }
+            }
+            if client_write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(upstream, async { tokio::join!(read_answers, pass_answers) });
 }
 
 impl Drop for Proxy {

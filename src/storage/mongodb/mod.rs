@@ -39,7 +39,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{
-    CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
+    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
     RequeueReport, StorageError, StoredMessage, User,
 };
 pub use seq::SeqClock;
@@ -160,6 +160,9 @@ const PERMANENT_WRITE_ERRORS: &[i32] = &[
 
 /// Conversation updates in flight per batch commit.
 const ACTIVITY_UPDATES_IN_FLIGHT: usize = 8;
+
+/// Recipients per query of the delivery backstop (`stale_pending`).
+const STALE_PENDING_CHUNK: usize = 500;
 
 /// Rounds of retrying documents refused with a transient write error within one commit.
 const ITEM_RETRY_ROUNDS: u32 = 3;
@@ -928,7 +931,7 @@ impl MongoChat {
         after_seq: i64,
         limit: u32,
         include_in_flight: bool,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
+    ) -> Result<BacklogPage, StorageError> {
         let states: Vec<i32> = if include_in_flight { vec![PENDING, IN_FLIGHT] } else { vec![PENDING] };
         self.timed(async {
             // Expected plan: IXSCAN recipient_state_seq (one range per state, merged on seq).
@@ -940,8 +943,13 @@ impl MongoChat {
                     limit,
                 )
                 .await?;
+            // The page ends at its last record, not its last message: a record may precede its
+            // message (written concurrently) or outlive it (a failed batch's stray); either is
+            // skipped here, and the backlog goes on after it.
+            let through = records.last().map_or(after_seq, |record| record.seq);
+            let last = records.len() < limit as usize;
             if records.is_empty() {
-                return Ok(Vec::new());
+                return Ok(BacklogPage { messages: Vec::new(), through, last });
             }
             let ids: Vec<&String> = records.iter().map(|record| &record.message_id).collect();
             let mut messages: Vec<StoredMessage> = self
@@ -955,30 +963,57 @@ impl MongoChat {
                 .map(MessageDoc::into_stored)
                 .collect();
             messages.sort_by_key(|message| message.seq);
-            Ok(messages)
+            Ok(BacklogPage { messages, through, last })
         })
         .await
     }
 
-    pub async fn mark_in_flight(&self, claims: Vec<(String, i64)>, now_ms: i64) -> Result<(), StorageError> {
-        let mut by_recipient: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for (recipient, seq) in claims {
-            by_recipient.entry(recipient).or_default().push(seq);
+    /// Of `recipients`, those with a pending delivery stamped before `stored_before_ms` (a
+    /// delivery's seq is its message's time stamp).
+    pub async fn stale_pending(
+        &self,
+        recipients: Vec<String>,
+        stored_before_ms: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let horizon = SeqClock::floor_of(stored_before_ms);
+        let mut stale = Vec::new();
+        for chunk in recipients.chunks(STALE_PENDING_CHUNK) {
+            let found = self
+                .timed(async {
+                    // Expected plan: IXSCAN recipient_state_seq. No maxTimeMS: FerretDB's `distinct`
+                    // refuses the field (the client-side deadline still applies).
+                    let found = self
+                        .inner
+                        .deliveries
+                        .distinct("recipient", doc! {"recipient": {"$in": chunk}, "state": PENDING, "seq": {"$lt": horizon}})
+                        .await?;
+                    Ok(found)
+                })
+                .await?;
+            stale.extend(found.into_iter().filter_map(|recipient| match recipient {
+                Bson::String(recipient) => Some(recipient),
+                _ => None,
+            }));
         }
+        Ok(stale)
+    }
+
+    pub async fn mark_in_flight(&self, claims: Vec<Claim>, now_ms: i64) -> Result<(), StorageError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        // By key (message id and recipient), never by seq: a batch retried after a timeout may
+        // leave its records with the first attempt's seq and its message with the second's.
+        let keys: Vec<String> = claims.iter().map(|claim| delivery_key(&claim.message_id, &claim.recipient)).collect();
         let claimed_at = DateTime::from_millis(now_ms);
         self.timed(async {
-            let updates = by_recipient.iter().map(|(recipient, seqs)| {
-                self.inner
-                    .deliveries
-                    .update_many(
-                        doc! {"recipient": recipient, "seq": {"$in": seqs}, "state": {"$in": [PENDING, IN_FLIGHT]}},
-                        doc! {"$set": {"state": IN_FLIGHT, "claimed_at": claimed_at}},
-                    )
-                    .into_future()
-            });
-            for result in futures_util::future::join_all(updates).await {
-                result?;
-            }
+            self.inner
+                .deliveries
+                .update_many(
+                    doc! {"_id": {"$in": keys}, "state": {"$in": [PENDING, IN_FLIGHT]}},
+                    doc! {"$set": {"state": IN_FLIGHT, "claimed_at": claimed_at}},
+                )
+                .await?;
             Ok(())
         })
         .await

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::db::{Db, WalPolicy};
 use super::faults::Faults;
 use crate::storage::{
-    CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
+    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
     RequeueReport, StorageError, StoredMessage, User,
 };
 
@@ -74,7 +74,16 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         created_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 4: a recipient's undelivered records without reading past the delivered ones (backlog
+    // replays, the delivery backstop): nearly all of a long-lived user's records are delivered.
+    // Queries name `state IN (0, 1)` literally, which is what lets SQLite use this index.
+    "CREATE INDEX deliveries_undelivered ON deliveries (recipient, message_seq) WHERE state IN (0, 1);",
 ];
+
+/// A recipient's undelivered records (pending and in flight) after a seq, in seq order.
+const SELECT_UNDELIVERED: &str = "SELECT m.seq, m.id, m.conversation, m.sender, m.client_msg_id, m.body, m.created_at
+     FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+     WHERE d.recipient = ?1 AND d.state IN (0, 1) AND d.message_seq > ?2";
 
 /// The embedded chat database. Cheap to clone.
 #[derive(Clone)]
@@ -340,35 +349,64 @@ impl SqliteChat {
             .await
     }
 
-    /// Undelivered messages for `recipient` after `after_seq`, in commit order: pending ones, and
-    /// with `include_in_flight` also those pushed to a connection but never confirmed (what a
-    /// reconnecting client must get again).
+    /// A page of undelivered messages for `recipient` after `after_seq`, in commit order:
+    /// pending ones, and with `include_in_flight` also those pushed to a connection but never
+    /// confirmed (what a reconnecting client must get again).
     pub async fn undelivered(
         &self,
         recipient: String,
         after_seq: i64,
         limit: u32,
         include_in_flight: bool,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
+    ) -> Result<BacklogPage, StorageError> {
         self.db
             .read(move |connection| {
-                let mut statement = connection.prepare_cached(
-                    "SELECT m.seq, m.id, m.conversation, m.sender, m.client_msg_id, m.body, m.created_at
-                     FROM deliveries d JOIN messages m ON m.seq = d.message_seq
-                     WHERE d.recipient = ?1 AND d.state IN (0, ?4) AND d.message_seq > ?2
-                     ORDER BY d.message_seq LIMIT ?3",
-                )?;
-                let highest_state = if include_in_flight { 1 } else { 0 };
-                let messages = statement
-                    .query_map(params![recipient, after_seq, limit, highest_state], stored_message)?
+                let sql = if include_in_flight {
+                    format!("{SELECT_UNDELIVERED} ORDER BY d.message_seq LIMIT ?3")
+                } else {
+                    format!("{SELECT_UNDELIVERED} AND d.state = 0 ORDER BY d.message_seq LIMIT ?3")
+                };
+                let mut statement = connection.prepare_cached(&sql)?;
+                let messages: Vec<StoredMessage> = statement
+                    .query_map(params![recipient, after_seq, limit], stored_message)?
                     .collect::<Result<_, _>>()?;
-                Ok(messages)
+                // A delivery record and its message are written in one transaction: every
+                // record read has its message, so the page's records are its messages.
+                let through = messages.last().map_or(after_seq, |message| message.seq);
+                let last = messages.len() < limit as usize;
+                Ok(BacklogPage { messages, through, last })
+            })
+            .await
+    }
+
+    /// Of `recipients`, those with a pending delivery of a message stored before
+    /// `stored_before_ms`.
+    pub async fn stale_pending(
+        &self,
+        recipients: Vec<String>,
+        stored_before_ms: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        self.db
+            .read(move |connection| {
+                // One probe per recipient into deliveries_undelivered (a connected user's pending
+                // records are few: pushes are claimed within milliseconds).
+                let mut statement = connection.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+                     WHERE d.recipient = ?1 AND d.state IN (0, 1) AND d.state = 0 AND m.created_at < ?2)",
+                )?;
+                let mut stale = Vec::new();
+                for recipient in recipients {
+                    if statement.query_row(params![recipient, stored_before_ms], |row| row.get::<_, bool>(0))? {
+                        stale.push(recipient);
+                    }
+                }
+                Ok(stale)
             })
             .await
     }
 
     /// Marks deliveries pushed to a connection: in_flight, claimed now.
-    pub async fn mark_in_flight(&self, claims: Vec<(String, i64)>, now_ms: i64) -> Result<(), StorageError> {
+    pub async fn mark_in_flight(&self, claims: Vec<Claim>, now_ms: i64) -> Result<(), StorageError> {
         self.db
             .write(move |connection| {
                 let transaction = connection.transaction()?;
@@ -377,8 +415,8 @@ impl SqliteChat {
                         "UPDATE deliveries SET state = 1, claimed_at = ?3
                          WHERE recipient = ?1 AND message_seq = ?2 AND state IN (0, 1)",
                     )?;
-                    for (recipient, seq) in &claims {
-                        statement.execute(params![recipient, seq, now_ms])?;
+                    for claim in &claims {
+                        statement.execute(params![claim.recipient, claim.seq, now_ms])?;
                     }
                 }
                 transaction.commit()?;
@@ -792,8 +830,8 @@ mod tests {
         assert_eq!(history.len(), 2);
         assert_eq!(history[0].client_msg_id, "2", "newest first");
         // One delivery per recipient other than the sender.
-        assert_eq!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().len(), 2);
-        assert!(store.undelivered("alice".into(), 0, 10, true).await.unwrap().is_empty());
+        assert_eq!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().messages.len(), 2);
+        assert!(store.undelivered("alice".into(), 0, 10, true).await.unwrap().messages.is_empty());
     }
 
     #[actix_rt::test]
@@ -810,17 +848,61 @@ mod tests {
             .unwrap();
         let committed = store.commit_batch(vec![message("alice", "1", "c")].into(), 10).await.unwrap();
         let CommitOutcome::Stored { message, .. } = &committed[0] else { panic!("not stored") };
-        let seq = message.seq;
-        store.mark_in_flight(vec![("bob".into(), seq)], 100).await.unwrap();
+        let claim = Claim { recipient: "bob".into(), message_id: message.id.clone(), seq: message.seq };
+        store.mark_in_flight(vec![claim.clone()], 100).await.unwrap();
         let report = store.requeue_stale(200, 2, 10, 300).await.unwrap();
         assert_eq!(report.requeued, vec!["bob".to_owned()]);
-        store.mark_in_flight(vec![("bob".into(), seq)], 400).await.unwrap();
+        store.mark_in_flight(vec![claim], 400).await.unwrap();
         let report = store.requeue_stale(500, 2, 10, 600).await.unwrap();
         assert_eq!(report.dead_lettered, 1, "second attempt reaches max_attempts = 2");
         let letters = store.dead_letters(10).await.unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].kind, DeadLetterKind::Delivery);
-        assert!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().is_empty());
+        assert!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().messages.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn pending_deliveries_of_old_messages_are_found_for_the_backstop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        for user in ["alice", "bob", "carol"] {
+            store.create_user(user.into(), user.into(), 1).await.unwrap();
+        }
+        let members = vec!["alice".into(), "bob".into(), "carol".into()];
+        store.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.unwrap().unwrap();
+        let committed = store.commit_batch(vec![message("alice", "1", "c")].into(), 100).await.unwrap();
+        let CommitOutcome::Stored { message, .. } = &committed[0] else { panic!("not stored") };
+        let everyone = vec!["alice".to_owned(), "bob".to_owned(), "carol".to_owned()];
+        assert!(store.stale_pending(everyone.clone(), 100).await.unwrap().is_empty(), "not older than the cutoff");
+        assert_eq!(store.stale_pending(everyone.clone(), 101).await.unwrap(), vec!["bob", "carol"]);
+        // Pushed to bob (in flight): only carol's is still pending.
+        let claim = Claim { recipient: "bob".into(), message_id: message.id.clone(), seq: message.seq };
+        store.mark_in_flight(vec![claim], 150).await.unwrap();
+        assert_eq!(store.stale_pending(everyone, 101).await.unwrap(), vec!["carol"]);
+        let pending_only = store.undelivered("bob".into(), 0, 10, false).await.unwrap();
+        assert!(pending_only.messages.is_empty() && pending_only.last && pending_only.through == 0);
+        let with_in_flight = store.undelivered("bob".into(), 0, 1, true).await.unwrap();
+        assert_eq!((with_in_flight.messages.len(), with_in_flight.through, with_in_flight.last), (1, message.seq, false));
+    }
+
+    #[test]
+    fn undelivered_reads_use_the_partial_index() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap());
+        let connection = rusqlite::Connection::open(dir.path().join("rampart.db")).unwrap();
+        let queries = [
+            format!("{SELECT_UNDELIVERED} ORDER BY d.message_seq LIMIT ?3"),
+            format!("{SELECT_UNDELIVERED} AND d.state = 0 ORDER BY d.message_seq LIMIT ?3"),
+        ];
+        for query in queries {
+            let mut plan = connection.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
+            let details: Vec<String> =
+                plan.query_map(params!["bob", 0, 10], |row| row.get::<_, String>(3)).unwrap().map(Result::unwrap).collect();
+            assert!(
+                details.iter().any(|detail| detail.contains("deliveries_undelivered")),
+                "{query}: {details:?}"
+            );
+        }
     }
 
     #[test]

@@ -154,7 +154,8 @@ impl StreamHandler<Event> for Feed {
             };
             let messages: Vec<Arc<StoredMessage>> = messages.into_iter().map(Arc::new).collect();
             if let Err(error) = self.deps.delivery.try_send(Committed(messages)) {
-                tracing::warn!(%error, "delivery did not take committed messages; they stay pending");
+                crate::telemetry::metrics().deliveries_unannounced.inc();
+                tracing::warn!(%error, "delivery did not take committed messages; the backstop pushes them");
             }
         }
     }
