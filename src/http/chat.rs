@@ -19,7 +19,8 @@ use crate::chat::Ack;
 use crate::chat::{Chat, SendError};
 use crate::resilience::Outcome;
 use crate::storage::{
-    ms_to_rfc3339, now_ms, ConversationCursor, ConversationSummary, DeadLetterKind, NewMessage, StoredMessage,
+    ms_to_rfc3339, now_ms, ConversationCursor, ConversationSummary, DeadLetterKind, NewMessage, StorageError,
+    StoredMessage,
 };
 
 /// Most members a conversation may be created with.
@@ -554,8 +555,18 @@ pub(super) async fn search(
         .try_acquire()
         .map_err(|_| ApiError::Unavailable("search is unavailable (circuit open); try again later".into()))?;
     let result = chat.search.search(q, scope, limit).await;
-    chat.search_breaker.record(permit, if result.is_ok() { Outcome::Success } else { Outcome::Failure });
-    let hits = result?
+    // The engine refusing one user's query (it answered) says nothing about its health: such
+    // failures must not open the breaker for every user.
+    let healthy = matches!(result, Ok(_) | Err(StorageError::Refused(_)));
+    chat.search_breaker.record(permit, if healthy { Outcome::Success } else { Outcome::Failure });
+    let hits = result
+        .map_err(|error| match error {
+            StorageError::Refused(reason) => {
+                tracing::warn!(reason, "the search engine refused a search");
+                ApiError::BadRequest(format!("the search engine refused this search: {reason}"))
+            }
+            error => ApiError::from(error),
+        })?
         .into_iter()
         .map(|hit| SearchHitBody {
             id: hit.id,

@@ -14,7 +14,7 @@ use super::AppState;
 /// The signaling WebSocket of the SFU (protocol in README, "Video rooms"): authenticate with
 /// `Authorization: Bearer` or `?token=`, then upgrade.
 #[utoipa::path(
-    get, path = "/rtc", tag = "sfu",
+    get, path = "/rtc", tag = "sfu", operation_id = "sfu_signaling",
     security(("user_jwt" = [])),
     params(("token" = Option<String>, Query, description = "The JWT, for clients that cannot set headers")),
     responses(

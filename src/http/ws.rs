@@ -50,7 +50,7 @@ impl Socket for Connection {
 /// The WebSocket of protocol v1 (see README): authenticate with `Authorization: Bearer` or
 /// `?token=` (browsers), then upgrade.
 #[utoipa::path(
-    get, path = "/ws", tag = "chat",
+    get, path = "/ws", tag = "chat", operation_id = "chat_websocket",
     security(("user_jwt" = [])),
     params(("token" = Option<String>, Query, description = "The JWT, for clients that cannot set headers")),
     responses(

@@ -43,9 +43,13 @@ pub enum StorageError {
     /// The storage circuit breaker is open: calls are refused until it lets trial calls through.
     #[error("storage is unavailable (circuit open)")]
     CircuitOpen,
-    /// A remote engine (the search engine) failed or refused.
+    /// A remote engine (the search engine) failed, or is overloaded.
     #[error("{0}")]
     Remote(String),
+    /// A remote engine answered and refused this request (a 4xx other than 429): the engine is
+    /// healthy, the request is at fault. Never counts against a circuit breaker.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<rusqlite::Error> for StorageError {

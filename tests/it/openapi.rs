@@ -96,6 +96,32 @@ async fn the_openapi_document_covers_every_route_with_schemas_and_security() {
     }
 }
 
+#[actix_rt::test]
+async fn the_openapi_document_is_valid_for_an_independent_validator() {
+    // Regression: `/ws` and `/rtc` both had operationId `upgrade`; openapi-spec-validator refused
+    // the document and client generators choked on it.
+    let server = ChatServer::start(&[]);
+    let (status, document) = server.http.get(&server.url("/openapi.json"), None).await;
+    assert_eq!(status, 200);
+    let mut seen = std::collections::HashSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+            assert!(seen.insert(id.to_owned()), "operationId {id} ({method} {path}) is not unique");
+        }
+    }
+    let candidate = std::env::var("RAMPART_OPENAPI_SPEC_VALIDATOR").unwrap_or_else(|_| "openapi-spec-validator".into());
+    if !Command::new(&candidate).arg("--version").output().is_ok_and(|output| output.status.success()) {
+        return crate::support::tool_missing("OPENAPI_SPEC_VALIDATOR", "openapi-spec-validator (PyPI)");
+    }
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let file = scratch.path().join("openapi.json");
+    std::fs::write(&file, document.to_string()).expect("write the document");
+    let output = Command::new(&candidate).args(["--validation-errors", "all"]).arg(&file).output().expect("run it");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && report.contains(": OK"), "openapi-spec-validator refused the document:\n{report}");
+}
+
 /// Where schemathesis is: `RAMPART_SCHEMATHESIS` (CI points it into its venv), else on PATH.
 fn schemathesis() -> Option<String> {
     let candidate = std::env::var("RAMPART_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());

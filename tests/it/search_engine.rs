@@ -287,3 +287,86 @@ async fn indexer_panics_while_indexing_lose_nothing_and_index_nothing_twice() {
     let (_, letters) = chat.http.get(&chat.url("/admin/dead-letters"), Some(ADMIN_TOKEN)).await;
     assert_eq!(letters["dead_letters"].as_array().map(Vec::len), Some(0), "nothing dead-lettered: {letters}");
 }
+
+#[actix_rt::test]
+async fn a_user_in_more_conversations_than_one_terms_query_holds_can_search() {
+    // Confirmed: the scope of a search was one `terms` filter with every conversation of the
+    // user, which OpenSearch refuses past `index.max_terms_count` (65,536): every search of such a
+    // user failed (503), and each failure counted against the shared search breaker. The user's
+    // 70,000 memberships are written straight into the embedded store while rampart is down.
+    let Some(engine) = engine_url() else { return };
+    let scratch = Scratch::new(&engine, "terms");
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = crate::chat_client::chat_env(&engine_env(&engine, &scratch.prefix, &[]));
+    let chat = ChatServer::wrap(RampartProcess::start_on(data_dir.path(), &env));
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let ours = chat.conversation("alice", &["bob"]).await;
+    let (status, _) = chat.post_message(&chat.token("bob"), &ours, "1", "a needle in the haystack").await;
+    assert_eq!(status, 201);
+    eventually("the message is indexed", Duration::from_secs(30), || async {
+        search(&chat, "bob", "needle").await.len() == 1
+    })
+    .await;
+    let mut process = chat.process;
+    process.kill_hard();
+    {
+        let mut db = rusqlite::Connection::open(data_dir.path().join("rampart.db")).expect("open rampart.db");
+        let transaction = db.transaction().unwrap();
+        for n in 0..70_000 {
+            let id = format!("bulk-{n}");
+            transaction
+                .execute(
+                    "INSERT INTO conversations (id, title, created_by, created_at) VALUES (?1, 't', 'alice', 1)",
+                    [&id],
+                )
+                .unwrap();
+            transaction.execute("INSERT INTO members (conversation, user) VALUES (?1, 'alice')", [&id]).unwrap();
+        }
+        transaction.commit().unwrap();
+    }
+    let chat = ChatServer::wrap(RampartProcess::start_on(data_dir.path(), &env));
+    for _ in 0..3 {
+        let hits = search(&chat, "alice", "needle").await;
+        assert_eq!(hits.len(), 1, "{hits:?}");
+    }
+    let (status, ready) = chat.http.get(&chat.url("/ready"), None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["circuit:search"][0]["observedValue"], "closed", "{ready}");
+}
+
+#[actix_rt::test]
+async fn a_search_the_engine_refuses_does_not_open_the_breaker_for_everyone() {
+    // The engine answering one user's query with a 4xx is that query's problem, not the
+    // engine's health: it is a 400 for that user, and others keep searching. Here the operator
+    // lowered `index.max_terms_count` below alice's number of conversations.
+    let Some(engine) = engine_url() else { return };
+    let scratch = Scratch::new(&engine, "refused_query");
+    let chat = start(&engine, &scratch.prefix, &[]);
+    for user in ["alice", "bob"] {
+        chat.create_user(user).await;
+    }
+    let shared = chat.conversation("alice", &["bob"]).await;
+    for _ in 0..12 {
+        chat.conversation("alice", &[]).await;
+    }
+    let (status, _) = chat.post_message(&chat.token("alice"), &shared, "1", "needle for two").await;
+    assert_eq!(status, 201);
+    eventually("the message is indexed", Duration::from_secs(30), || async {
+        search(&chat, "bob", "needle").await.len() == 1
+    })
+    .await;
+    let url = format!("{}/_settings", scratch.index());
+    let (status, body) =
+        chat.http.request(awc::http::Method::PUT, &url, None, Some(json!({"index": {"max_terms_count": 5}}))).await;
+    assert_eq!(status, 200, "{body}");
+    let alice_url = chat.url("/api/search?q=needle");
+    // A whole breaker window (100 calls) of them.
+    for _ in 0..120 {
+        let (status, body) = chat.http.get(&alice_url, Some(&chat.token("alice"))).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+    }
+    assert_eq!(search(&chat, "bob", "needle").await.len(), 1, "bob's searches still run");
+    let (_, ready) = chat.http.get(&chat.url("/ready"), None).await;
+    assert_eq!(ready["checks"]["circuit:search"][0]["observedValue"], "closed", "{ready}");
+}

@@ -344,11 +344,19 @@ impl ElasticsearchSearch {
             return Ok(Vec::new());
         }
         self.prepare().await?;
+        // One `terms` clause holds at most `index.max_terms_count` (65,536 by default) values, or
+        // the engine refuses the query: a user in more conversations could never search. So the
+        // scope is several clauses of `TERMS_PER_CLAUSE`, any of which may match (≈ 1M
+        // conversations before the default 1,024-clause limit).
+        let scope: Vec<Value> = conversations
+            .chunks(TERMS_PER_CLAUSE)
+            .map(|chunk| json!({"terms": {"conversation": chunk}}))
+            .collect();
         let request = json!({
             "size": limit,
             "query": {"bool": {
                 "must": [{"match": {"body": {"query": text, "operator": "and"}}}],
-                "filter": [{"terms": {"conversation": conversations}}]
+                "filter": [{"bool": {"should": scope, "minimum_should_match": 1}}]
             }},
             "sort": ["_score", {"created_at": "desc"}],
             "_source": ["id", "conversation", "sender", "body", "created_at"],
@@ -360,8 +368,12 @@ impl ElasticsearchSearch {
         });
         let path = format!("/{}/_search", self.inner.index);
         let (status, answer) = self.send(json_body(self.request(reqwest::Method::POST, &path), &request)).await?;
-        if !(200..300).contains(&status) {
+        if status == 429 || status >= 500 {
             return Err(StorageError::Remote(format!("search answered {status}: {}", error_text(&answer))));
+        }
+        if !(200..300).contains(&status) {
+            // The engine is up and answered: this request is at fault, not the engine's health.
+            return Err(StorageError::Refused(format!("search answered {status}: {}", error_text(&answer))));
         }
         let hits = answer["hits"]["hits"].as_array().cloned().unwrap_or_default();
         Ok(hits
@@ -382,6 +394,9 @@ impl ElasticsearchSearch {
             .collect())
     }
 }
+
+/// Conversation ids per `terms` clause of a search's scope: well under `index.max_terms_count`.
+const TERMS_PER_CLAUSE: usize = 1024;
 
 fn json_body(request: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
     request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string())
