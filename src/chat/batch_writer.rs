@@ -23,7 +23,7 @@ use rand::Rng as _;
 
 use super::delivery::{self, DeliveryHub};
 use super::indexer::{Indexer, Poke};
-use super::{Ack, SendError, Submission, CHAOS_POISON_MARKER, CHAOS_UNANNOUNCED_MARKER};
+use super::{Ack, SendError, Submission, CHAOS_POISON_MARKER, CHAOS_STALL_MARKER, CHAOS_UNANNOUNCED_MARKER};
 use crate::chat::PipelineConfig;
 use crate::resilience::{CircuitBreaker, Outcome};
 use crate::storage::{ChatStore, CommitOutcome, DeadLetterKind, NewDeadLetter, NewMessage, StorageError};
@@ -307,7 +307,7 @@ impl BatchWriter {
                     let _ = self.indexer.try_send(Poke);
                 }
             }
-            Err(StorageError::Panicked(reason)) => self.bisect(batch, reason, ctx),
+            Err(StorageError::Panicked(reason) | StorageError::Stalled(reason)) => self.bisect(batch, reason, ctx),
             Err(error) => {
                 tracing::error!(%error, messages = batch.len(), "batch not stored after all attempts");
                 for submission in batch {
@@ -383,6 +383,11 @@ impl BatchWriter {
     }
 }
 
+/// Bounds of the probe that tells a slow store from a slow batch (a quarter of
+/// `pipeline.storage_timeout` in between).
+const PROBE_TIMEOUT_MIN: Duration = Duration::from_millis(50);
+const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+
 /// A batch the store answered.
 struct Committed {
     /// One per message, in batch order.
@@ -394,7 +399,9 @@ struct Committed {
 }
 
 /// One batch, attempted up to `max_attempts` times. A panic of the storage job is not retried:
-/// it is returned at once so the batch is bisected.
+/// it is returned at once so the batch is bisected. Nor is a commit that outlived its deadline
+/// while the store answered a probe in time (`StorageError::Stalled`): the batch, not the store,
+/// is at fault, and retrying it whole could stop the pipeline (a Kafka partition) for good.
 async fn commit_with_retries(
     store: ChatStore,
     breaker: Arc<CircuitBreaker>,
@@ -416,13 +423,31 @@ async fn commit_with_retries(
                     }
                 };
                 let commit = store.commit_batch_inspected(messages.clone(), crate::storage::now_ms(), inspect);
+                let stall = chaos && messages.iter().any(|message| message.body.contains(CHAOS_STALL_MARKER));
+                let commit = async move {
+                    if stall {
+                        std::future::pending::<()>().await;
+                    }
+                    commit.await
+                };
                 let result = match tokio::time::timeout(config.storage_timeout, commit).await {
                     Ok(result) => result,
-                    Err(_) => Err(StorageError::Timeout),
+                    Err(_) => {
+                        // Is the store slow, or only this batch? A tiny write answered in time
+                        // says the store is healthy.
+                        let probe_timeout = (config.storage_timeout / 4).clamp(PROBE_TIMEOUT_MIN, PROBE_TIMEOUT_MAX);
+                        match store.probe(probe_timeout).await {
+                            Ok(took) => Err(StorageError::Stalled(format!(
+                                "the batch outlived its {:?} deadline while the store answered a probe in {took:?}",
+                                config.storage_timeout
+                            ))),
+                            Err(_) => Err(StorageError::Timeout),
+                        }
+                    }
                 };
-                // A poison message says nothing about the database's health.
+                // A poison message or batch says nothing about the database's health.
                 let outcome = match &result {
-                    Ok(_) | Err(StorageError::Panicked(_)) => Outcome::Success,
+                    Ok(_) | Err(StorageError::Panicked(_) | StorageError::Stalled(_)) => Outcome::Success,
                     Err(_) => Outcome::Failure,
                 };
                 breaker.record(permit, outcome);
@@ -432,6 +457,11 @@ async fn commit_with_retries(
         match result {
             Ok(done) => return Ok(done),
             Err(error @ StorageError::Panicked(_)) => return Err(error),
+            Err(error @ StorageError::Stalled(_)) => {
+                crate::telemetry::metrics().commit_failures.inc();
+                tracing::warn!(%error, messages = messages.len(), "a batch stalled while the store is healthy; bisecting it");
+                return Err(error);
+            }
             Err(error) => {
                 crate::telemetry::metrics().commit_failures.inc();
                 if attempt >= config.max_attempts {

@@ -119,7 +119,10 @@ async fn backstop(
     if missed.is_empty() {
         return Ok(());
     }
-    tracing::info!(recipients = missed.len(), "connected users have deliveries that were never pushed; catching them up");
+    tracing::info!(
+        recipients = missed.len(),
+        "connected users have deliveries that were never pushed; catching them up"
+    );
     if let Err(error) = delivery.try_send(Redeliver(missed)) {
         tracing::warn!(%error, "delivery did not take the backstop's recipients; the next pass finds them");
     }

@@ -132,7 +132,11 @@ impl DeliveryHub {
             return false;
         }
         crate::telemetry::metrics().deliveries_pushed.inc();
-        self.claims.push(Claim { recipient: connection.user.clone(), message_id: message.id.clone(), seq: message.seq });
+        self.claims.push(Claim {
+            recipient: connection.user.clone(),
+            message_id: message.id.clone(),
+            seq: message.seq,
+        });
         true
     }
 

@@ -66,6 +66,11 @@ pub const CHAOS_POISON_MARKER: &str = "\u{1F4A5}chaos:poison";
 /// event): drills of the delivery backstop.
 pub const CHAOS_UNANNOUNCED_MARKER: &str = "\u{1F4A5}chaos:unannounced";
 
+/// A batch holding a message whose body contains this never finishes committing while
+/// `chaos.enabled` (a batch that times out while the store is healthy): drills of the batch
+/// writer's bisection of stalled batches.
+pub const CHAOS_STALL_MARKER: &str = "\u{1F4A5}chaos:stall";
+
 /// The reply to a stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Ack {

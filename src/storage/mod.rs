@@ -19,8 +19,8 @@ pub mod sqlite;
 use std::sync::Arc;
 
 pub use model::{
-    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
-    RequeueReport, SearchHit, StoredMessage, User,
+    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind,
+    NewDeadLetter, NewMessage, RequeueReport, SearchHit, StoredMessage, User,
 };
 pub use sqlite::{Db, FaultPlan, FaultState, Faults, IoFault, SqliteChat, SqliteSearch, WalPolicy};
 
@@ -46,6 +46,10 @@ pub enum StorageError {
     /// A remote engine (the search engine) failed, or is overloaded.
     #[error("{0}")]
     Remote(String),
+    /// A batch commit outlived its deadline while the store answered a probe in time: the batch,
+    /// not the store, is at fault (the batch writer bisects it as it does a panic).
+    #[error("{0}")]
+    Stalled(String),
     /// A remote engine answered and refused this request (a 4xx other than 429): the engine is
     /// healthy, the request is at fault. Never counts against a circuit breaker.
     #[error("{0}")]
@@ -113,6 +117,20 @@ impl ChatStore {
         match self {
             ChatStore::Sqlite(store) => Some(store.faults()),
             ChatStore::Mongodb(_) => None,
+        }
+    }
+
+    /// A tiny write that tells a healthy store from a slow one: how long it took, or an error
+    /// when it did not complete within `timeout`. Embedded: a no-op job on the writer thread (it
+    /// waits behind the writes before it). MongoDB: an upsert of one small document with the
+    /// configured write concern.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<std::time::Duration, StorageError> {
+        let started = std::time::Instant::now();
+        let probe = async { on_backend!(self, store => store.probe().await) };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(StorageError::Timeout),
         }
     }
 

@@ -378,6 +378,53 @@ pub async fn a_poison_message_is_bisected_out_to_dead_letters_while_the_rest_are
 }
 
 #[actix_rt::test]
+async fn a_batch_that_stalls_while_the_store_is_healthy_is_bisected_and_its_poison_dead_lettered() {
+    a_batch_that_stalls_while_the_store_is_healthy_is_bisected_and_its_poison_dead_lettered_on(&Backend::Sqlite).await;
+}
+
+/// A batch whose commit never finishes while the store answers other writes in time (one
+/// message makes it so): it used to be retried whole until the breaker opened, for good — a
+/// Kafka partition stopped. It is bisected like a panicking one, the stalling message is
+/// dead-lettered, the rest acked, the breaker stays closed. Shared with `mongodb.rs`.
+pub async fn a_batch_that_stalls_while_the_store_is_healthy_is_bisected_and_its_poison_dead_lettered_on(
+    backend: &Backend,
+) {
+    let chat = backend.start(&[
+        ("RAMPART__CHAOS__ENABLED", "true"),
+        ("RAMPART__PIPELINE__BATCH_MAX_DELAY", "50ms"),
+        ("RAMPART__PIPELINE__STORAGE_TIMEOUT", "500ms"),
+    ]);
+    chat.create_user("alice").await;
+    let conversation = chat.conversation("alice", &[]).await;
+    let mut ws = chat.ws("alice").await;
+    for n in 0..20 {
+        let body =
+            if n == 7 { format!("{} number {n}", rampart::chat::CHAOS_STALL_MARKER) } else { format!("fine {n}") };
+        ws.send_message(&conversation, &format!("s{n}"), &body).await;
+    }
+    let mut acked = HashSet::new();
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        let frame = ws.next_json().await;
+        match frame["type"].as_str() {
+            Some("ack") => assert!(acked.insert(frame["client_msg_id"].as_str().unwrap().to_owned())),
+            _ => refused.push(frame),
+        }
+    }
+    assert_eq!(acked.len(), 19, "{refused:?}");
+    assert_eq!((refused[0]["code"].as_str(), refused[0]["client_msg_id"].as_str()), (Some("rejected"), Some("s7")));
+    assert_eq!(chat.all_messages("alice", &conversation).await.len(), 19);
+    let (_, letters) = chat.http.get(&chat.url("/admin/dead-letters"), Some(ADMIN_TOKEN)).await;
+    let letters = letters["dead_letters"].as_array().cloned().unwrap_or_default();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["payload"]["client_msg_id"], "s7");
+    assert!(letters[0]["reason"].as_str().is_some_and(|r| r.contains("probe")), "{}", letters[0]);
+    let (status, ready) = chat.http.get(&chat.url("/ready"), None).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["circuit:storage"][0]["observedValue"], "closed", "{ready}");
+}
+
+#[actix_rt::test]
 async fn a_sender_created_shortly_after_its_first_message_succeeds() {
     let chat = ChatServer::start(&[]);
     chat.create_user("alice").await;

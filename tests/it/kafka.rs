@@ -619,3 +619,46 @@ async fn kafka_every_acked_message_reaches_a_connected_member_through_feed_write
     let actors = ["/root/chat/kafka_feed", "/root/chat/batch_writer", "/root/chat/delivery"];
     crate::live_delivery::every_acked_message_reaches_a_connected_member_through_panics_of(&backend, &actors).await;
 }
+
+#[actix_rt::test]
+async fn kafka_a_batch_that_stalls_while_the_store_is_healthy_never_stops_its_partition() {
+    // Seen before: after a restart, the writer's first batch of re-read records timed out again
+    // and again on a healthy FerretDB (each duplicate cost a scan of the deliveries), the storage
+    // breaker opened, and nothing of the partition was stored any more. A stalled batch is now
+    // bisected: the stalling record goes to the dead-letter topic, the rest is stored.
+    let Some(backend) = Backend::kafka("stall") else { return };
+    let chat = backend.start(&[
+        ("RAMPART__CHAOS__ENABLED", "true"),
+        ("RAMPART__PIPELINE__STORAGE_TIMEOUT", "500ms"),
+        ("RAMPART__PIPELINE__BATCH_MAX_DELAY", "50ms"),
+    ]);
+    chat.create_user("alice").await;
+    let conversation = chat.conversation("alice", &[]).await;
+    let mut alice = chat.ws("alice").await;
+    let mut acked = HashMap::new();
+    for n in 0..20 {
+        let body = if n == 7 { format!("stalls {}", rampart::chat::CHAOS_STALL_MARKER) } else { format!("fine {n}") };
+        alice.send_message(&conversation, &format!("s{n}"), &body).await;
+    }
+    for _ in 0..20 {
+        let ack = alice.next_json().await;
+        assert_eq!(ack["type"], "ack", "an ack means Kafka has it: {ack}");
+        let client_msg_id = ack["client_msg_id"].as_str().unwrap_or_default().to_owned();
+        if client_msg_id != "s7" {
+            acked.insert(client_msg_id, ack["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    stored_exactly(&chat, "alice", &conversation, &acked, 0).await;
+    eventually("the stalled record is dead-lettered", Duration::from_secs(60), || async {
+        let (_, letters) = chat.http.get(&chat.url("/admin/dead-letters"), Some(ADMIN_TOKEN)).await;
+        letters["dead_letters"].as_array().is_some_and(|all| all.iter().any(|l| l["payload"]["client_msg_id"] == "s7"))
+    })
+    .await;
+    // The partition goes on: a later message is stored.
+    alice.send_message(&conversation, "after", "after the stall").await;
+    assert_eq!(alice.next_json().await["type"], "ack");
+    eventually("the next message is stored", Duration::from_secs(30), || async {
+        chat.all_messages("alice", &conversation).await.iter().any(|m| m["body"] == "after the stall")
+    })
+    .await;
+}

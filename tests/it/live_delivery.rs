@@ -88,7 +88,10 @@ pub async fn an_unannounced_message_reaches_its_connected_recipient_on(backend: 
     let acked = Instant::now();
     let pushed = next_message(&mut bob).await;
     assert_eq!((&pushed["id"], &pushed["body"]), (&ack["id"], &json!(body)));
-    eprintln!("pushed {:?} after the ack (stale_after {STALE_AFTER}, cleanup every {CLEANUP_INTERVAL})", acked.elapsed());
+    eprintln!(
+        "pushed {:?} after the ack (stale_after {STALE_AFTER}, cleanup every {CLEANUP_INTERVAL})",
+        acked.elapsed()
+    );
     assert!(metric(&chat, "rampart_deliveries_caught_up_total").await >= 1.0);
 }
 
@@ -195,10 +198,10 @@ async fn every_acked_message_reaches_a_connected_member_through_pipeline_panics(
 /// announcements in hand) panic again and again; bob, connected throughout, gets every acked
 /// message live.
 pub async fn every_acked_message_reaches_a_connected_member_through_pipeline_panics_on(backend: &Backend) {
-    every_acked_message_reaches_a_connected_member_through_panics_of(backend, &[
-        "/root/chat/batch_writer",
-        "/root/chat/delivery",
-    ])
+    every_acked_message_reaches_a_connected_member_through_panics_of(
+        backend,
+        &["/root/chat/batch_writer", "/root/chat/delivery"],
+    )
     .await;
 }
 

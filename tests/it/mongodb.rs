@@ -45,6 +45,8 @@ on_scale_out! {
     mongodb_batch_writer_panics_during_load_lose_and_duplicate_nothing: "writer_panics" =>
         batch_writer_panics_during_load_lose_and_duplicate_nothing_acked_on;
     mongodb_acked_messages_survive_kill_9: "kill9" => acked_messages_survive_kill_9_on;
+    mongodb_a_batch_that_stalls_while_the_store_is_healthy_is_bisected: "stall" =>
+        a_batch_that_stalls_while_the_store_is_healthy_is_bisected_and_its_poison_dead_lettered_on;
     mongodb_an_unannounced_message_reaches_its_connected_recipient: "unannounced" =>
         live_delivery::an_unannounced_message_reaches_its_connected_recipient_on;
     mongodb_a_delivery_crash_with_an_announcement_in_hand_loses_no_push: "hub_crash" =>
@@ -115,6 +117,44 @@ async fn mongodb_a_delivery_record_without_its_message_does_not_end_a_backlog_re
     }
     let acked: HashSet<String> = answers.acked.into_iter().map(|(_, id)| id).collect();
     assert_eq!(received, acked);
+}
+
+#[actix_rt::test]
+async fn mongodb_recommitting_stored_messages_costs_a_few_requests_not_one_per_message() {
+    // The root cause of a Kafka partition that stopped for good: after a restart the writer
+    // re-reads records it had stored, and each duplicate cost an `update_many` of its own (a scan
+    // of the deliveries on FerretDB), so a batch of 400 took longer than `storage_timeout`, and
+    // every retry did it all again. Counted here in MongoDB requests through a proxy.
+    let Some(backend) = Backend::scale_out("recommit") else { return };
+    let uri = backend.get("RAMPART__MONGODB__URI").unwrap_or_default();
+    let database = backend.get("RAMPART__MONGODB__DATABASE").unwrap_or_default();
+    let upstream = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
+    let proxy = crate::support::Proxy::start(&upstream).await;
+    let config = rampart::storage::mongodb::MongoConfig {
+        uri: format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://")),
+        database: database.to_owned(),
+        ..Default::default()
+    };
+    let store = rampart::storage::mongodb::MongoChat::open(&config, false).await.expect("store");
+    for user in ["alice", "bob"] {
+        store.create_user(user.into(), user.into(), 1).await.expect("user");
+    }
+    let members = vec!["alice".to_owned(), "bob".to_owned()];
+    store.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.expect("store").expect("users");
+    let batch: Vec<rampart::storage::NewMessage> = (0..400)
+        .map(|n| rampart::chat::new_message("alice".into(), "c".into(), format!("m{n}"), format!("body {n}")))
+        .collect();
+    let batch: std::sync::Arc<[rampart::storage::NewMessage]> = batch.into();
+    let first = store.commit_batch_inspected(batch.clone(), 10, |_| {}).await.expect("first commit");
+    assert!(first.iter().all(|o| matches!(o, rampart::storage::CommitOutcome::Stored { duplicate: false, .. })));
+    let (before, started) = (proxy.mongodb_requests(), Instant::now());
+    let again = store.commit_batch_inspected(batch, 20, |_| {}).await.expect("second commit");
+    let (requests, took) = (proxy.mongodb_requests() - before, started.elapsed());
+    eprintln!("re-committing 400 stored messages: {requests} MongoDB requests, {took:?}");
+    assert!(again.iter().all(|o| matches!(o, rampart::storage::CommitOutcome::Stored { duplicate: true, .. })));
+    // insert_many, deliveries, the conversation's activity, members, the originals (plus a
+    // heartbeat or two of the driver's monitor).
+    assert!(requests <= 12, "{requests} requests to re-commit 400 stored messages");
 }
 
 #[actix_rt::test]

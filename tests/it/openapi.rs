@@ -119,7 +119,10 @@ async fn the_openapi_document_is_valid_for_an_independent_validator() {
     std::fs::write(&file, document.to_string()).expect("write the document");
     let output = Command::new(&candidate).args(["--validation-errors", "all"]).arg(&file).output().expect("run it");
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && report.contains(": OK"), "openapi-spec-validator refused the document:\n{report}");
+    assert!(
+        output.status.success() && report.contains(": OK"),
+        "openapi-spec-validator refused the document:\n{report}"
+    );
 }
 
 /// Where schemathesis is: `RAMPART_SCHEMATHESIS` (CI points it into its venv), else on PATH.

@@ -364,6 +364,9 @@ pub struct Proxy {
     up: tokio::sync::watch::Sender<bool>,
     /// How long each chunk from the server waits before it is passed on.
     delay: tokio::sync::watch::Sender<Duration>,
+    /// Client-to-server messages passed, counted by MongoDB wire framing (a little-endian length
+    /// first); meaningless for other protocols.
+    requests: Arc<std::sync::atomic::AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Runs the accept loop and every connection on a runtime of its own: a test thread blocked
     /// on starting a server (which connects through the proxy) must not stall it.
@@ -378,6 +381,8 @@ impl Proxy {
         let address = format!("http://{}", listener.local_addr().expect("proxy address"));
         let (up, switch) = tokio::sync::watch::channel(true);
         let (delay, delays) = tokio::sync::watch::channel(Duration::ZERO);
+        let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = requests.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("test.proxy".into())
@@ -393,13 +398,14 @@ impl Proxy {
                                 drop(inbound); // refused: closed at once
                                 continue;
                             }
-                            let (upstream, mut switch, delays) = (upstream.clone(), switch.clone(), delays.clone());
+                            let (upstream, mut switch, delays, counted) =
+                                (upstream.clone(), switch.clone(), delays.clone(), counted.clone());
                             connections.spawn(async move {
                                 let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                                     return;
                                 };
                                 // Pass bytes while up; an outage cuts open connections too.
-                                let relay = relay(inbound, outbound, delays);
+                                let relay = relay(inbound, outbound, delays, counted);
                                 tokio::select! { _ = relay => {}, _ = switch.wait_for(|up| !up) => {} }
                             });
                         }
@@ -409,7 +415,7 @@ impl Proxy {
                 });
             })
             .expect("proxy thread");
-        Self { address, up, delay, stop: Some(stop), thread: Some(thread) }
+        Self { address, up, delay, requests, stop: Some(stop), thread: Some(thread) }
     }
 
     pub fn set_up(&self, up: bool) {
@@ -421,6 +427,11 @@ impl Proxy {
     pub fn set_delay(&self, delay: Duration) {
         self.delay.send_replace(delay);
     }
+
+    /// MongoDB messages clients sent through the proxy so far.
+    pub fn mongodb_requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Copies client → server at once, and server → client holding each chunk until it is `delays`
@@ -429,12 +440,38 @@ async fn relay(
     inbound: tokio::net::TcpStream,
     outbound: tokio::net::TcpStream,
     mut delays: tokio::sync::watch::Receiver<Duration>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (mut client_read, mut client_write) = inbound.into_split();
     let (mut server_read, mut server_write) = outbound.into_split();
     let upstream = async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let mut buffer = vec![0u8; 64 * 1024];
+        // MongoDB framing: each message starts with its total length (i32, little-endian).
+        let (mut header, mut left_in_message) = (Vec::with_capacity(4), 0usize);
+        while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+            let mut rest = &buffer[..n];
+            while !rest.is_empty() {
+                if left_in_message == 0 {
+                    let take = (4 - header.len()).min(rest.len());
+                    header.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if header.len() == 4 {
+                        let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                        left_in_message = length.saturating_sub(4).max(1);
+                        header.clear();
+                        requests.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    }
+                } else {
+                    let take = left_in_message.min(rest.len());
+                    left_in_message -= take;
+                    rest = &rest[take..];
+                }
+            }
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = server_write.shutdown().await;
     };
     let (chunks, mut held) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();

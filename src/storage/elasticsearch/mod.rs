@@ -348,10 +348,8 @@ impl ElasticsearchSearch {
         // the engine refuses the query: a user in more conversations could never search. So the
         // scope is several clauses of `TERMS_PER_CLAUSE`, any of which may match (≈ 1M
         // conversations before the default 1,024-clause limit).
-        let scope: Vec<Value> = conversations
-            .chunks(TERMS_PER_CLAUSE)
-            .map(|chunk| json!({"terms": {"conversation": chunk}}))
-            .collect();
+        let scope: Vec<Value> =
+            conversations.chunks(TERMS_PER_CLAUSE).map(|chunk| json!({"terms": {"conversation": chunk}})).collect();
         let request = json!({
             "size": limit,
             "query": {"bool": {

@@ -39,8 +39,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{
-    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
-    RequeueReport, StorageError, StoredMessage, User,
+    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind,
+    NewDeadLetter, NewMessage, RequeueReport, StorageError, StoredMessage, User,
 };
 pub use seq::SeqClock;
 
@@ -315,6 +315,8 @@ struct Inner {
     progress: Collection<ProgressDoc>,
     rooms: Collection<RoomDoc>,
     clock: SeqClock,
+    /// The write concern every collection uses (for collections opened later: probes).
+    writes: CollectionOptions,
     timeout: Duration,
     settle: Duration,
     /// Mark each new message unindexed (`search_pending`) for an external engine's indexer.
@@ -347,7 +349,8 @@ impl MongoChat {
             deliveries: database.collection_with_options("deliveries", writes.clone()),
             dead_letters: database.collection_with_options("dead_letters", writes.clone()),
             progress: database.collection_with_options("search_progress", writes.clone()),
-            rooms: database.collection_with_options("rooms", writes),
+            rooms: database.collection_with_options("rooms", writes.clone()),
+            writes,
             database,
             clock: SeqClock::new(),
             timeout: config.operation_timeout,
@@ -436,6 +439,13 @@ impl MongoChat {
             Ok((Bson::Document(history).into_relaxed_extjson(), Bson::Document(membership).into_relaxed_extjson()))
         })
         .await
+    }
+
+    /// One small upsert with the configured write concern (`probes` collection).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        let probes = self.inner.database.collection_with_options::<Document>("probes", self.inner.writes.clone());
+        probes.update_one(doc! {"_id": "probe"}, doc! {"$set": {"at": DateTime::now()}}).upsert(true).await?;
+        Ok(())
     }
 
     pub async fn create_user(&self, id: String, display_name: String, now_ms: i64) -> Result<bool, StorageError> {
@@ -649,18 +659,11 @@ impl MongoChat {
             }
         }
         // A duplicate's delivery records, if this commit wrote them (its first commit did not get
-        // that far), carry this commit's seq: give them the original's, which claims use.
-        for document in &documents {
-            let Some(original) = originals.get(&document.id).filter(|original| original.seq != document.seq) else {
-                continue;
-            };
-            let recipients = members.get(&document.conversation).map(Vec::as_slice).unwrap_or_default();
-            let keys: Vec<String> = recipients.iter().map(|recipient| delivery_key(&document.id, recipient)).collect();
-            self.inner
-                .deliveries
-                .update_many(doc! {"_id": {"$in": keys}, "seq": document.seq}, doc! {"$set": {"seq": original.seq}})
-                .await?;
-        }
+        // that far), carry this commit's seq, not the original's. Nothing needs them equal:
+        // claims name records by key, and a backlog page's cursor is its records' seq. (They were
+        // once rewritten here, one `update_many` per duplicate: on FerretDB each a scan of the
+        // deliveries, so a batch of re-read records took longer than `storage_timeout`, and every
+        // retry did it all again, stopping a Kafka partition for good.)
         let outcomes: Vec<CommitOutcome> = documents
             .into_iter()
             .zip(written)
@@ -985,7 +988,10 @@ impl MongoChat {
                     let found = self
                         .inner
                         .deliveries
-                        .distinct("recipient", doc! {"recipient": {"$in": chunk}, "state": PENDING, "seq": {"$lt": horizon}})
+                        .distinct(
+                            "recipient",
+                            doc! {"recipient": {"$in": chunk}, "state": PENDING, "seq": {"$lt": horizon}},
+                        )
                         .await?;
                     Ok(found)
                 })

@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::db::{Db, WalPolicy};
 use super::faults::Faults;
 use crate::storage::{
-    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind, NewDeadLetter, NewMessage,
-    RequeueReport, StorageError, StoredMessage, User,
+    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind,
+    NewDeadLetter, NewMessage, RequeueReport, StorageError, StoredMessage, User,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -99,6 +99,11 @@ impl SqliteChat {
     /// Fault injection for this store (`chaos.enabled`).
     pub fn faults(&self) -> &Arc<Faults> {
         self.db.faults()
+    }
+
+    /// A no-op job on the writer thread: done once the writes queued before it are.
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.db.write(|_| Ok(())).await
     }
 
     /// `true` when created, `false` when the id is taken.
@@ -882,7 +887,10 @@ mod tests {
         let pending_only = store.undelivered("bob".into(), 0, 10, false).await.unwrap();
         assert!(pending_only.messages.is_empty() && pending_only.last && pending_only.through == 0);
         let with_in_flight = store.undelivered("bob".into(), 0, 1, true).await.unwrap();
-        assert_eq!((with_in_flight.messages.len(), with_in_flight.through, with_in_flight.last), (1, message.seq, false));
+        assert_eq!(
+            (with_in_flight.messages.len(), with_in_flight.through, with_in_flight.last),
+            (1, message.seq, false)
+        );
     }
 
     #[test]
@@ -896,12 +904,12 @@ mod tests {
         ];
         for query in queries {
             let mut plan = connection.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
-            let details: Vec<String> =
-                plan.query_map(params!["bob", 0, 10], |row| row.get::<_, String>(3)).unwrap().map(Result::unwrap).collect();
-            assert!(
-                details.iter().any(|detail| detail.contains("deliveries_undelivered")),
-                "{query}: {details:?}"
-            );
+            let details: Vec<String> = plan
+                .query_map(params!["bob", 0, 10], |row| row.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(details.iter().any(|detail| detail.contains("deliveries_undelivered")), "{query}: {details:?}");
         }
     }
 
