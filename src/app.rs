@@ -213,9 +213,18 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
             );
             tokio::time::sleep(config.shutdown.readiness_delay).await;
         }
-        // WebSocket sessions first: each closes its socket with 1001 (clients reconnect
-        // elsewhere), which also ends those long-lived responses so the HTTP drain can finish.
-        chat.sessions.shutdown().await;
+        // WebSocket sessions and SFU peers first: each closes its socket with 1001 (clients
+        // reconnect elsewhere; a peer first says it `left`), which also ends those connections so
+        // the HTTP drain can finish.
+        #[cfg(feature = "sfu")]
+        let peers = async {
+            if let Some(sfu) = &sfu {
+                sfu.peers.shutdown().await;
+            }
+        };
+        #[cfg(not(feature = "sfu"))]
+        let peers = async {};
+        tokio::join!(chat.sessions.shutdown(), peers);
         // Stop accepting, let in-flight requests finish, then stop the actors they talk to.
         server_handle.stop(true).await;
         tree.shutdown().await;

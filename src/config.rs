@@ -15,7 +15,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthConfig;
-use crate::chat::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
+use crate::chat::{ApiConfig, DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
 use crate::supervision::SupervisionConfig;
 use crate::system_monitor::SystemMonitorConfig;
 
@@ -42,6 +42,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub ws: WsConfig,
+    pub api: ApiConfig,
     pub pipeline: PipelineConfig,
     pub delivery: DeliveryConfig,
     pub search: SearchConfig,
@@ -364,6 +365,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.ws.validate()?;
+        self.api.validate()?;
         self.pipeline.validate()?;
         self.delivery.validate()?;
         self.search.validate()?;

@@ -24,9 +24,19 @@ pub struct WsConfig {
     /// A connection silent (no frame, no pong) for this long is closed.
     #[serde(with = "humantime_serde")]
     pub client_timeout: Duration,
-    /// Frames waiting to be written to one client; a client that falls this far behind is
-    /// disconnected (its deliveries stay pending and are sent when it reconnects).
-    pub outbound_capacity: usize,
+    /// Bytes waiting to be written to one client (`/ws` or `/rtc`); a client that falls this far
+    /// behind is disconnected with 1008 (its deliveries stay pending and are sent when it
+    /// reconnects). Backlog replays use at most half of it. At least 256 KiB.
+    pub outbound_bytes: usize,
+    /// Bytes waiting to be written to all clients together; beyond it the clients holding the
+    /// most are disconnected first (1008). At least `outbound_bytes`.
+    pub outbound_total_bytes: usize,
+    /// Open `/ws` connections per user; one more is refused with 429 at the handshake.
+    pub max_connections_per_user: usize,
+    /// Replaced by `outbound_bytes` (a budget in frames bounded nothing: 4,096 frames of up to
+    /// 16 KiB each). Present only to say so.
+    #[serde(default, skip_serializing)]
+    pub outbound_capacity: Option<usize>,
     /// Consecutive invalid frames tolerated before the connection is closed with 1008.
     pub max_consecutive_errors: u32,
 }
@@ -39,7 +49,10 @@ impl Default for WsConfig {
             burst: 2000,
             heartbeat_interval: Duration::from_secs(15),
             client_timeout: Duration::from_secs(45),
-            outbound_capacity: 4096,
+            outbound_bytes: 2 * 1024 * 1024,
+            outbound_total_bytes: 256 * 1024 * 1024,
+            max_connections_per_user: 16,
+            outbound_capacity: None,
             max_consecutive_errors: 20,
         }
     }
@@ -150,13 +163,51 @@ impl Default for SearchConfig {
     }
 }
 
+/// `[api]`: limits of the HTTP API per user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Conversations one user may create per minute (and at once); beyond it `POST
+    /// /api/conversations` answers 429 with `Retry-After`. Per process.
+    pub conversations_per_minute: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { conversations_per_minute: 60 }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.conversations_per_minute == 0 {
+            return Err("api.conversations_per_minute must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Smallest `ws.outbound_bytes`: half of it (a replay's share) must hold the largest frame.
+const MIN_OUTBOUND_BYTES: usize = 256 * 1024;
+
 impl WsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_bytes < 1024 {
             return Err("ws.max_frame_bytes must be at least 1024".into());
         }
-        if self.rate_limit_per_sec == 0 || self.burst == 0 || self.outbound_capacity == 0 {
-            return Err("ws.rate_limit_per_sec, ws.burst and ws.outbound_capacity must be at least 1".into());
+        if self.outbound_capacity.is_some() {
+            return Err(
+                "ws.outbound_capacity was replaced by ws.outbound_bytes (a budget in bytes, default 2 MiB)".into()
+            );
+        }
+        if self.rate_limit_per_sec == 0 || self.burst == 0 || self.max_connections_per_user == 0 {
+            return Err("ws.rate_limit_per_sec, ws.burst and ws.max_connections_per_user must be at least 1".into());
+        }
+        if self.outbound_bytes < MIN_OUTBOUND_BYTES {
+            return Err(format!("ws.outbound_bytes must be at least {MIN_OUTBOUND_BYTES} (256 KiB)"));
+        }
+        if self.outbound_total_bytes < self.outbound_bytes {
+            return Err("ws.outbound_total_bytes must be at least ws.outbound_bytes".into());
         }
         if self.heartbeat_interval.is_zero() || self.client_timeout <= self.heartbeat_interval {
             return Err("ws.client_timeout must be longer than ws.heartbeat_interval (> 0)".into());

@@ -6,12 +6,12 @@
 //! (delivered), flushed to storage every `FLUSH_DELAY`. A reconnecting recipient first gets
 //! everything undelivered, in commit order, then goes live without gaps or duplicates.
 //!
-//! Backlog replay is flow-controlled (credit-based): at most `REPLAY_WINDOW` replayed frames sit
-//! in the connection's outbox; the next page is read from storage and pushed only once the
-//! client has drained it to `REPLAY_WINDOW / 2`. A client reading a backlog of any size at any
-//! speed is therefore never cut off as "too slow" (that rule is for live traffic it cannot keep
-//! up with), and a replaying connection holds at most one window of frames plus its bounded
-//! `SyncBuffer` of live messages in memory.
+//! Backlog replay is flow-controlled in bytes: replayed frames are offered to the connection's
+//! outbox only up to its paced share (half its budget `ws.outbound_bytes`, at most 256 KiB), and
+//! the next page is read from storage once the client has drained it to half the share. A client
+//! reading a backlog of any size at any speed is therefore never cut off as "too slow" (that rule
+//! is for live traffic it cannot keep up with, which has the rest of the budget), and a replaying
+//! connection holds at most its share of frames plus its bounded `SyncBuffer` in memory.
 //!
 //! Live pushes come from commit announcements (`Committed`), which can be lost between the commit
 //! and this hub (a crash, a full mailbox, a lost Kafka feed event, another process storing it).
@@ -34,13 +34,14 @@ use actix::prelude::*;
 use super::presence::{Connection, Presence, SyncState};
 use super::protocol::message_frame;
 use super::Directory;
+use crate::socket::{Outbound, Paced};
 use crate::storage::{ChatStore, Claim, StoredMessage};
 use crate::supervision::SupervisedMessage;
 
 /// Claims and confirmations are written at most this long after they happen.
 const FLUSH_DELAY: Duration = Duration::from_millis(10);
-/// Replayed frames kept in a connection's outbox at most (less for a small `ws.outbound_capacity`).
-const REPLAY_WINDOW: usize = 256;
+/// Delivery records read per replay or catch-up step (what fits of them is queued, paced).
+const REPLAY_PAGE: u32 = 256;
 
 /// With `chaos.enabled`, the hub panics while announcing a message whose body contains this
 /// (drills of a hub crash with an announcement in hand).
@@ -181,28 +182,40 @@ impl DeliveryHub {
         }));
     }
 
+    /// Offers a replayed or caught-up message (paced: never over the connection's paced share);
+    /// claims it when queued.
+    fn offer_paced(&mut self, connection: &Connection, message: &StoredMessage) -> Paced {
+        let offered = connection.outbox.offer(Outbound::Text(message_frame(message)));
+        if offered == Paced::Queued {
+            crate::telemetry::metrics().deliveries_pushed.inc();
+            self.claims.push(Claim {
+                recipient: connection.user.clone(),
+                message_id: message.id.clone(),
+                seq: message.seq,
+            });
+        }
+        offered
+    }
+
     /// Replays `connection`'s backlog from the start, then switches it to live.
     fn sync(&mut self, connection: Arc<Connection>, ctx: &mut Context<Self>) {
         self.replay(connection, 0, ctx);
     }
 
-    /// One step of a replay: wait until the client has drained the previous page to half a
-    /// window, read the next page (records with seq > `after`) and push it. Continues until the
-    /// last page.
+    /// One step of a replay: wait until the client has drained its outbox to half its paced share,
+    /// read the next page (records with seq > `after`) and offer it (paced: up to the share).
+    /// Continues after what was queued until the last page.
     fn replay(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
-        let window = replay_window(connection.outbox.capacity());
         let store = self.store.clone();
         let waiting = connection.clone();
         let step = async move {
-            if !waiting.outbox.wait_for_room(window / 2).await {
+            if !waiting.outbox.wait_for_room(waiting.outbox.paced_share() / 2).await {
                 return Ok(None);
             }
-            let room = window.saturating_sub(waiting.outbox.queued()).max(1);
             if let SyncState::Syncing(buffer) = &mut *waiting.sync.lock() {
                 buffer.before_page(after);
             }
-            let limit = u32::try_from(room).unwrap_or(u32::MAX);
-            let page = store.undelivered(waiting.user.clone(), after, limit, true).await?;
+            let page = store.undelivered(waiting.user.clone(), after, REPLAY_PAGE, true).await?;
             Ok::<_, crate::storage::StorageError>(Some(page))
         };
         ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
@@ -218,49 +231,100 @@ impl DeliveryHub {
                     return;
                 }
             };
-            for message in &page.messages {
-                hub.push(&connection, message, message_frame(message));
+            let (mut through, mut complete) = (page.through, true);
+            let mut offered = Vec::with_capacity(page.entries.len());
+            let mut last_queued = after;
+            for entry in page.entries {
+                match hub.offer_paced(&connection, &entry.message) {
+                    Paced::Queued => {
+                        last_queued = entry.seq;
+                        offered.push(entry.message);
+                    }
+                    Paced::Full => {
+                        // The rest of this page comes with the next one.
+                        (through, complete) = (last_queued, false);
+                        break;
+                    }
+                    Paced::Closed => return,
+                }
             }
             // Live messages that arrived meanwhile and that no page will return: stored with a
             // seq at or below the cursor (by another process, whose seqs interleave by time).
             let late = match &mut *connection.sync.lock() {
-                SyncState::Syncing(buffer) => buffer.after_page(&page.messages, page.through),
+                SyncState::Syncing(buffer) => buffer.after_page(&offered, through),
                 SyncState::Live => Vec::new(),
             };
-            for message in &late {
-                hub.push(&connection, message, message_frame(message));
+            let mut late = late.into_iter();
+            for message in late.by_ref() {
+                if hub.offer_paced(&connection, &message) != Paced::Queued {
+                    // Kept for after the next page (its seq is at or below the cursor).
+                    let mut rest = vec![message];
+                    rest.extend(late.by_ref());
+                    if let SyncState::Syncing(buffer) = &mut *connection.sync.lock() {
+                        buffer.give_back(rest);
+                    }
+                    complete = false;
+                    break;
+                }
             }
             hub.schedule_flush(ctx);
-            if page.last {
-                hub.go_live(connection, page.through, ctx);
+            if complete && page.last {
+                hub.go_live(connection, through, ctx);
             } else {
-                hub.replay(connection, page.through, ctx);
+                hub.replay(connection, through, ctx);
             }
         }));
     }
 
     /// The backlog is replayed up to `cursor`: push what was committed meanwhile and go live,
-    /// unless more was committed than the buffer kept (then replay on from storage).
+    /// unless more was committed than the buffer kept, or than fits (then replay on from storage).
     fn go_live(&mut self, connection: Arc<Connection>, cursor: i64, ctx: &mut Context<Self>) {
-        let buffered = {
-            let mut sync = connection.sync.lock();
-            match &mut *sync {
-                SyncState::Syncing(buffer) if buffer.overflowed => None,
-                SyncState::Syncing(buffer) => {
-                    let buffered = std::mem::take(&mut buffer.messages);
-                    *sync = SyncState::Live;
-                    Some(buffered)
-                }
-                SyncState::Live => Some(Vec::new()),
-            }
+        let buffered = match &mut *connection.sync.lock() {
+            SyncState::Syncing(buffer) if buffer.overflowed => None,
+            SyncState::Syncing(buffer) => Some(buffer.take()),
+            SyncState::Live => Some(Vec::new()),
         };
-        let Some(mut buffered) = buffered else {
+        let Some(buffered) = buffered else {
             return self.replay(connection, cursor, ctx);
         };
         // Committed after the last page query started, and not in that page (`after_page`).
-        buffered.sort_by_key(|message| message.seq);
-        for message in &buffered {
-            self.push(&connection, message, message_frame(message));
+        let mut cursor_now = cursor;
+        let mut buffered = buffered.into_iter();
+        for message in buffered.by_ref() {
+            match self.offer_paced(&connection, &message) {
+                Paced::Queued => cursor_now = cursor_now.max(message.seq),
+                Paced::Full => {
+                    // Storage has them: replay on after what was queued.
+                    let mut rest = vec![message];
+                    rest.extend(buffered.by_ref());
+                    if let SyncState::Syncing(buffer) = &mut *connection.sync.lock() {
+                        buffer.give_back(rest);
+                    }
+                    self.schedule_flush(ctx);
+                    return self.replay(connection, cursor_now, ctx);
+                }
+                Paced::Closed => return,
+            }
+        }
+        {
+            let mut sync = connection.sync.lock();
+            match &mut *sync {
+                // Announced between taking the buffer and now: push them too, then go live.
+                SyncState::Syncing(buffer) if !buffer.overflowed => {
+                    let more = buffer.take();
+                    *sync = SyncState::Live;
+                    drop(sync);
+                    for message in &more {
+                        self.push(&connection, message, message_frame(message));
+                    }
+                }
+                SyncState::Syncing(_) => {
+                    drop(sync);
+                    self.schedule_flush(ctx);
+                    return self.replay(connection, cursor_now, ctx);
+                }
+                SyncState::Live => {}
+            }
         }
         self.schedule_flush(ctx);
     }
@@ -279,16 +343,13 @@ impl DeliveryHub {
     }
 
     fn catch_up_step(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
-        let window = replay_window(connection.outbox.capacity());
         let store = self.store.clone();
         let waiting = connection.clone();
         let step = async move {
-            if !waiting.outbox.wait_for_room(window / 2).await {
+            if !waiting.outbox.wait_for_room(waiting.outbox.paced_share() / 2).await {
                 return Ok(None);
             }
-            let room = window.saturating_sub(waiting.outbox.queued()).max(1);
-            let limit = u32::try_from(room).unwrap_or(u32::MAX);
-            store.undelivered(waiting.user.clone(), after, limit, false).await.map(Some)
+            store.undelivered(waiting.user.clone(), after, REPLAY_PAGE, false).await.map(Some)
         };
         ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
             let page = match loaded {
@@ -303,24 +364,33 @@ impl DeliveryHub {
                     return;
                 }
             };
-            let mut pushed = 0;
-            for message in &page.messages {
-                pushed += u64::from(hub.push(&connection, message, message_frame(message)));
+            let (mut through, mut complete, mut pushed) = (page.through, true, 0u64);
+            let mut last_queued = after;
+            for entry in &page.entries {
+                match hub.offer_paced(&connection, &entry.message) {
+                    Paced::Queued => {
+                        pushed += 1;
+                        last_queued = entry.seq;
+                    }
+                    Paced::Full => {
+                        (through, complete) = (last_queued, false);
+                        break;
+                    }
+                    Paced::Closed => {
+                        complete = true;
+                        break;
+                    }
+                }
             }
             crate::telemetry::metrics().deliveries_caught_up.inc_by(pushed);
             hub.schedule_flush(ctx);
-            if page.last {
+            if complete && page.last || connection.outbox.is_closed() {
                 hub.catching_up.remove(&connection.id);
             } else {
-                hub.catch_up_step(connection, page.through, ctx);
+                hub.catch_up_step(connection, through, ctx);
             }
         }));
     }
-}
-
-/// Replayed frames in flight for a connection whose outbox holds `capacity`.
-fn replay_window(capacity: usize) -> usize {
-    REPLAY_WINDOW.min(capacity / 4).max(2)
 }
 
 impl Actor for DeliveryHub {

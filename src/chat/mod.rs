@@ -24,6 +24,7 @@ mod indexer;
 pub mod presence;
 pub mod protocol;
 pub mod session;
+mod user_rate;
 mod validator;
 
 use std::sync::Arc;
@@ -36,13 +37,14 @@ use tokio::sync::oneshot;
 pub use admission::Admission;
 pub use batch_writer::{Announcer, BatchWriter, Commit};
 pub use cleanup::CleanupJob;
-pub use config::{DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
+pub use config::{ApiConfig, DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
 pub use dead_letters::{DeadLetterSink, DeadLetterWriter, QUEUE_CAPACITY as DEAD_LETTER_QUEUE_CAPACITY};
 pub use delivery::{Attach, Committed, Confirm, DeliveryHub, CHAOS_DELIVERY_PANIC_MARKER};
 pub use directory::Directory;
 pub use indexer::Indexer;
 pub use presence::Presence;
 pub use session::{Session, SessionDeps};
+pub use user_rate::UserRate;
 pub use validator::{Next, Validate, Validator};
 
 use crate::auth::Tokens;
@@ -243,6 +245,13 @@ pub struct Chat {
     pub search_breaker: Arc<CircuitBreaker>,
     /// Refuses sends early while the pipeline is behind (`pipeline.max_queue_delay`).
     pub admission: Arc<Admission>,
+    /// The bytes every socket's outbox may hold (`ws.outbound_bytes`, `ws.outbound_total_bytes`);
+    /// `/rtc` sockets draw from it too.
+    pub outboxes: Arc<crate::socket::OutboxBudget>,
+    /// Open `/ws` connections per user (`ws.max_connections_per_user`).
+    pub connections_per_user: Arc<crate::socket::PerUser>,
+    /// Conversations each user may create (`api.conversations_per_minute`).
+    pub conversation_rate: UserRate,
     /// The Kafka transport, when `transport.kind = "kafka"`.
     #[cfg(feature = "kafka")]
     pub kafka: Option<Arc<crate::transport::kafka::Kafka>>,
@@ -489,6 +498,9 @@ pub async fn start(
         config: config.ws.clone(),
     });
     Ok(Arc::new(Chat {
+        outboxes: crate::socket::OutboxBudget::new(config.ws.outbound_bytes, config.ws.outbound_total_bytes),
+        connections_per_user: crate::socket::PerUser::new(config.ws.max_connections_per_user),
+        conversation_rate: UserRate::per_minute(config.api.conversations_per_minute),
         session_deps,
         config: config.clone(),
         store,

@@ -51,9 +51,17 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), client_msg_id: None }
+        let mut message = message.into();
+        // Messages may quote client input (in a parser's words): never whole.
+        if message.chars().count() > MAX_ERROR_MESSAGE_CHARS {
+            message = message.chars().take(MAX_ERROR_MESSAGE_CHARS).chain(std::iter::once('…')).collect();
+        }
+        Self { code, message, client_msg_id: None }
     }
 }
+
+/// Characters of an error frame's message at most.
+const MAX_ERROR_MESSAGE_CHARS: usize = 200;
 
 #[derive(Deserialize)]
 struct RawFrame {

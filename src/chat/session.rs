@@ -15,11 +15,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::delivery::{Confirm, DeliveryHub};
-use super::presence::{Connection, Outbound};
+use super::presence::Connection;
 use super::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use super::validator::{Validate, Validator};
 use super::{Reply, Submission};
 use crate::chat::WsConfig;
+use crate::socket::Outbound;
 use crate::socket::RateLimiter;
 pub use crate::socket::{Disconnected, Inbound};
 use crate::supervision::ActorHandle;

@@ -206,6 +206,7 @@ pub(super) struct CreatedConversation {
         (status = 400, description = "Invalid member ids, a title too long, or malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 422, description = "Some members are not users (`unknown_members`; the message lists them)", body = ErrorBody),
+        (status = 429, description = "More than `api.conversations_per_minute` (`limit_exceeded`, with `Retry-After`)", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
 )]
@@ -216,6 +217,17 @@ pub(super) async fn create_conversation(
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
     let creator = authenticate(&request, chat, false).await?;
+    if let Err(wait) = chat.conversation_rate.try_take(&creator) {
+        crate::telemetry::limit_refused("conversations_per_minute");
+        return Err(ApiError::LimitExceeded {
+            message: format!(
+                "more than {} conversations a minute (api.conversations_per_minute); try again in {}s",
+                chat.config.api.conversations_per_minute,
+                wait.as_secs() + 1
+            ),
+            retry_after_secs: Some(wait.as_secs() + 1),
+        });
+    }
     let NewConversation { members, title } = body.into_inner();
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(ApiError::BadRequest(format!("title must be at most {MAX_TITLE_CHARS} characters")));

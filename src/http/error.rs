@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable code to match on (`bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `unavailable`, `rate_limited`, `unknown_sender`, `rejected`, `internal`, ...).
+    /// `conflict`, `unavailable`, `rate_limited`, `limit_exceeded`, `unknown_sender`, `rejected`,
+    /// `internal`, ...).
     pub error: String,
     /// A sentence for humans.
     pub message: String,
@@ -44,6 +45,10 @@ pub enum ApiError {
     /// A capability this build or configuration leaves out (the SFU without `--features sfu`).
     #[error("{0}")]
     NotImplemented(String),
+    /// A per-user limit (connections, sockets, conversations per minute); comes with
+    /// `Retry-After` when waiting helps.
+    #[error("{message}")]
+    LimitExceeded { message: String, retry_after_secs: Option<u64> },
 }
 
 impl From<crate::storage::StorageError> for ApiError {
@@ -66,6 +71,7 @@ impl ApiError {
             ApiError::UnknownMembers(_) => "unknown_members",
             ApiError::Send(error) => error.code(),
             ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::LimitExceeded { .. } => "limit_exceeded",
         }
     }
 }
@@ -82,6 +88,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnknownMembers(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::LimitExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Send(error) => {
                 use crate::chat::SendError;
                 match error {
@@ -107,6 +114,9 @@ impl ResponseError for ApiError {
             // Overload, a full pipeline or storage retrying: worth trying again shortly.
             ApiError::Send(crate::chat::SendError::Unavailable(_) | crate::chat::SendError::RateLimited) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::LimitExceeded { retry_after_secs: Some(seconds), .. } => {
+                response.insert_header((header::RETRY_AFTER, seconds.to_string()));
             }
             _ => {}
         }

@@ -12,6 +12,8 @@ mod health;
 mod json_integer;
 mod openapi;
 mod signaling;
+mod socket;
+mod upgrade;
 mod web_client;
 mod ws;
 
@@ -20,8 +22,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_http::body::MessageBody;
+use actix_http::HttpService;
+use actix_server::Server;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactory};
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
+use actix_web::{web, App, HttpResponse};
 
 pub use boundary::{RequestId, REQUEST_ID_HEADER};
 pub use error::ApiError;
@@ -55,40 +61,87 @@ pub struct AppState {
     pub sfu: Option<Arc<crate::sfu::Sfu>>,
 }
 
-/// Binds the listener and returns the (not yet polled) server and the bound address.
+/// The application: every route, behind the boundary middleware.
+fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .app_data(web::JsonConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()))
+        .service(web::resource("/health").get(health::live))
+        .service(web::resource("/ready").get(health::ready))
+        .service(web::resource("/metrics").get(metrics))
+        .service(web::resource("/openapi.json").get(openapi::openapi_json))
+        .service(web::resource("/ws").get(ws::upgrade))
+        .service(web::resource("/rtc").get(signaling::upgrade))
+        .configure(web_client::routes)
+        .configure(chat::routes)
+        .configure(admin::routes)
+        .default_service(web::to(not_found))
+        // Outermost (registered last): sees every request, every error and every panic.
+        .wrap(actix_web::middleware::from_fn(boundary::boundary))
+}
+
+/// Pending connections the listener queues (as actix-web's default).
+const LISTEN_BACKLOG: i32 = 1024;
+/// Idle keep-alive connections and request heads are given this long (as actix-web's defaults).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the listener and returns the (not yet polled) server and the bound address. Built on
+/// actix-server and actix-http directly rather than actix-web's `HttpServer`, for the upgrade
+/// path WebSockets are served on (`upgrade`).
 pub fn bind(config: &Config, state: AppState, drain_timeout: Duration) -> std::io::Result<(Server, SocketAddr)> {
     let state = web::Data::new(state);
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(
-                web::JsonConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
-            )
-            .app_data(
-                web::QueryConfig::default().error_handler(|error, _| ApiError::BadRequest(error.to_string()).into()),
-            )
-            .service(web::resource("/health").get(health::live))
-            .service(web::resource("/ready").get(health::ready))
-            .service(web::resource("/metrics").get(metrics))
-            .service(web::resource("/openapi.json").get(openapi::openapi_json))
-            .service(web::resource("/ws").get(ws::upgrade))
-            .service(web::resource("/rtc").get(signaling::upgrade))
-            .configure(web_client::routes)
-            .configure(chat::routes)
-            .configure(admin::routes)
-            .default_service(web::to(not_found))
-            // Outermost (registered last): sees every request, every error and every panic.
-            .wrap(actix_web::middleware::from_fn(boundary::boundary))
-    })
-    .disable_signals()
-    .client_disconnect_timeout(config.http.disconnect_timeout)
-    .shutdown_timeout(drain_timeout.as_secs().max(1));
+    let listener = listener(config.http.bind)?;
+    let address = listener.local_addr()?;
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(drain_timeout.as_secs().max(1))
+        .backlog(LISTEN_BACKLOG as u32);
     if config.http.workers > 0 {
-        server = server.workers(config.http.workers);
+        builder = builder.workers(config.http.workers);
     }
-    let server = server.bind(config.http.bind)?;
-    let address = server.addrs().first().copied().unwrap_or(config.http.bind);
-    Ok((server.run(), address))
+    // Idle keep-alive connections close when draining starts, instead of holding the drain.
+    let draining = builder.graceful_shutdown_signal();
+    let disconnect_timeout = config.http.disconnect_timeout;
+    let server = builder
+        .listen("rampart-http", listener, move || {
+            let (app_state, upgrade_state, draining) = (state.clone(), state.clone(), draining.clone());
+            HttpService::build()
+                .keep_alive(KEEP_ALIVE)
+                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+                .client_disconnect_timeout(disconnect_timeout)
+                .local_addr(address)
+                .graceful_shutdown_signal(move || {
+                    let draining = draining.clone();
+                    async move { draining.notified().await }
+                })
+                .upgrade(upgrade::factory(move || app(upgrade_state.clone()).into_factory()))
+                .finish(map_config(app(app_state), |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
+    Ok((server, address))
+}
+
+/// A listening socket on `address` (port 0: any free one), with the backlog above.
+fn listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Prometheus scrape endpoint (no auth: it carries no secrets, and scrapers rarely do bearer auth).

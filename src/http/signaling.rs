@@ -1,7 +1,9 @@
 //! `GET /rtc` (SFU signaling over WebSocket) and `/admin/rooms`.
 //!
-//! Owns: the handshake and the socket plumbing for SFU peers (the same reader and writer as
-//! `/ws`); the SFU itself is `crate::sfu`. A build without the `sfu` feature, or with
+//! Owns: the handshake of SFU peers — provisioned users only (403), at most
+//! `sfu.max_sockets_per_user` sockets each (429) — answered `101` with the plan that serves the
+//! socket (the same reader and writer as `/ws`, `http::socket`, its outbox from the same byte
+//! budget); the SFU itself is `crate::sfu`. A build without the `sfu` feature, or with
 //! `sfu.enabled = false`, answers 501 with how to get it.
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -21,17 +23,15 @@ use super::AppState;
         (status = 101, description = "Switching to the signaling protocol v1"),
         (status = 400, description = "Not a WebSocket handshake", body = super::error::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = super::error::ErrorBody),
+        (status = 403, description = "The token's user is not provisioned", body = super::error::ErrorBody),
+        (status = 429, description = "The user has `sfu.max_sockets_per_user` sockets open", body = super::error::ErrorBody),
         (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
         (status = 503, description = "Not accepting connections (shutting down)", body = super::error::ErrorBody),
     )
 )]
-pub async fn upgrade(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn upgrade(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let user = super::chat::authenticate(&request, &state.chat, true).await?;
-    imp::upgrade(request, payload, state, user).await
+    imp::upgrade(request, state, user).await
 }
 
 /// A room anyone authenticated may join (not only a conversation's members).
@@ -120,12 +120,7 @@ mod imp {
         ApiError::NotImplemented("this build has no SFU (video rooms): build rampart with `--features sfu`".into())
     }
 
-    pub async fn upgrade(
-        _: HttpRequest,
-        _: web::Payload,
-        _: web::Data<AppState>,
-        _: String,
-    ) -> Result<HttpResponse, ApiError> {
+    pub async fn upgrade(_: HttpRequest, _: web::Data<AppState>, _: String) -> Result<HttpResponse, ApiError> {
         Err(not_built())
     }
 
@@ -148,9 +143,10 @@ mod imp {
     use std::time::Instant;
 
     use super::*;
-    use crate::chat::presence::Outbox;
-    use crate::http::ws::{outbound, read_frames, ActorLink, Socket};
+    use crate::http::socket::{serve, ActorLink, Socket};
+    use crate::http::upgrade::SocketPlan;
     use crate::sfu::{Sfu, Signal};
+    use crate::socket::Outbox;
 
     impl Socket for Signal {
         fn outbox(&self) -> &Outbox {
@@ -168,7 +164,6 @@ mod imp {
 
     pub async fn upgrade(
         request: HttpRequest,
-        payload: web::Payload,
         state: web::Data<AppState>,
         user: String,
     ) -> Result<HttpResponse, ApiError> {
@@ -176,19 +171,34 @@ mod imp {
         if state.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ApiError::Unavailable("shutting down".into()));
         }
-        let mut response = actix_web_actors::ws::handshake(&request)
-            .map_err(|error| ApiError::BadRequest(format!("not a WebSocket handshake: {error}")))?;
-        let (outbox, outbox_receiver) = Outbox::new(state.config.ws.outbound_capacity);
+        let mut response = crate::http::ws::handshake(&request)?;
+        // A valid token is not enough: rooms, limits and membership are a provisioned user's.
+        if !state.chat.directory.user_exists(&user).await? {
+            return Err(ApiError::Forbidden(format!("user {user} is not provisioned (POST /api/users)")));
+        }
+        let Some(slot) = sfu.sockets_per_user.acquire(&user) else {
+            crate::telemetry::limit_refused("rtc_sockets_per_user");
+            return Err(ApiError::LimitExceeded {
+                message: format!(
+                    "{user} has {} signaling sockets open (sfu.max_sockets_per_user); close one first",
+                    sfu.sockets_per_user.limit()
+                ),
+                retry_after_secs: None,
+            });
+        };
+        let (outbox, receiver) = state.chat.outboxes.outbox();
         let signal = Signal::new(outbox);
         let peer = sfu
             .connect(user.clone(), signal.clone())
             .map_err(|error| ApiError::Unavailable(format!("not accepting connections: {error}")))?;
         crate::action!("rtc", "connected", user = user, peer = peer.path());
-        let reader = crate::tasks::spawn_owned(
-            "rtc.reader",
-            read_frames(payload, signal, (), ActorLink(peer), sfu.core.config.max_frame_bytes),
-        );
-        Ok(response.streaming(outbound(outbox_receiver, reader)))
+        let max_frame_bytes = sfu.core.config.max_frame_bytes;
+        let plan = SocketPlan::new(max_frame_bytes, move |framed| {
+            Box::pin(serve(framed, signal, receiver, slot, ActorLink(peer), max_frame_bytes))
+        });
+        let mut response = response.finish();
+        response.extensions_mut().insert(plan);
+        Ok(response)
     }
 
     pub async fn list_rooms(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -27,6 +27,11 @@ pub struct SfuConfig {
     pub ice_loopback_only: bool,
     pub max_rooms: usize,
     pub max_participants: usize,
+    /// Open `/rtc` sockets per user; one more is refused with 429 at the handshake.
+    pub max_sockets_per_user: usize,
+    /// Rooms one user may be in at once (over all their sockets); one more join gets
+    /// `room_limit`.
+    pub max_rooms_per_user: usize,
     /// Signaling frames per second per connection; beyond it (after `burst`) frames get
     /// `rate_limited` errors.
     pub signaling_rate_per_sec: u32,
@@ -51,6 +56,8 @@ impl Default for SfuConfig {
             ice_loopback_only: false,
             max_rooms: 1000,
             max_participants: 50,
+            max_sockets_per_user: 8,
+            max_rooms_per_user: 4,
             signaling_rate_per_sec: 50,
             signaling_burst: 200,
             max_frame_bytes: 256 * 1024,
@@ -75,6 +82,9 @@ impl SfuConfig {
         }
         if self.max_rooms == 0 || self.max_participants < 2 {
             return Err("sfu.max_rooms must be at least 1 and sfu.max_participants at least 2".into());
+        }
+        if self.max_sockets_per_user == 0 || self.max_rooms_per_user == 0 {
+            return Err("sfu.max_sockets_per_user and sfu.max_rooms_per_user must be at least 1".into());
         }
         if self.signaling_rate_per_sec == 0 || self.signaling_burst == 0 {
             return Err("sfu.signaling_rate_per_sec and sfu.signaling_burst must be at least 1".into());

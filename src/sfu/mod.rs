@@ -42,8 +42,8 @@ mod running {
     pub use super::peer::Peer;
     use super::room::{Room, Snapshot};
     use super::SfuConfig;
-    use crate::chat::presence::Outbox;
     use crate::chat::Directory;
+    use crate::socket::{Outbox, PerUser};
     use crate::storage::{ChatStore, StorageError};
     use crate::supervision::{
         ActorHandle, CallError, ChildSpec, RestartType, SpawnError, SupervisorHandle, SupervisorSpec,
@@ -85,6 +85,8 @@ mod running {
         Full(usize),
         #[error("too many rooms are open ({0}); try again later")]
         TooManyRooms(usize),
+        #[error("you are in {0} rooms already (sfu.max_rooms_per_user); leave one first")]
+        UserRoomLimit(usize),
         #[error("rooms are not available: {0}")]
         Unavailable(String),
     }
@@ -94,7 +96,7 @@ mod running {
             match self {
                 RoomRefused::Forbidden => "forbidden",
                 RoomRefused::Full(_) => "room_full",
-                RoomRefused::TooManyRooms(_) => "room_limit",
+                RoomRefused::TooManyRooms(_) | RoomRefused::UserRoomLimit(_) => "room_limit",
                 RoomRefused::Unavailable(_) => "unavailable",
             }
         }
@@ -113,6 +115,8 @@ mod running {
         directory: Arc<Directory>,
         next_room: AtomicU64,
         next_participant: AtomicU64,
+        /// Rooms each user is in at once, over all their sockets (`sfu.max_rooms_per_user`).
+        pub(super) rooms_per_user: Arc<UserRooms>,
         /// Heartbeat of `/rtc` sockets (the chat's WebSocket settings).
         pub heartbeat_interval: std::time::Duration,
         pub client_timeout: std::time::Duration,
@@ -122,6 +126,8 @@ mod running {
     pub struct Sfu {
         pub core: Arc<SfuCore>,
         pub peers: SupervisorHandle,
+        /// Open `/rtc` sockets per user (`sfu.max_sockets_per_user`).
+        pub sockets_per_user: Arc<PerUser>,
     }
 
     /// Restart intensity of the rooms and peers supervisors (panics of all of them together).
@@ -152,10 +158,12 @@ mod running {
             directory,
             next_room: AtomicU64::new(0),
             next_participant: AtomicU64::new(0),
+            rooms_per_user: UserRooms::new(config.sfu.max_rooms_per_user),
             heartbeat_interval: config.ws.heartbeat_interval,
             client_timeout: config.ws.client_timeout,
         });
-        Ok(Arc::new(Sfu { core, peers }))
+        let sockets_per_user = PerUser::new(config.sfu.max_sockets_per_user);
+        Ok(Arc::new(Sfu { core, peers, sockets_per_user }))
     }
 
     impl Sfu {
@@ -334,6 +342,61 @@ mod running {
             metrics.sfu_rooms.set(rooms.len() as i64);
             metrics.sfu_participants.set(participants as i64);
             metrics.sfu_tracks.set(tracks as i64);
+        }
+    }
+
+    /// The distinct rooms each user is in, over all their sockets, under a limit per user: a user
+    /// in a room from several devices holds it once.
+    pub struct UserRooms {
+        limit: usize,
+        /// user → room → sockets of the user in it. Only users in some room have an entry.
+        held: Mutex<HashMap<String, HashMap<String, usize>>>,
+    }
+
+    impl UserRooms {
+        pub fn new(limit: usize) -> Arc<Self> {
+            Arc::new(Self { limit, held: Mutex::new(HashMap::new()) })
+        }
+
+        pub fn limit(&self) -> usize {
+            self.limit
+        }
+
+        /// `user` in `room` once more, or `None` when that would be a room beyond the limit.
+        pub fn acquire(self: &Arc<Self>, user: &str, room: &str) -> Option<RoomSlot> {
+            let mut held = self.held.lock();
+            let rooms = held.entry(user.to_owned()).or_default();
+            if !rooms.contains_key(room) && rooms.len() >= self.limit {
+                if rooms.is_empty() {
+                    held.remove(user);
+                }
+                return None;
+            }
+            *rooms.entry(room.to_owned()).or_default() += 1;
+            Some(RoomSlot { owner: self.clone(), user: user.to_owned(), room: room.to_owned() })
+        }
+    }
+
+    /// One socket of a user in a room; given back when dropped.
+    pub struct RoomSlot {
+        owner: Arc<UserRooms>,
+        user: String,
+        room: String,
+    }
+
+    impl Drop for RoomSlot {
+        fn drop(&mut self) {
+            let mut held = self.owner.held.lock();
+            let Some(rooms) = held.get_mut(&self.user) else { return };
+            if let Some(count) = rooms.get_mut(&self.room) {
+                *count -= 1;
+                if *count == 0 {
+                    rooms.remove(&self.room);
+                }
+            }
+            if rooms.is_empty() {
+                held.remove(&self.user);
+            }
         }
     }
 

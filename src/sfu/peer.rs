@@ -35,7 +35,7 @@ use super::media::{relay_keyframe_requests, Downstream, Fanout, MediaKind, Recyc
 use super::protocol::{self, Candidate, ClientSignal, SignalError, Target};
 use super::room::{Join, Leave, MemberInfo, Mute, Publish, TrackRef, Unpublish};
 use super::{room_closed, RoomEntry, RoomRefused, SfuCore, Signal};
-use crate::chat::presence::Outbound;
+use crate::socket::Outbound;
 use crate::socket::{Disconnected, Inbound, RateLimiter};
 use crate::supervision::{ActorHandle, SupervisedMessage};
 use crate::tasks::OwnedTask;
@@ -61,6 +61,8 @@ pub struct PeerShared {
     incarnations: AtomicU64,
     handle: OnceLock<ActorHandle<Peer>>,
     membership: Mutex<Option<Arc<RoomEntry>>>,
+    /// The user's room slot (`sfu.max_rooms_per_user`) while in a room.
+    room_slot: Mutex<Option<super::RoomSlot>>,
 }
 
 impl PeerShared {
@@ -73,6 +75,7 @@ impl PeerShared {
             incarnations: AtomicU64::new(0),
             handle: OnceLock::new(),
             membership: Mutex::new(None),
+            room_slot: Mutex::new(None),
         })
     }
 
@@ -108,12 +111,19 @@ impl PeerShared {
 
     /// Joins `room` (opening it if needed) after checking access.
     async fn join(&self, room: String) -> Result<Vec<protocol::ParticipantView>, RoomRefused> {
+        let Some(slot) = self.core.rooms_per_user.acquire(&self.user, &room) else {
+            crate::telemetry::limit_refused("rooms_per_user");
+            return Err(RoomRefused::UserRoomLimit(self.core.rooms_per_user.limit()));
+        };
         self.core.may_join(&room, &self.user).await?;
         // A room closing between lookup and join answers `Stopped`: the next lookup opens a new one.
         for _ in 0..3 {
             let entry = self.core.room(&room)?;
             match self.enter(entry).await {
-                Ok(participants) => return Ok(participants),
+                Ok(participants) => {
+                    *self.room_slot.lock() = Some(slot);
+                    return Ok(participants);
+                }
                 Err(Some(refused)) => return Err(refused),
                 Err(None) => continue,
             }
@@ -131,6 +141,7 @@ impl PeerShared {
 
     /// Leaves the room, if in one; returns its name.
     fn leave(&self) -> Option<String> {
+        drop(self.room_slot.lock().take());
         let entry = self.membership.lock().take()?;
         entry.peers.lock().remove(&self.participant);
         let _ = entry.room.do_send(Leave { participant: self.participant.clone() });
@@ -733,9 +744,11 @@ impl Actor for Peer {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        self.shared.leave();
+        if let Some(room) = self.shared.leave() {
+            // At shutdown the client hears it left, then 1001 (no-ops when the socket closed).
+            self.shared.signal.send(protocol::left(&room));
+        }
         self.reset_media();
-        // A no-op when the socket already closed; at shutdown this is the client's 1001.
         self.shared.signal.outbox.close(1001, "server going away");
         Running::Stop
     }

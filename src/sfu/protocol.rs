@@ -56,9 +56,19 @@ pub struct SignalError {
     pub message: String,
 }
 
+/// Characters of a client's own input (a frame type) an error message repeats at most.
+const MAX_ECHO_CHARS: usize = 32;
+/// Characters of an error message at most: messages quote client input (field names in a
+/// parser's words), which must not come back whole.
+const MAX_MESSAGE_CHARS: usize = 200;
+
 impl SignalError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        let mut message = message.into();
+        if message.chars().count() > MAX_MESSAGE_CHARS {
+            message = message.chars().take(MAX_MESSAGE_CHARS).chain(std::iter::once('…')).collect();
+        }
+        Self { code, message }
     }
 
     pub fn to_json(&self) -> String {
@@ -169,10 +179,11 @@ pub fn parse(text: &str) -> Result<ClientSignal, SignalError> {
             ClientSignal::Mute { track: frame.track, muted: frame.muted }
         }
         other => {
+            let shown: String = other.chars().take(MAX_ECHO_CHARS).collect();
             return Err(SignalError::new(
                 "unknown_type",
-                format!("unknown frame type {other:?}; expected join, leave, offer, answer, candidate, mute or ping"),
-            ))
+                format!("unknown frame type {shown:?}; expected join, leave, offer, answer, candidate, mute or ping"),
+            ));
         }
     };
     Ok(signal)
@@ -266,6 +277,12 @@ mod tests {
         assert_eq!(code("{"), "invalid_json");
         assert_eq!(code("[1]"), "invalid_frame");
         assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");
+        // Regression: client input came back whole in error messages.
+        let long = "x".repeat(10_000);
+        for frame in [format!(r#"{{"type":"{long}"}}"#), format!(r#"{{"type":"leave","{long}":1}}"#)] {
+            let error = parse(&frame).unwrap_err();
+            assert!(error.message.chars().count() <= MAX_MESSAGE_CHARS + 1, "{}", error.message.len());
+        }
         assert_eq!(code(r#"{"type":"join"}"#), "invalid_frame");
         assert_eq!(code(r#"{"type":"join","room":""}"#), "invalid_room");
         assert_eq!(code(r#"{"type":"join","room":"a\u0000b"}"#), "invalid_room");

@@ -19,8 +19,8 @@ pub mod sqlite;
 use std::sync::Arc;
 
 pub use model::{
-    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind,
-    NewDeadLetter, NewMessage, RequeueReport, SearchHit, StoredMessage, User,
+    BacklogEntry, BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter,
+    DeadLetterKind, NewDeadLetter, NewMessage, RequeueReport, SearchHit, StoredMessage, User,
 };
 pub use sqlite::{Db, FaultPlan, FaultState, Faults, IoFault, SqliteChat, SqliteSearch, WalPolicy};
 

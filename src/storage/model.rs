@@ -130,14 +130,22 @@ pub struct DeadLetter {
 /// One page of a recipient's undelivered messages ([`crate::storage::ChatStore::undelivered`]).
 #[derive(Debug, Clone, Default)]
 pub struct BacklogPage {
-    /// In seq order. May hold fewer messages than the page read records: a record whose message
-    /// is not (yet) there is skipped, never the end of the backlog.
-    pub messages: Vec<StoredMessage>,
+    /// In delivery-record seq order. May hold fewer messages than the page read records: a
+    /// record whose message is not (yet) there is skipped, never the end of the backlog.
+    pub entries: Vec<BacklogEntry>,
     /// The seq of the last delivery record read: the next page starts after it (`after_seq`).
     /// `after_seq` as given when nothing was read.
     pub through: i64,
     /// Fewer records than asked for: nothing more was undelivered when the page was read.
     pub last: bool,
+}
+
+/// An undelivered message and the seq of its delivery record (the backlog's cursor; on MongoDB
+/// it may differ from the message's own seq).
+#[derive(Debug, Clone)]
+pub struct BacklogEntry {
+    pub seq: i64,
+    pub message: StoredMessage,
 }
 
 /// A delivery pushed to a connection, to mark in flight. The message id names the record on

@@ -65,6 +65,13 @@ pub struct SinkLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `ws_connections_per_user`, `rtc_sockets_per_user`, `rooms_per_user`,
+    /// `conversations_per_minute`.
+    pub limit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -192,6 +199,13 @@ pub struct Metrics {
     /// Open WebSocket connections, and connections closed for falling behind.
     pub ws_connections: Gauge,
     pub ws_slow_clients: Counter,
+    /// Bytes queued for every WebSocket client (`/ws` and `/rtc`), the process's budget for them
+    /// (`ws.outbound_total_bytes`), and connections cut because the process was over it.
+    pub ws_outbound_bytes: Gauge,
+    pub ws_outbound_budget_bytes: Gauge,
+    pub ws_outbox_reclaimed: Counter,
+    /// Requests refused by a per-user limit, by limit.
+    pub limits_refused: Family<LimitLabels, Counter>,
     /// JWKS fetches by outcome, and the keys the cache holds.
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     pub jwks_keys: Gauge,
@@ -260,6 +274,10 @@ impl Metrics {
             search_index_failures: Counter::default(),
             ws_connections: Gauge::default(),
             ws_slow_clients: Counter::default(),
+            ws_outbound_bytes: Gauge::default(),
+            ws_outbound_budget_bytes: Gauge::default(),
+            ws_outbox_reclaimed: Counter::default(),
+            limits_refused: Family::default(),
             jwks_refreshes: Family::default(),
             jwks_keys: Gauge::default(),
             wal_bytes: Family::default(),
@@ -411,6 +429,28 @@ impl Metrics {
             "WebSocket clients disconnected for falling behind",
             metrics.ws_slow_clients.clone(),
         );
+        registry.register_with_unit(
+            "ws_outbound",
+            "Bytes queued for WebSocket clients (/ws and /rtc) to read",
+            Unit::Bytes,
+            metrics.ws_outbound_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "ws_outbound_budget",
+            "The process's budget for bytes queued for WebSocket clients (ws.outbound_total_bytes)",
+            Unit::Bytes,
+            metrics.ws_outbound_budget_bytes.clone(),
+        );
+        registry.register(
+            "ws_outbox_reclaimed",
+            "WebSocket clients cut because the process was over its outbound budget (largest queues first)",
+            metrics.ws_outbox_reclaimed.clone(),
+        );
+        registry.register(
+            "limits_refused",
+            "Requests refused by a per-user limit, by limit",
+            metrics.limits_refused.clone(),
+        );
         registry.register(
             "jwks_refreshes",
             "Fetches of the identity provider's key set, by outcome",
@@ -492,6 +532,9 @@ impl Metrics {
         }
         for sink in ["log", "slack", "webhook"] {
             drop(metrics.alerts_sent.get_or_create(&SinkLabels { sink: sink.into() }));
+        }
+        for limit in ["ws_connections_per_user", "rtc_sockets_per_user", "rooms_per_user", "conversations_per_minute"] {
+            drop(metrics.limits_refused.get_or_create(&LimitLabels { limit: limit.into() }));
         }
         for reason in ["queue_full", "outbox_full", "failed", "too_many_groups"] {
             drop(metrics.alerts_dropped.get_or_create(&ReasonLabels { reason: reason.into() }));

@@ -12,8 +12,8 @@ pub mod otel;
 use std::time::Duration;
 
 pub use metrics::{
-    metrics, ActorLabels, DbLabels, HttpLabels, HttpRouteLabels, KindLabels, Metrics, NameLabels, OutcomeLabels,
-    PanicSource, ReasonLabels, SinkLabels, SourceLabels,
+    metrics, ActorLabels, DbLabels, HttpLabels, HttpRouteLabels, KindLabels, LimitLabels, Metrics, NameLabels,
+    OutcomeLabels, PanicSource, ReasonLabels, SinkLabels, SourceLabels,
 };
 
 use crate::supervision::{short_type_name, FailureCause, JournalDecision, JournalEntry};
@@ -176,6 +176,11 @@ pub fn kafka_lag(group: &str, lags: &std::collections::HashMap<i32, i64>) {
 /// A record went to dead letters (`message`, `delivery` or `quarantine`).
 pub fn dead_lettered(kind: &str) {
     metrics().dead_letters.get_or_create(&KindLabels { kind: kind.to_owned() }).inc();
+}
+
+/// A request was refused by the per-user limit `limit` (`ws_connections_per_user`, ...).
+pub fn limit_refused(limit: &str) {
+    metrics().limits_refused.get_or_create(&LimitLabels { limit: limit.to_owned() }).inc();
 }
 
 /// A send was refused with error `code` (`invalid`, `rate_limited`, `unavailable`, ...).

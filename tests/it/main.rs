@@ -16,6 +16,7 @@ mod http_boundary;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod lifecycle;
+mod limits;
 mod live_delivery;
 mod logging;
 mod metrics;

@@ -580,7 +580,8 @@ const WARM_UP_CYCLES: usize = 40;
 
 #[actix_rt::test]
 async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
-    let server = sfu_server(&[("RAMPART__SFU__EMPTY_TIMEOUT", "300ms")]);
+    // One user publishes from eight sockets at a time, and closed ones go in the background.
+    let server = sfu_server(&[("RAMPART__SFU__EMPTY_TIMEOUT", "300ms"), ("RAMPART__SFU__MAX_SOCKETS_PER_USER", "64")]);
     let (users, room) = users_and_room(&server, "leak", 2).await;
     let runtime = media_runtime();
     let url = server.url("/rtc").replacen("http://", "ws://", 1);
@@ -672,4 +673,87 @@ async fn media_sockets_bind_ports_from_the_configured_range() {
             assert!((47310..=47329).contains(&port), "{candidate}");
         }
     }
+}
+
+#[actix_rt::test]
+async fn rtc_refuses_unknown_users_and_limits_sockets_and_rooms_per_user() {
+    // Regressions: /rtc took any valid token, even of a user never provisioned; one user could
+    // open sockets without end and join a room from each, exhausting sfu.max_rooms for everyone;
+    // error frames repeated the client's unknown type and field names whole.
+    let server = sfu_server(&[("RAMPART__SFU__MAX_SOCKETS_PER_USER", "2"), ("RAMPART__SFU__MAX_ROOMS_PER_USER", "1")]);
+    let url = server.url("/rtc");
+    let refused = server.ws_url(&url, Some(&server.token("ghost"))).await.err().expect("an unknown user is refused");
+    assert!(
+        matches!(refused, awc::error::WsClientError::InvalidResponseStatus(status) if status.as_u16() == 403),
+        "{refused:?}"
+    );
+    server.create_user("alice").await;
+    for name in ["town-hall", "all-hands"] {
+        let (status, body) =
+            server.http.post(&server.url("/admin/rooms"), Some(ADMIN_TOKEN), json!({"name": name})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let token = server.token("alice");
+    let mut first = server.ws_url(&url, Some(&token)).await.expect("first socket");
+    let mut second = server.ws_url(&url, Some(&token)).await.expect("second socket");
+    let refused = server.ws_url(&url, Some(&token)).await.err().expect("a third socket is refused");
+    assert!(
+        matches!(refused, awc::error::WsClientError::InvalidResponseStatus(status) if status.as_u16() == 429),
+        "{refused:?}"
+    );
+    first.send_json(json!({"type": "join", "room": "town-hall"})).await;
+    assert_eq!(first.next_json().await["type"], "joined");
+    second.send_json(json!({"type": "join", "room": "all-hands"})).await;
+    let error = second.next_json().await;
+    assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("error"), Some("room_limit")), "{error}");
+    // The same room from another device is the same room.
+    second.send_json(json!({"type": "join", "room": "town-hall"})).await;
+    assert_eq!(second.next_json().await["type"], "joined");
+    assert_eq!(first.next_json().await["type"], "participant_joined");
+    // Leaving gives the room back once no socket of the user is in it.
+    for socket in [&mut first, &mut second] {
+        socket.send_json(json!({"type": "leave"})).await;
+        // Room events (the other socket joining, leaving) may come first.
+        while socket.next_json().await["type"] != "left" {}
+    }
+    second.send_json(json!({"type": "join", "room": "all-hands"})).await;
+    assert_eq!(second.next_json().await["type"], "joined");
+    // Echoed input is cut short.
+    let long = "x".repeat(10_000);
+    for frame in [json!({"type": long.clone()}), json!({"type": "leave", long.clone(): 1})] {
+        second.send_json(frame).await;
+        let error = second.next_json().await;
+        assert!(error["message"].as_str().is_some_and(|m| m.chars().count() <= 201), "{}", error.to_string().len());
+    }
+    let metrics = scrape(&server.process).await;
+    for limit in ["rtc_sockets_per_user", "rooms_per_user"] {
+        let series = format!("rampart_limits_refused_total{{limit=\"{limit}\"}}");
+        assert_eq!(metric_value(&metrics, &series), Some(1.0), "{series}");
+    }
+}
+
+#[actix_rt::test]
+async fn shutdown_closes_chat_and_video_sockets_first_and_exits_promptly() {
+    // Regression: SIGTERM closed /ws sockets with 1001 before the HTTP drain, but not /rtc ones:
+    // with one open the drain waited its whole timeout (≈ 12 s) and the client never got 1001.
+    let mut server = sfu_server(&[("RAMPART__SHUTDOWN__READINESS_DELAY", "0s")]);
+    server.create_user("alice").await;
+    let (status, body) =
+        server.http.post(&server.url("/admin/rooms"), Some(ADMIN_TOKEN), json!({"name": "lobby"})).await;
+    assert_eq!(status, 201, "{body}");
+    let mut chat = server.ws("alice").await;
+    let mut video = server.ws_url(&server.url("/rtc"), Some(&server.token("alice"))).await.expect("rtc");
+    video.send_json(json!({"type": "join", "room": "lobby"})).await;
+    assert_eq!(video.next_json().await["type"], "joined");
+    let asked = std::time::Instant::now();
+    server.process.terminate();
+    let left = video.next_json().await;
+    assert_eq!((left["type"].as_str(), left["room"].as_str()), (Some("left"), Some("lobby")), "{left}");
+    assert_eq!(video.close_code().await, Some(1001));
+    assert_eq!(chat.close_code().await, Some(1001));
+    let status = server.process.wait_exit(Duration::from_secs(30));
+    let took = asked.elapsed();
+    eprintln!("exited {took:?} after SIGTERM with a chat and a video socket open");
+    assert!(status.success(), "{status}");
+    assert!(took <= Duration::from_secs(3), "shutdown took {took:?}");
 }

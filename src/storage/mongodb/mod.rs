@@ -39,8 +39,8 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{
-    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind,
-    NewDeadLetter, NewMessage, RequeueReport, StorageError, StoredMessage, User,
+    BacklogEntry, BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter,
+    DeadLetterKind, NewDeadLetter, NewMessage, RequeueReport, StorageError, StoredMessage, User,
 };
 pub use seq::SeqClock;
 
@@ -952,10 +952,10 @@ impl MongoChat {
             let through = records.last().map_or(after_seq, |record| record.seq);
             let last = records.len() < limit as usize;
             if records.is_empty() {
-                return Ok(BacklogPage { messages: Vec::new(), through, last });
+                return Ok(BacklogPage { entries: Vec::new(), through, last });
             }
             let ids: Vec<&String> = records.iter().map(|record| &record.message_id).collect();
-            let mut messages: Vec<StoredMessage> = self
+            let mut messages: HashMap<String, StoredMessage> = self
                 .inner
                 .messages
                 .find(doc! {"_id": {"$in": ids}})
@@ -963,10 +963,16 @@ impl MongoChat {
                 .try_collect::<Vec<MessageDoc>>()
                 .await?
                 .into_iter()
-                .map(MessageDoc::into_stored)
+                .map(|message| (message.id.clone(), message.into_stored()))
                 .collect();
-            messages.sort_by_key(|message| message.seq);
-            Ok(BacklogPage { messages, through, last })
+            let entries = records
+                .iter()
+                .filter_map(|record| {
+                    let message = messages.remove(&record.message_id)?;
+                    Some(BacklogEntry { seq: record.seq, message })
+                })
+                .collect();
+            Ok(BacklogPage { entries, through, last })
         })
         .await
     }

@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::db::{Db, WalPolicy};
 use super::faults::Faults;
 use crate::storage::{
-    BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter, DeadLetterKind,
-    NewDeadLetter, NewMessage, RequeueReport, StorageError, StoredMessage, User,
+    BacklogEntry, BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter,
+    DeadLetterKind, NewDeadLetter, NewMessage, RequeueReport, StorageError, StoredMessage, User,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -76,13 +76,14 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 4: a recipient's undelivered records without reading past the delivered ones (backlog
     // replays, the delivery backstop): nearly all of a long-lived user's records are delivered.
-    // Queries name `state IN (0, 1)` literally, which is what lets SQLite use this index.
+    // Queries name it (`INDEXED BY`: without statistics the planner takes the primary key, which
+    // reads the delivered records too) and `state IN (0, 1)` literally, as a partial index needs.
     "CREATE INDEX deliveries_undelivered ON deliveries (recipient, message_seq) WHERE state IN (0, 1);",
 ];
 
 /// A recipient's undelivered records (pending and in flight) after a seq, in seq order.
 const SELECT_UNDELIVERED: &str = "SELECT m.seq, m.id, m.conversation, m.sender, m.client_msg_id, m.body, m.created_at
-     FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+     FROM deliveries d INDEXED BY deliveries_undelivered JOIN messages m ON m.seq = d.message_seq
      WHERE d.recipient = ?1 AND d.state IN (0, 1) AND d.message_seq > ?2";
 
 /// The embedded chat database. Cheap to clone.
@@ -379,7 +380,8 @@ impl SqliteChat {
                 // record read has its message, so the page's records are its messages.
                 let through = messages.last().map_or(after_seq, |message| message.seq);
                 let last = messages.len() < limit as usize;
-                Ok(BacklogPage { messages, through, last })
+                let entries = messages.into_iter().map(|message| BacklogEntry { seq: message.seq, message }).collect();
+                Ok(BacklogPage { entries, through, last })
             })
             .await
     }
@@ -396,7 +398,8 @@ impl SqliteChat {
                 // One probe per recipient into deliveries_undelivered (a connected user's pending
                 // records are few: pushes are claimed within milliseconds).
                 let mut statement = connection.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN messages m ON m.seq = d.message_seq
+                    "SELECT EXISTS (SELECT 1 FROM deliveries d INDEXED BY deliveries_undelivered
+                     JOIN messages m ON m.seq = d.message_seq
                      WHERE d.recipient = ?1 AND d.state IN (0, 1) AND d.state = 0 AND m.created_at < ?2)",
                 )?;
                 let mut stale = Vec::new();
@@ -835,8 +838,8 @@ mod tests {
         assert_eq!(history.len(), 2);
         assert_eq!(history[0].client_msg_id, "2", "newest first");
         // One delivery per recipient other than the sender.
-        assert_eq!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().messages.len(), 2);
-        assert!(store.undelivered("alice".into(), 0, 10, true).await.unwrap().messages.is_empty());
+        assert_eq!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().entries.len(), 2);
+        assert!(store.undelivered("alice".into(), 0, 10, true).await.unwrap().entries.is_empty());
     }
 
     #[actix_rt::test]
@@ -863,7 +866,7 @@ mod tests {
         let letters = store.dead_letters(10).await.unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].kind, DeadLetterKind::Delivery);
-        assert!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().messages.is_empty());
+        assert!(store.undelivered("bob".into(), 0, 10, true).await.unwrap().entries.is_empty());
     }
 
     #[actix_rt::test]
@@ -885,10 +888,10 @@ mod tests {
         store.mark_in_flight(vec![claim], 150).await.unwrap();
         assert_eq!(store.stale_pending(everyone, 101).await.unwrap(), vec!["carol"]);
         let pending_only = store.undelivered("bob".into(), 0, 10, false).await.unwrap();
-        assert!(pending_only.messages.is_empty() && pending_only.last && pending_only.through == 0);
+        assert!(pending_only.entries.is_empty() && pending_only.last && pending_only.through == 0);
         let with_in_flight = store.undelivered("bob".into(), 0, 1, true).await.unwrap();
         assert_eq!(
-            (with_in_flight.messages.len(), with_in_flight.through, with_in_flight.last),
+            (with_in_flight.entries.len(), with_in_flight.through, with_in_flight.last),
             (1, message.seq, false)
         );
     }

@@ -1,13 +1,21 @@
 //! What the WebSocket endpoints (`/ws` chat sessions, `/rtc` SFU peers) share on the actor side:
-//! the frames a socket's reader hands to the actor serving it, and the per-connection rate limit.
+//! the frames a socket's reader hands to the actor serving it, the frames waiting to be written
+//! to it (`Outbox`, bounded in bytes per connection and for the whole process), the
+//! per-connection rate limit and the per-user connection count.
 //!
-//! Owns: nothing. The socket itself (decoding, reassembly, close codes) is `http::ws`.
+//! Owns: nothing of a socket itself (decoding, reassembly, writing, close codes: `http::socket`).
 
 use std::time::Instant;
 
 use actix::prelude::*;
 
 use crate::supervision::SupervisedMessage;
+
+mod outbox;
+mod per_user;
+
+pub use outbox::{Outbound, Outbox, OutboxBudget, OutboxReceiver, Paced};
+pub use per_user::{PerUser, PerUserSlot};
 
 /// A frame from the client, already reassembled and size-checked by the reader.
 #[derive(Debug, Message)]
