@@ -145,3 +145,36 @@ async fn a_user_creates_at_most_conversations_per_minute() {
     // Per user.
     chat.conversation("bob", &[]).await;
 }
+
+#[actix_rt::test]
+async fn past_the_process_budget_the_largest_outboxes_are_cut_first() {
+    // Three sockets that read nothing, each under its own 1 MiB, together over the process's
+    // 1 MiB: the largest are cut until the rest fits, and the gauge never stays above the budget.
+    let chat = ChatServer::start(&[
+        ("RAMPART__WS__RATE_LIMIT_PER_SEC", "1000000"),
+        ("RAMPART__WS__BURST", "1000000"),
+        ("RAMPART__WS__OUTBOUND_BYTES", "1048576"),
+        ("RAMPART__WS__OUTBOUND_TOTAL_BYTES", "1048576"),
+    ]);
+    chat.create_user("alice").await;
+    chat.create_user("bob").await;
+    let conversation = chat.conversation("alice", &["bob"]).await;
+    let mut alice = chat.ws("alice").await;
+    let path = format!("/ws?token={}", chat.token("bob"));
+    let silent: Vec<std::net::TcpStream> = (0..3).map(|_| silent_websocket(&chat.process.base_url, &path)).collect();
+    eventually("bob's sockets are open", Duration::from_secs(10), || async {
+        metric(&chat, "rampart_ws_connections").await >= 4.0
+    })
+    .await;
+    let body = "x".repeat(16_000);
+    let ids: Vec<String> = (0..1_500).map(|n| format!("m{n}")).collect();
+    let answers = alice.send_burst(&conversation, &ids, &body).await;
+    assert_eq!(answers.acked.len(), ids.len(), "{:?}", answers.refused.first());
+    eventually("outboxes were cut for the process's budget", Duration::from_secs(20), || async {
+        metric(&chat, "rampart_ws_outbox_reclaimed_total").await >= 1.0
+    })
+    .await;
+    assert_eq!(metric(&chat, "rampart_ws_outbound_budget_bytes").await, 1_048_576.0);
+    assert!(metric(&chat, "rampart_ws_outbound_bytes").await <= 1_048_576.0);
+    drop(silent);
+}
