@@ -35,7 +35,7 @@ use super::presence::{Connection, Presence, SyncState};
 use super::protocol::message_frame;
 use super::Directory;
 use crate::socket::{Outbound, Paced};
-use crate::storage::{ChatStore, Claim, StoredMessage};
+use crate::storage::{BacklogPage, ChatStore, Claim, StoredMessage};
 use crate::supervision::SupervisedMessage;
 
 /// Claims and confirmations are written at most this long after they happen.
@@ -197,6 +197,29 @@ impl DeliveryHub {
         offered
     }
 
+    /// Offers a page's messages in order until one does not fit: what was queued, and where the
+    /// next page starts (after the last queued record when one did not fit). `None` when the
+    /// connection closed.
+    fn offer_page(&mut self, connection: &Connection, page: BacklogPage, after: i64) -> Option<Offered> {
+        let mut offered = Offered { queued: Vec::with_capacity(page.entries.len()), through: page.through, complete: true };
+        let mut last_queued = after;
+        for entry in page.entries {
+            match self.offer_paced(connection, &entry.message) {
+                Paced::Queued => {
+                    last_queued = entry.seq;
+                    offered.queued.push(entry.message);
+                }
+                Paced::Full => {
+                    // The rest of this page comes with the next one.
+                    (offered.through, offered.complete) = (last_queued, false);
+                    break;
+                }
+                Paced::Closed => return None,
+            }
+        }
+        Some(offered)
+    }
+
     /// Replays `connection`'s backlog from the start, then switches it to live.
     fn sync(&mut self, connection: Arc<Connection>, ctx: &mut Context<Self>) {
         self.replay(connection, 0, ctx);
@@ -206,18 +229,7 @@ impl DeliveryHub {
     /// read the next page (records with seq > `after`) and offer it (paced: up to the share).
     /// Continues after what was queued until the last page.
     fn replay(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
-        let store = self.store.clone();
-        let waiting = connection.clone();
-        let step = async move {
-            if !waiting.outbox.wait_for_room(waiting.outbox.paced_share() / 2).await {
-                return Ok(None);
-            }
-            if let SyncState::Syncing(buffer) = &mut *waiting.sync.lock() {
-                buffer.before_page(after);
-            }
-            let page = store.undelivered(waiting.user.clone(), after, REPLAY_PAGE, true).await?;
-            Ok::<_, crate::storage::StorageError>(Some(page))
-        };
+        let step = paced_page(self.store.clone(), connection.clone(), after, true);
         ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
             let page = match loaded {
                 Ok(Some(page)) => page,
@@ -231,23 +243,10 @@ impl DeliveryHub {
                     return;
                 }
             };
-            let (mut through, mut complete) = (page.through, true);
-            let mut offered = Vec::with_capacity(page.entries.len());
-            let mut last_queued = after;
-            for entry in page.entries {
-                match hub.offer_paced(&connection, &entry.message) {
-                    Paced::Queued => {
-                        last_queued = entry.seq;
-                        offered.push(entry.message);
-                    }
-                    Paced::Full => {
-                        // The rest of this page comes with the next one.
-                        (through, complete) = (last_queued, false);
-                        break;
-                    }
-                    Paced::Closed => return,
-                }
-            }
+            let last = page.last;
+            let Some(offered) = hub.offer_page(&connection, page, after) else { return };
+            let (through, mut complete) = (offered.through, offered.complete);
+            let offered = offered.queued;
             // Live messages that arrived meanwhile and that no page will return: stored with a
             // seq at or below the cursor (by another process, whose seqs interleave by time).
             let late = match &mut *connection.sync.lock() {
@@ -268,7 +267,7 @@ impl DeliveryHub {
                 }
             }
             hub.schedule_flush(ctx);
-            if complete && page.last {
+            if complete && last {
                 hub.go_live(connection, through, ctx);
             } else {
                 hub.replay(connection, through, ctx);
@@ -343,14 +342,7 @@ impl DeliveryHub {
     }
 
     fn catch_up_step(&mut self, connection: Arc<Connection>, after: i64, ctx: &mut Context<Self>) {
-        let store = self.store.clone();
-        let waiting = connection.clone();
-        let step = async move {
-            if !waiting.outbox.wait_for_room(waiting.outbox.paced_share() / 2).await {
-                return Ok(None);
-            }
-            store.undelivered(waiting.user.clone(), after, REPLAY_PAGE, false).await.map(Some)
-        };
+        let step = paced_page(self.store.clone(), connection.clone(), after, false);
         ctx.spawn(step.into_actor(self).map(move |loaded, hub, ctx| {
             let page = match loaded {
                 Ok(Some(page)) if matches!(*connection.sync.lock(), SyncState::Live) => page,
@@ -364,33 +356,50 @@ impl DeliveryHub {
                     return;
                 }
             };
-            let (mut through, mut complete, mut pushed) = (page.through, true, 0u64);
-            let mut last_queued = after;
-            for entry in &page.entries {
-                match hub.offer_paced(&connection, &entry.message) {
-                    Paced::Queued => {
-                        pushed += 1;
-                        last_queued = entry.seq;
-                    }
-                    Paced::Full => {
-                        (through, complete) = (last_queued, false);
-                        break;
-                    }
-                    Paced::Closed => {
-                        complete = true;
-                        break;
-                    }
-                }
-            }
-            crate::telemetry::metrics().deliveries_caught_up.inc_by(pushed);
+            let last = page.last;
+            let offered = hub.offer_page(&connection, page, after);
+            let pushed = offered.as_ref().map_or(0, |offered| offered.queued.len());
+            crate::telemetry::metrics().deliveries_caught_up.inc_by(pushed as u64);
             hub.schedule_flush(ctx);
-            if complete && page.last || connection.outbox.is_closed() {
+            let Some(Offered { through, complete, .. }) = offered else {
+                hub.catching_up.remove(&connection.id);
+                return;
+            };
+            if complete && last {
                 hub.catching_up.remove(&connection.id);
             } else {
                 hub.catch_up_step(connection, through, ctx);
             }
         }));
     }
+}
+
+/// What offering a backlog page queued.
+struct Offered {
+    queued: Vec<StoredMessage>,
+    /// Where the next page starts.
+    through: i64,
+    /// Everything of the page was queued.
+    complete: bool,
+}
+
+/// One paced step's page: waits until `connection` drained its outbox to half its paced share,
+/// then reads the records after `after` (pending ones, and with `include_in_flight` unconfirmed
+/// ones too). A replaying connection's buffer first drops what the page will hold. `None` when
+/// the connection closed meanwhile.
+async fn paced_page(
+    store: ChatStore,
+    connection: Arc<Connection>,
+    after: i64,
+    include_in_flight: bool,
+) -> Result<Option<BacklogPage>, crate::storage::StorageError> {
+    if !connection.outbox.wait_for_room(connection.outbox.paced_share() / 2).await {
+        return Ok(None);
+    }
+    if let SyncState::Syncing(buffer) = &mut *connection.sync.lock() {
+        buffer.before_page(after);
+    }
+    store.undelivered(connection.user.clone(), after, REPLAY_PAGE, include_in_flight).await.map(Some)
 }
 
 impl Actor for DeliveryHub {

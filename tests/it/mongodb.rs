@@ -119,6 +119,22 @@ async fn mongodb_a_delivery_record_without_its_message_does_not_end_a_backlog_re
     assert_eq!(received, acked);
 }
 
+/// The chat store itself on `uri`/`database`, with users alice and bob and their conversation `c`.
+async fn store_with_alice_and_bob(uri: &str, database: &str) -> rampart::storage::mongodb::MongoChat {
+    let config = rampart::storage::mongodb::MongoConfig {
+        uri: uri.to_owned(),
+        database: database.to_owned(),
+        ..Default::default()
+    };
+    let store = rampart::storage::mongodb::MongoChat::open(&config, false).await.expect("store");
+    for user in ["alice", "bob"] {
+        store.create_user(user.into(), user.into(), 1).await.expect("user");
+    }
+    let members = vec!["alice".to_owned(), "bob".to_owned()];
+    store.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.expect("store").expect("users");
+    store
+}
+
 #[actix_rt::test]
 async fn mongodb_recommitting_stored_messages_costs_a_few_requests_not_one_per_message() {
     // The root cause of a Kafka partition that stopped for good: after a restart the writer
@@ -130,17 +146,8 @@ async fn mongodb_recommitting_stored_messages_costs_a_few_requests_not_one_per_m
     let database = backend.get("RAMPART__MONGODB__DATABASE").unwrap_or_default();
     let upstream = uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
     let proxy = crate::support::Proxy::start(&upstream).await;
-    let config = rampart::storage::mongodb::MongoConfig {
-        uri: format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://")),
-        database: database.to_owned(),
-        ..Default::default()
-    };
-    let store = rampart::storage::mongodb::MongoChat::open(&config, false).await.expect("store");
-    for user in ["alice", "bob"] {
-        store.create_user(user.into(), user.into(), 1).await.expect("user");
-    }
-    let members = vec!["alice".to_owned(), "bob".to_owned()];
-    store.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.expect("store").expect("users");
+    let through_proxy = format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://"));
+    let store = store_with_alice_and_bob(&through_proxy, database).await;
     let batch: Vec<rampart::storage::NewMessage> = (0..400)
         .map(|n| rampart::chat::new_message("alice".into(), "c".into(), format!("m{n}"), format!("body {n}")))
         .collect();
@@ -166,17 +173,7 @@ async fn mongodb_a_claim_finds_its_record_whatever_seq_the_record_carries() {
     let Some(backend) = Backend::scale_out("claims") else { return };
     let uri = backend.get("RAMPART__MONGODB__URI").unwrap_or_default();
     let database = backend.get("RAMPART__MONGODB__DATABASE").unwrap_or_default();
-    let config = rampart::storage::mongodb::MongoConfig {
-        uri: uri.to_owned(),
-        database: database.to_owned(),
-        ..Default::default()
-    };
-    let store = rampart::storage::mongodb::MongoChat::open(&config, false).await.expect("store");
-    for user in ["alice", "bob"] {
-        store.create_user(user.into(), user.into(), 1).await.expect("user");
-    }
-    let members = vec!["alice".to_owned(), "bob".to_owned()];
-    store.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.expect("store").expect("users");
+    let store = store_with_alice_and_bob(uri, database).await;
     let message = rampart::chat::new_message("alice".into(), "c".into(), "1".into(), "hi".into());
     let committed = store.commit_batch_inspected(vec![message.clone()].into(), 10, |_| {}).await.expect("commit");
     let rampart::storage::CommitOutcome::Stored { message: stored, .. } = &committed[0] else { panic!("not stored") };
