@@ -201,7 +201,8 @@ impl DeliveryHub {
     /// next page starts (after the last queued record when one did not fit). `None` when the
     /// connection closed.
     fn offer_page(&mut self, connection: &Connection, page: BacklogPage, after: i64) -> Option<Offered> {
-        let mut offered = Offered { queued: Vec::with_capacity(page.entries.len()), through: page.through, complete: true };
+        let mut offered =
+            Offered { queued: Vec::with_capacity(page.entries.len()), through: page.through, complete: true };
         let mut last_queued = after;
         for entry in page.entries {
             match self.offer_paced(connection, &entry.message) {
@@ -510,6 +511,52 @@ impl Handler<Redeliver> for DeliveryHub {
             for connection in self.presence.connections_of(&user) {
                 self.catch_up(connection, ctx);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{CommitOutcome, NewMessage, SqliteChat, WalPolicy};
+
+    /// What the supervision runner does at shutdown: `ctx.stop()`.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct StopNow;
+
+    impl Handler<StopNow> for DeliveryHub {
+        type Result = ();
+
+        fn handle(&mut self, _: StopNow, ctx: &mut Self::Context) {
+            ctx.stop();
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_stopping_hub_writes_its_last_confirmations_before_it_stops() {
+        // Regression: `stopping()` spawned its last flush and returned `Stop`, so the flush never
+        // ran: confirmations (and claims) of the last 10 ms before a shutdown were lost.
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        for user in ["alice", "bob"] {
+            sqlite.create_user(user.into(), user.into(), 1).await.unwrap();
+        }
+        let members = vec!["alice".to_owned(), "bob".to_owned()];
+        sqlite.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.unwrap().unwrap();
+        let message = crate::chat::new_message("alice".into(), "c".into(), "1".into(), "hi".into());
+        let batch: Arc<[NewMessage]> = vec![message].into();
+        let committed = sqlite.commit_batch(batch, 10).await.unwrap();
+        let CommitOutcome::Stored { message, .. } = &committed[0] else { panic!("not stored") };
+        let store = ChatStore::Sqlite(sqlite.clone());
+        let hub = DeliveryHub::new(store.clone(), Directory::new(store), Presence::new(), false).start();
+        hub.send(Confirm { user: "bob".into(), id: message.id.clone() }).await.unwrap();
+        // Stopped before its 10 ms flush timer fires.
+        hub.send(StopNow).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sqlite.undelivered("bob".into(), 0, 10, true).await.unwrap().entries.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the confirmation was never written");
+            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval, deadline above
         }
     }
 }
