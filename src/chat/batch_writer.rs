@@ -113,6 +113,8 @@ pub struct BatchWriter {
     pub(super) stopping: bool,
     /// With the Kafka transport, new messages go to every process through this.
     pub(super) announce: Option<Announcer>,
+    /// Bytes of announcements not yet handled by delivery (bounded; see `AnnounceBudget`).
+    pub(super) announcements: Arc<delivery::AnnounceBudget>,
 }
 
 impl Actor for BatchWriter {
@@ -298,9 +300,11 @@ impl BatchWriter {
                     // are lost.
                     if let Some(announce) = &self.announce {
                         announce(announced);
-                    } else if let Err(error) = self.delivery.try_send(delivery::Committed(announced)) {
-                        metrics.deliveries_unannounced.inc();
-                        tracing::warn!(%error, "delivery did not take committed messages; the backstop pushes them");
+                    } else if let Some(committed) = self.announcements.committed(announced) {
+                        if let Err(error) = self.delivery.try_send(committed) {
+                            metrics.deliveries_unannounced.inc();
+                            tracing::warn!(%error, "delivery did not take committed messages; the backstop pushes them");
+                        }
                     }
                 }
                 if stored > 0 {

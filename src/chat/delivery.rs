@@ -47,11 +47,74 @@ const REPLAY_PAGE: u32 = 256;
 /// (drills of a hub crash with an announcement in hand).
 pub const CHAOS_DELIVERY_PANIC_MARKER: &str = "\u{1F4A5}chaos:delivery-panic";
 
-/// New messages, in commit order (from the batch writer).
+/// New messages, in commit order (from the batch writer, or the Kafka feed). Holds its bytes of
+/// the process's `AnnounceBudget` until handled or dropped.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Committed(pub Vec<Arc<StoredMessage>>);
+pub struct Committed {
+    pub messages: Vec<Arc<StoredMessage>>,
+    _reserved: Reservation,
+}
 impl SupervisedMessage for Committed {}
+
+/// Bytes of announced messages not yet handled (in the hub's mailbox, or the Kafka feed's): a
+/// mailbox bounded in messages could otherwise hold a thousand batches of a mebibyte each while
+/// the hub is slow. Over `limit`, announcements are dropped and counted
+/// (`rampart_deliveries_unannounced_total`): the backstop pushes what they carried.
+pub struct AnnounceBudget {
+    limit: usize,
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+/// What one announcement holds of the budget; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<AnnounceBudget>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for AnnounceBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnnounceBudget({} of {})", self.queued.load(std::sync::atomic::Ordering::Relaxed), self.limit)
+    }
+}
+
+impl AnnounceBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { limit, queued: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    /// Room for `messages`, or `None` (counted as unannounced) when the budget is spent.
+    pub fn reserve(self: &Arc<Self>, messages: &[Arc<StoredMessage>]) -> Option<Reservation> {
+        use std::sync::atomic::Ordering;
+        let bytes: usize = messages.iter().map(|message| message.body.len() + ANNOUNCED_MESSAGE_OVERHEAD).sum();
+        let taken = self.queued.fetch_add(bytes, Ordering::AcqRel);
+        if taken.saturating_add(bytes) > self.limit {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            crate::telemetry::metrics().deliveries_unannounced.inc();
+            return None;
+        }
+        Some(Reservation { budget: self.clone(), bytes })
+    }
+
+    /// `messages` for the hub, if the budget has room for them.
+    pub fn committed(self: &Arc<Self>, messages: Vec<Arc<StoredMessage>>) -> Option<Committed> {
+        let reserved = self.reserve(&messages)?;
+        Some(Committed { messages, _reserved: reserved })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.queued.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// What an announced message counts for beyond its body.
+const ANNOUNCED_MESSAGE_OVERHEAD: usize = 256;
+
+/// Bytes of announcements a process holds at most (`AnnounceBudget`).
+pub const ANNOUNCE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
 /// A connection opened: send its backlog, then go live.
 #[derive(Message)]
@@ -439,7 +502,10 @@ crate::supervised!(DeliveryHub);
 impl Handler<Committed> for DeliveryHub {
     type Result = ();
 
-    fn handle(&mut self, Committed(messages): Committed, ctx: &mut Self::Context) {
+    fn handle(&mut self, committed: Committed, ctx: &mut Self::Context) {
+        // The reservation goes with the handling: whatever the hub keeps (sync buffers) is
+        // bounded on its own.
+        let messages = committed.messages;
         let uncached: std::collections::HashSet<String> = messages
             .iter()
             .filter(|message| self.directory.cached_members(&message.conversation).is_none())

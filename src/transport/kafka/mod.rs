@@ -189,6 +189,7 @@ impl Kafka {
         &self,
         chat: &SupervisorHandle,
         delivery: ActorHandle<DeliveryHub>,
+        announcements: Arc<crate::chat::AnnounceBudget>,
     ) -> anyhow::Result<crate::chat::Announcer> {
         let deps = Arc::new(feed::FeedDeps {
             config: self.config.clone(),
@@ -196,6 +197,7 @@ impl Kafka {
             group_prefix: self.config.group_prefix.clone(),
             producer: self.producer.clone(),
             delivery,
+            announcements: announcements.clone(),
             positions: Arc::default(),
             ready: Arc::default(),
         });
@@ -213,7 +215,9 @@ impl Kafka {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(Arc::new(move |messages| {
-            if let Err(error) = feed.try_send(Announce(messages)) {
+            // Held until the feed published it: a slow broker cannot pile batches up here.
+            let Some(reserved) = announcements.reserve(&messages) else { return };
+            if let Err(error) = feed.try_send(Announce(messages, reserved)) {
                 tracing::warn!(%error, "the kafka feed did not take stored messages; recipients get them from their backlog");
             }
         }))
