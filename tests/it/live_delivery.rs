@@ -40,21 +40,36 @@ async fn alice_and_live_bob(chat: &ChatServer) -> (String, WsClient, WsClient) {
     let conversation = chat.conversation("alice", &["bob"]).await;
     let mut alice = chat.ws("alice").await;
     let mut bob = chat.ws("bob").await;
-    alice.send_message(&conversation, "warm-up", "hello bob").await;
-    assert_eq!(alice.next_json().await["type"], "ack");
-    assert_eq!(next_message(&mut bob).await["body"], "hello bob");
+    let ack = send_until_acked(&mut alice, &conversation, "warm-up", "hello bob").await;
+    assert_eq!(received(&mut bob, &ack).await["body"], "hello bob");
     (conversation, alice, bob)
 }
 
-/// The next `message` frame (other frames skipped), confirmed as a client does.
-async fn next_message(ws: &mut WsClient) -> Value {
-    loop {
+/// Reads `message` frames, confirming each as a client does, until every id of `expected` came;
+/// the messages by id. Others are skipped: delivery is at least once, and a message whose
+/// confirmation was lost in a crash (or delayed behind a slow store) comes again.
+async fn receive(ws: &mut WsClient, expected: &HashSet<String>) -> HashMap<String, Value> {
+    let mut got = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !expected.iter().all(|id| got.contains_key(id)) {
+        assert!(Instant::now() < deadline, "{} of {} pushed", got.len(), expected.len());
         let frame = ws.next_json().await;
-        if frame["type"] == "message" {
-            ws.send_json(json!({"type": "delivered", "id": frame["id"]})).await;
-            return frame;
+        if frame["type"] != "message" {
+            continue;
+        }
+        ws.send_json(json!({"type": "delivered", "id": frame["id"]})).await;
+        let id = frame["id"].as_str().unwrap_or_default().to_owned();
+        if expected.contains(&id) {
+            got.insert(id, frame);
         }
     }
+    got
+}
+
+/// The pushed message an ack was for.
+async fn received(ws: &mut WsClient, ack: &Value) -> Value {
+    let id = ack["id"].as_str().unwrap_or_default().to_owned();
+    receive(ws, &HashSet::from([id.clone()])).await.remove(&id).unwrap_or_default()
 }
 
 /// Sends until acked (resending after `unavailable`, as clients do); the ack.
@@ -86,7 +101,7 @@ pub async fn an_unannounced_message_reaches_its_connected_recipient_on(backend: 
     let body = format!("announcement lost {CHAOS_UNANNOUNCED_MARKER}");
     let ack = send_until_acked(&mut alice, &conversation, "lost", &body).await;
     let acked = Instant::now();
-    let pushed = next_message(&mut bob).await;
+    let pushed = received(&mut bob, &ack).await;
     assert_eq!((&pushed["id"], &pushed["body"]), (&ack["id"], &json!(body)));
     eprintln!(
         "pushed {:?} after the ack (stale_after {STALE_AFTER}, cleanup every {CLEANUP_INTERVAL})",
@@ -107,12 +122,12 @@ pub async fn a_delivery_crash_with_an_announcement_in_hand_loses_no_push_on(back
     let (conversation, mut alice, mut bob) = alice_and_live_bob(&chat).await;
     let body = format!("the hub dies on this {CHAOS_DELIVERY_PANIC_MARKER}");
     let ack = send_until_acked(&mut alice, &conversation, "crash", &body).await;
-    let pushed = next_message(&mut bob).await;
+    let pushed = received(&mut bob, &ack).await;
     assert_eq!((&pushed["id"], &pushed["body"]), (&ack["id"], &json!(body)));
     chat.assert_restarted(["/root/chat/delivery"]).await;
     // Live as before: the next message comes as usual.
-    send_until_acked(&mut alice, &conversation, "after", "still there?").await;
-    assert_eq!(next_message(&mut bob).await["body"], "still there?");
+    let ack = send_until_acked(&mut alice, &conversation, "after", "still there?").await;
+    assert_eq!(received(&mut bob, &ack).await["body"], "still there?");
 }
 
 #[actix_rt::test]
@@ -148,7 +163,7 @@ async fn a_commit_that_timed_out_but_landed_is_pushed_when_acked_as_a_duplicate(
     assert_eq!(status, 200);
     let ack = alice.next_json().await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    let pushed = next_message(&mut bob).await;
+    let pushed = received(&mut bob, &ack).await;
     assert_eq!((&pushed["id"], &pushed["body"]), (&ack["id"], &json!("written slowly")));
 }
 
@@ -182,11 +197,7 @@ pub async fn commits_that_timed_out_but_landed_reach_online_members_on(backend: 
             acked.insert(ack["id"].as_str().unwrap_or_default().to_owned());
         }
     }
-    let mut pushed = HashSet::new();
-    while pushed.len() < acked.len() {
-        pushed.insert(next_message(&mut bob).await["id"].as_str().unwrap_or_default().to_owned());
-    }
-    assert_eq!(pushed, acked);
+    receive(&mut bob, &acked).await;
 }
 
 #[actix_rt::test]
@@ -231,11 +242,6 @@ pub async fn every_acked_message_reaches_a_connected_member_through_panics_of(ba
         acked.insert(client_msg_id, ack["id"].as_str().unwrap_or_default().to_owned());
     }
     let expected: HashSet<String> = acked.into_values().collect();
-    let mut pushed = HashSet::new();
-    let started = Instant::now();
-    while !expected.is_subset(&pushed) {
-        pushed.insert(next_message(&mut bob).await["id"].as_str().unwrap_or_default().to_owned());
-        assert!(started.elapsed() < Duration::from_secs(60), "{} of {} pushed", pushed.len(), expected.len());
-    }
+    receive(&mut bob, &expected).await;
     chat.assert_restarted(actors.iter().copied()).await;
 }
