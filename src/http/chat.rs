@@ -164,8 +164,9 @@ pub(super) struct NewConversation {
     /// User ids besides the creator (at most 1000 members in all).
     #[schema(max_items = 999)]
     members: Vec<UserId>,
+    /// At most 200 characters, no U+0000.
     #[serde(default)]
-    #[schema(max_length = 200)]
+    #[schema(max_length = 200, pattern = r"^[^\x00]*$")]
     title: String,
 }
 
@@ -381,11 +382,11 @@ pub(super) async fn get_conversation(
 #[serde(deny_unknown_fields)]
 pub(super) struct PostMessage {
     /// The sender's own id for the message: resending it returns the original ack and stores
-    /// nothing.
-    #[schema(min_length = 1, max_length = 64)]
+    /// nothing. No U+0000.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\x00]*$")]
     client_msg_id: String,
-    /// 1 to 16384 bytes of UTF-8.
-    #[schema(min_length = 1)]
+    /// 1 to 16384 bytes of UTF-8, no U+0000.
+    #[schema(min_length = 1, pattern = r"^[^\x00]*$")]
     body: String,
 }
 

@@ -31,6 +31,7 @@ fn missing_tools() -> Vec<String> {
 
 #[test]
 fn two_users_chat_survive_a_restart_and_the_console_shows_a_panic() {
+    let _heavy = crate::support::MEASURING.blocking_read();
     let missing = missing_tools();
     if !missing.is_empty() {
         return crate::support::tool_missing("BROWSER", &missing.join(", "));

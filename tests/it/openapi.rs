@@ -134,6 +134,7 @@ fn schemathesis() -> Option<String> {
 
 #[actix_rt::test]
 async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() {
+    let _heavy = crate::support::MEASURING.read().await;
     let Some(schemathesis) = schemathesis() else {
         return crate::support::tool_missing("SCHEMATHESIS", "schemathesis (the contract fuzzing)");
     };

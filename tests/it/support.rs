@@ -3,6 +3,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// A test that measures the server's memory holds this exclusively while it measures; tests that
+/// load the machine heavily (media, fuzzing, a browser) hold it shared. The measurement then
+/// runs alone: on two loaded cores the allocator's retained memory is noise larger than a leak.
+pub static MEASURING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Polls `condition` every few milliseconds until it holds or `deadline` passes.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
 where
