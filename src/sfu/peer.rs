@@ -17,7 +17,7 @@
 //! re-sends what to receive, and the client is told `reconnect`: it builds new connections and
 //! publishes again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -186,8 +186,9 @@ pub struct Peer {
     subscriptions: HashMap<TrackKey, Subscription>,
     wanted: Vec<TrackRef>,
     negotiation: Negotiation,
-    /// SSRCs of ended subscriptions, reused by the next ones of the same kind.
-    ssrc_pool: HashMap<MediaKind, Vec<Recycled>>,
+    /// SSRCs of ended subscriptions by the index of the transceiver that carried them, reused
+    /// by the next ones of the same kind on that same transceiver (see `sync_subscriptions`).
+    ssrc_pool: HashMap<MediaKind, BTreeMap<usize, Recycled>>,
     /// Connections with a remote description (they take candidates), and candidates that came
     /// before theirs had one: a client may trickle before its offer arrives, or still trickle
     /// for a connection it is replacing. Applied when the description is set.
@@ -546,7 +547,8 @@ impl Peer {
                     fanout.remove(&self.shared.participant);
                 }
                 let downstream = &subscription.downstream;
-                self.ssrc_pool.entry(downstream.kind).or_default().push(downstream.recycle());
+                let slot = usize::from(subscription.sender.id());
+                self.ssrc_pool.entry(downstream.kind).or_default().insert(slot, downstream.recycle());
                 removed.push(subscription.sender);
             }
         }
@@ -560,15 +562,23 @@ impl Peer {
             return;
         }
         let participant = self.shared.participant.clone();
+        // webrtc-rs puts an added track on the first free transceiver of its kind, and the free
+        // ones are exactly those in the pool: taking the lowest-indexed freed SSRC first keeps
+        // every SSRC on the transceiver it was first negotiated on. Moved to another, it would be
+        // described on two transceivers at once (the old one inactive), and a webrtc-rs client
+        // files an SSRC's packets under the first transceiver that lists it.
+        let mut slots = Vec::with_capacity(added.len());
         let added: Vec<(TrackKey, Weak<Fanout>, Arc<Downstream>)> = added
             .into_iter()
             .map(|(key, fanout)| {
-                let recycled = self.ssrc_pool.get_mut(&fanout.kind).and_then(Vec::pop);
-                let downstream = Downstream::new(&participant, &fanout, recycled);
+                let recycled = self.ssrc_pool.get_mut(&fanout.kind).and_then(BTreeMap::pop_first);
+                slots.push(recycled.as_ref().map(|(slot, _)| *slot));
+                let downstream = Downstream::new(&participant, &fanout, recycled.map(|(_, recycled)| recycled));
                 (key, Arc::downgrade(&fanout), downstream)
             })
             .collect();
-        let tracks: Vec<_> = added.iter().map(|(_, _, downstream)| downstream.as_track_local()).collect();
+        let tracks: Vec<_> =
+            added.iter().zip(slots).map(|((_, _, downstream), slot)| (downstream.as_track_local(), slot)).collect();
         let connection = self.connection(ctx, Target::Subscriber);
         self.negotiation.awaiting_answer = true;
         self.media_step(
@@ -701,7 +711,7 @@ async fn answer(connection: &dyn PeerConnection, sdp: String) -> Result<String, 
 async fn offer(
     connection: &dyn PeerConnection,
     removed: Vec<Arc<dyn RtpSender>>,
-    added: Vec<Arc<dyn webrtc::media_stream::track_local::TrackLocal>>,
+    added: Vec<(Arc<dyn webrtc::media_stream::track_local::TrackLocal>, Option<usize>)>,
 ) -> Result<(Vec<Arc<dyn RtpSender>>, String), String> {
     for sender in &removed {
         if let Err(error) = connection.remove_track(sender).await {
@@ -709,8 +719,14 @@ async fn offer(
         }
     }
     let mut senders = Vec::with_capacity(added.len());
-    for track in added {
-        senders.push(connection.add_track(track).await.map_err(|error| format!("add_track: {error}"))?);
+    for (track, slot) in added {
+        let sender = connection.add_track(track).await.map_err(|error| format!("add_track: {error}"))?;
+        let used = usize::from(sender.id());
+        if slot.is_some_and(|slot| slot != used) {
+            // The pool's picture of the free transceivers is wrong: the SSRC moved.
+            tracing::warn!(expected = ?slot, used, "a recycled SSRC went to another transceiver");
+        }
+        senders.push(sender);
     }
     let offer = connection.create_offer(None).await.map_err(|error| format!("create_offer: {error}"))?;
     connection.set_local_description(offer).await.map_err(|error| format!("set_local_description: {error}"))?;
