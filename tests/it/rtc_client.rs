@@ -129,12 +129,39 @@ pub struct ClientState {
     pub errors: Mutex<Vec<Value>>,
     /// Every candidate line the server trickled or put in its SDP.
     pub server_candidates: Mutex<Vec<String>>,
+    /// What happened to remote tracks, in order (for failure reports).
+    pub track_events: Mutex<Vec<String>>,
+    /// Subscriber offers received so far.
+    pub subscriber_offers: AtomicU64,
+    /// While true, subscriber offers wait unanswered (what changes meanwhile is offered at once).
+    answers_held: tokio::sync::watch::Sender<bool>,
     remote_tracks: Mutex<Vec<Arc<dyn TrackRemote>>>,
 }
 
 impl ClientState {
     pub fn received(&self, publisher: &str, kind: &str) -> Received {
         self.received.lock().get(&(publisher.to_owned(), kind.to_owned())).cloned().unwrap_or_default()
+    }
+
+    /// Where packets sent by `publisher` were counted, and the latest track events: what a
+    /// failure report needs to tell a lost track from a misrouted one.
+    pub fn report(&self, publisher: &str) -> String {
+        let suffix = format!("|{publisher}");
+        let received = self.received.lock();
+        let counted: Vec<String> = received
+            .iter()
+            .flat_map(|(key, r)| r.tags.iter().map(move |(tag, n)| (key, tag, n)))
+            .filter(|(_, tag, _)| tag.ends_with(&suffix))
+            .map(|(key, tag, n)| format!("{tag} under {key:?}: {n}"))
+            .collect();
+        let events = self.track_events.lock();
+        let recent = &events[events.len().saturating_sub(40)..];
+        format!("packets from {publisher} counted as {counted:?}; latest track events: {recent:?}")
+    }
+
+    /// Holds (true) or releases (false) the answers to subscriber offers.
+    pub fn hold_subscriber_answers(&self, hold: bool) {
+        self.answers_held.send_replace(hold);
     }
 
     /// Every sender tag seen on any track.
@@ -522,6 +549,8 @@ impl Brain {
     }
 
     async fn answer_subscriber(&mut self, sdp: String) {
+        self.state.subscriber_offers.fetch_add(1, Ordering::Relaxed);
+        let _ = self.state.answers_held.subscribe().wait_for(|held| !*held).await;
         let sections = sdp.lines().filter(|line| line.starts_with("m=")).count();
         self.state.server_candidates.lock().extend(
             sdp.lines()
@@ -653,10 +682,12 @@ impl PeerConnectionEventHandler for Handler {
         let publisher = track.stream_id().await;
         let kind = if track.kind().await == RtpCodecKind::Video { "video" } else { "audio" };
         let key = (publisher, kind.to_owned());
+        self.state.track_events.lock().push(format!("track {} {kind}", key.0));
         let record_latency = self.record_latency;
         self.runtime.spawn(async move {
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnEnded = event {
+                    state.track_events.lock().push(format!("ended {} {}", key.0, key.1));
                     // Negotiated away (its publisher left): forget it, or a long-lived client
                     // keeps one task and one track for every track it was ever sent.
                     state.remote_tracks.lock().retain(|known| !Arc::ptr_eq(known, &track));
