@@ -4,14 +4,9 @@
 //! none is configured; an empty one would answer 503, never open the API). Bodies are the typed
 //! structs below, documented from the same types by `openapi.rs`.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
-use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
@@ -25,69 +20,28 @@ use crate::system_monitor::{GetSample, Sample};
 /// A dynamic group (sessions, peers) with more children than this is listed as one summary row.
 const DYNAMIC_GROUP_LIST_LIMIT: usize = 50;
 
-pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(
-        web::scope("/admin")
-            .wrap(actix_web::middleware::from_fn(require_admin_token))
-            .service(web::resource("/dead-letters").get(super::chat::list_dead_letters))
-            .service(web::resource("/dead-letters/{id}/retry").post(super::chat::retry_dead_letter))
-            .service(web::resource("/info").get(info))
-            .service(web::resource("/rooms").get(super::signaling::list_rooms).post(super::signaling::create_room))
-            .service(web::resource("/rooms/{name}").delete(super::signaling::delete_room))
-            .service(web::resource("/actors").get(list_actors))
-            .service(web::resource("/journal").get(journal))
-            .service(web::resource("/quarantine").get(quarantine))
-            .service(web::resource("/system").get(system))
-            .service(web::resource("/crashes").get(list_crashes))
-            .service(web::resource("/crashes/{id}").get(crash_detail))
-            .service(web::resource("/chaos/panic").post(chaos_panic))
-            .service(web::resource("/chaos/http-panic").get(chaos_http_panic))
-            .service(web::resource("/chaos/log-flood").post(chaos_log_flood))
-            .service(web::resource("/chaos/task-panic").post(chaos_task_panic))
-            .service(web::resource("/chaos/thread-panic").post(chaos_thread_panic))
-            .service(
-                web::resource("/chaos/storage")
-                    .get(chaos_storage_state)
-                    .post(chaos_storage_inject)
-                    .delete(chaos_storage_clear),
-            )
-            .route("/chaos/{rest:.*}", web::route().to(chaos_unknown)),
-    );
-}
-
-async fn require_admin_token(
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let state = request.app_data::<web::Data<AppState>>().cloned();
-    let Some(state) = state else {
-        return Err(ApiError::Unavailable("application state missing".into()).into());
-    };
-    check_admin_token(request.headers(), &state.config.admin.token)?;
-    next.call(request).await
-}
-
-/// `Ok` when the request carries the configured admin bearer token.
-pub(super) fn check_admin_token(headers: &header::HeaderMap, token: &str) -> Result<(), ApiError> {
-    let expected = token.as_bytes();
-    if expected.is_empty() {
-        return Err(ApiError::AdminDisabled);
-    }
-    let presented = bearer_token(headers).unwrap_or("");
-    // Constant time in the token's content; a length mismatch is rejected by ct_eq too.
-    if !bool::from(presented.as_bytes().ct_eq(expected)) {
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(())
-}
-
-/// The token of an `Authorization: Bearer …` header.
-pub(super) fn bearer_token(headers: &header::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+/// The operator routes of this file, inside the `/admin` scope (which checks the admin token).
+pub fn admin_routes(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/info").get(info))
+        .service(web::resource("/actors").get(list_actors))
+        .service(web::resource("/journal").get(journal))
+        .service(web::resource("/quarantine").get(quarantine))
+        .service(web::resource("/system").get(system))
+        .service(web::resource("/crashes").get(list_crashes))
+        .service(web::resource("/crashes/{id}").get(crash_detail))
+        .service(web::resource("/chaos/panic").post(chaos_panic))
+        .service(web::resource("/chaos/http-panic").get(chaos_http_panic))
+        .service(web::resource("/chaos/log-flood").post(chaos_log_flood))
+        .service(web::resource("/chaos/task-panic").post(chaos_task_panic))
+        .service(web::resource("/chaos/thread-panic").post(chaos_thread_panic))
+        .service(
+            web::resource("/chaos/storage")
+                .get(chaos_storage_state)
+                .post(chaos_storage_inject)
+                .delete(chaos_storage_clear),
+        )
+        .route("/chaos/{rest:.*}", web::route().to(chaos_unknown));
 }
 
 /// What the console needs to know about this server.

@@ -131,7 +131,7 @@ pub async fn boundary<B: MessageBody + 'static>(
             crash.route = Some(route.clone());
             crash.method = Some(method.clone());
             crash.request_id = Some(request_id.clone());
-            crate::crash::report(crash);
+            crate::alerts::report_crash(crash);
             tracing::error!(
                 method = %method,
                 route = %route,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin::{bearer_token, check_admin_token};
+use super::auth::{authenticate, check_admin_token};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::auth::validate_user_id;
@@ -46,25 +46,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(web::resource("/api/search").get(search));
 }
 
-/// The user a request is made by: a valid `Authorization: Bearer <jwt>`, or (`allow_query`, for
-/// browser WebSockets, which cannot set headers) `?token=<jwt>`.
-pub(super) async fn authenticate(request: &HttpRequest, chat: &Chat, allow_query: bool) -> Result<String, ApiError> {
-    let from_query =
-        || web::Query::<TokenQuery>::from_query(request.query_string()).ok().and_then(|query| query.into_inner().token);
-    let token = match bearer_token(request.headers()) {
-        Some(token) => token.to_owned(),
-        None if allow_query => from_query().ok_or(ApiError::Unauthorized)?,
-        None => return Err(ApiError::Unauthorized),
-    };
-    chat.tokens.verify(&token).await.map_err(|error| {
-        tracing::debug!(%error, "token refused");
-        ApiError::Unauthorized
-    })
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+/// The operator routes of this file, inside the `/admin` scope (which checks the admin token).
+pub fn admin_routes(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/dead-letters").get(list_dead_letters))
+        .service(web::resource("/dead-letters/{id}/retry").post(retry_dead_letter));
 }
 
 /// A user to provision.

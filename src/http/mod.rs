@@ -5,6 +5,7 @@
 //! `ActorHandle`s and map `CallError`s to `ApiError`s.
 
 mod admin;
+mod auth;
 mod boundary;
 mod chat;
 mod error;
@@ -85,7 +86,13 @@ fn app(
         .service(web::resource("/rtc").get(signaling::upgrade))
         .configure(web_client::routes)
         .configure(chat::routes)
-        .configure(admin::routes)
+        .service(
+            web::scope("/admin")
+                .wrap(actix_web::middleware::from_fn(auth::require_admin_token))
+                .configure(admin::admin_routes)
+                .configure(chat::admin_routes)
+                .configure(signaling::admin_routes),
+        )
         .default_service(web::to(not_found))
         // Outermost (registered last): sees every request, every error and every panic.
         .wrap(actix_web::middleware::from_fn(boundary::boundary))

@@ -13,6 +13,13 @@ use utoipa::ToSchema;
 use super::error::ApiError;
 use super::AppState;
 
+/// The operator routes of this file, inside the `/admin` scope (which checks the admin token).
+pub fn admin_routes(config: &mut web::ServiceConfig) {
+    config
+        .service(web::resource("/rooms").get(list_rooms).post(create_room))
+        .service(web::resource("/rooms/{name}").delete(delete_room));
+}
+
 /// The signaling WebSocket of the SFU (protocol in README, "Video rooms"): authenticate with
 /// `Authorization: Bearer` or `?token=`, then upgrade.
 #[utoipa::path(
@@ -30,7 +37,7 @@ use super::AppState;
     )
 )]
 pub async fn upgrade(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let user = super::chat::authenticate(&request, &state.chat, true).await?;
+    let user = super::auth::authenticate(&request, &state.chat, true).await?;
     imp::upgrade(request, state, user).await
 }
 
@@ -171,7 +178,7 @@ mod imp {
         if state.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ApiError::Unavailable("shutting down".into()));
         }
-        let mut response = crate::http::ws::handshake(&request)?;
+        let mut response = crate::http::upgrade::handshake(&request)?;
         // A valid token is not enough: rooms, limits and membership are a provisioned user's.
         if !state.chat.directory.user_exists(&user).await? {
             return Err(ApiError::Forbidden(format!("user {user} is not provisioned (POST /api/users)")));

@@ -114,3 +114,20 @@ async fn serve(mut response: Response<actix_http::body::BoxBody>, framed: Framed
         (plan.serve)(framed.replace_codec(codec)).await;
     }
 }
+
+/// The `101` answer to a valid WebSocket handshake. A handshake with a body (chunked) would not
+/// reach the upgrade path: refused.
+pub(super) fn handshake(
+    request: &actix_web::HttpRequest,
+) -> Result<actix_web::HttpResponseBuilder, super::error::ApiError> {
+    let headers = request.headers();
+    let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.to_str().map_or(true, |length| length.trim() != "0"));
+    if has_body {
+        return Err(super::error::ApiError::BadRequest("not a WebSocket handshake: a handshake has no body".into()));
+    }
+    actix_web_actors::ws::handshake(request)
+        .map_err(|error| super::error::ApiError::BadRequest(format!("not a WebSocket handshake: {error}")))
+}

@@ -8,10 +8,10 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::chat::authenticate;
+use super::auth::authenticate;
 use super::error::ApiError;
 use super::socket::{serve, ActorLink};
-use super::upgrade::SocketPlan;
+use super::upgrade::{handshake, SocketPlan};
 use super::AppState;
 use crate::chat::session::Session;
 use crate::supervision::{ChildSpec, RestartType};
@@ -71,19 +71,4 @@ pub async fn upgrade(request: HttpRequest, state: web::Data<AppState>) -> Result
     let mut response = response.finish();
     response.extensions_mut().insert(plan);
     Ok(response)
-}
-
-/// The `101` answer to a valid WebSocket handshake. A handshake with a body (chunked) would not
-/// reach the upgrade path: refused.
-pub(super) fn handshake(request: &HttpRequest) -> Result<actix_web::HttpResponseBuilder, ApiError> {
-    let headers = request.headers();
-    let has_body = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
-        || headers
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .is_some_and(|length| length.to_str().map_or(true, |length| length.trim() != "0"));
-    if has_body {
-        return Err(ApiError::BadRequest("not a WebSocket handshake: a handshake has no body".into()));
-    }
-    actix_web_actors::ws::handshake(request)
-        .map_err(|error| ApiError::BadRequest(format!("not a WebSocket handshake: {error}")))
 }
