@@ -20,6 +20,11 @@ use crate::logging::LogWriter;
 use crate::queue::WakeQueue;
 use crate::resilience::CircuitBreakers;
 use crate::supervision::{ChildSpec, QuarantineRecord, QuarantineStore, SupervisionContext, SupervisionTree};
+
+// The observability actors are supervised like every other; their modules stay below
+// supervision (it reports through them), so the composition root makes them supervisable.
+crate::supervised!(AlertSender);
+crate::supervised!(CrashRecorder);
 use crate::system_monitor::SystemMonitor;
 
 /// Process exit code when the supervision tree gave up (root escalation): EX_SOFTWARE.

@@ -14,8 +14,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::crash::CapturedPanic;
 use crate::crash::CrashRecord;
-use crate::supervision::{contain_future, CapturedPanic};
+use crate::supervision::contain_future;
 use crate::telemetry::{metrics, PanicSource, SourceLabels};
 
 /// Why an owned task produced no output.
@@ -77,7 +78,7 @@ pub(crate) fn task_panicked(name: &'static str, panic: &CapturedPanic) {
     );
     let mut crash = CrashRecord::new(PanicSource::task, panic);
     crash.task = Some(name.to_owned());
-    crate::crash::report(crash);
+    crate::alerts::report_crash(crash);
 }
 
 impl<T> OwnedTask<T> {

@@ -14,6 +14,7 @@
 //! the next window lasts `alerts.repeat_interval`; a window that closes quietly ends the group.
 //! So a storm of 1000 identical panics is two notifications: "1" then "999 more".
 
+mod config;
 mod grouping;
 mod sender;
 
@@ -22,6 +23,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+pub use config::AlertsConfig;
 pub use grouping::{Grouper, Notification};
 pub use sender::AlertSender;
 
@@ -78,8 +80,15 @@ pub(crate) fn queue() -> &'static WakeQueue<Alert> {
     &QUEUE
 }
 
-/// A panic was caught somewhere (called by `crash::report`).
-pub fn panic_caught(record: &CrashRecord) {
+/// A panic was caught somewhere: raises its alert and hands the record to the crash recorder.
+/// Called by every boundary that contains panics (actor runner, HTTP boundary, owned tasks) and
+/// by the panic hook for the ones nothing contained.
+pub fn report_crash(record: crate::crash::CrashRecord) {
+    panic_caught(&record);
+    crate::crash::report(record);
+}
+
+fn panic_caught(record: &CrashRecord) {
     let (level, place) = match record.source {
         PanicSource::actor => (Level::Error, record.actor.clone()),
         PanicSource::http => (Level::Error, record.route.clone()),

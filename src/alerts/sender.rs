@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::json;
 
+use super::AlertsConfig;
 use super::{queue, Grouper, Level, Notification};
-use crate::config::AlertsConfig;
 use crate::telemetry::{metrics, ReasonLabels, SinkLabels};
 
 /// How often group windows are checked.
@@ -301,8 +301,6 @@ impl StreamHandler<()> for AlertSender {
 
     fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
-
-crate::supervised!(AlertSender);
 
 #[cfg(test)]
 mod tests {

@@ -21,11 +21,42 @@ pub use actions::Action;
 pub use recorder::{CrashRecorder, CrashStore, StoredCrash};
 
 use crate::queue::WakeQueue;
-use crate::supervision::CapturedPanic;
 use crate::telemetry::PanicSource;
 
 /// Records waiting for the recorder; beyond this a storm of panics drops records (never blocks).
 const QUEUE_CAPACITY: usize = 256;
+
+/// What the hook captured about one panic.
+#[derive(Debug, Clone)]
+pub struct CapturedPanic {
+    /// The panic payload rendered as text (`"<non-string panic payload>"` when it is neither
+    /// `&str` nor `String`).
+    pub message: String,
+    /// `file:line` of the `panic!` (or failed assertion / `unwrap`) site.
+    pub location: Option<String>,
+    /// Name of the thread that panicked, when it has one.
+    pub thread: Option<String>,
+    /// Captured unresolved; resolving symbols is slow and happens only when someone renders it.
+    pub backtrace: Arc<Backtrace>,
+    /// The action log at the moment of the panic, oldest first.
+    pub recent_actions: Arc<[Action]>,
+    /// The trace the panicking code was part of, when tracing export is on.
+    pub trace_id: Option<String>,
+}
+
+impl CapturedPanic {
+    /// A failure report for something that was not a panic (an escalation, a normal stop).
+    pub fn without_panic(message: String) -> Self {
+        Self {
+            message,
+            location: None,
+            thread: std::thread::current().name().map(str::to_owned),
+            backtrace: Arc::new(Backtrace::disabled()),
+            recent_actions: Arc::from([]),
+            trace_id: None,
+        }
+    }
+}
 
 /// One panic, as captured; rendered to a [`StoredCrash`] by the recorder.
 #[derive(Debug, Clone)]
@@ -77,11 +108,10 @@ impl CrashRecord {
 
 static QUEUE: LazyLock<WakeQueue<CrashRecord>> = LazyLock::new(|| WakeQueue::new(QUEUE_CAPACITY));
 
-/// Hands a record to the recorder (and raises its alert). Never blocks: if the queue is full (a
-/// storm of panics faster than files can be written) the record is dropped; the panic itself is
-/// still logged, counted and alerted.
+/// Hands a record to the recorder (`alerts::report_crash` also raises its alert). Never blocks:
+/// if the queue is full (a storm of panics faster than files can be written) the record is
+/// dropped; the panic itself is still logged, counted and alerted.
 pub fn report(record: CrashRecord) {
-    crate::alerts::panic_caught(&record);
     QUEUE.try_push(record);
 }
 

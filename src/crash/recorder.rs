@@ -251,12 +251,10 @@ impl StreamHandler<()> for CrashRecorder {
     fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
-crate::supervised!(CrashRecorder);
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervision::CapturedPanic;
+    use crate::crash::CapturedPanic;
     use crate::telemetry::PanicSource;
 
     #[test]

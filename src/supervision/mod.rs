@@ -13,6 +13,7 @@
 mod backoff;
 mod config;
 mod control;
+pub mod events;
 mod handle;
 mod journal;
 mod panic_capture;
@@ -30,9 +31,7 @@ pub use handle::{
     TrackedResponse,
 };
 pub use journal::{FailureCause, JournalDecision, JournalEntry, RestartJournal};
-pub use panic_capture::{
-    contain, contain_future, install_panic_hook, payload_text as panic_payload_text, CapturedPanic, Contained,
-};
+pub use panic_capture::{contain, contain_future, install_panic_hook, payload_text as panic_payload_text, Contained};
 pub use quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink, QuarantineStore};
 pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, GroupSummary, ListingRow, Registry};
 pub use runner::{install_fresh_state, InFlight};

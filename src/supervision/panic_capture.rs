@@ -16,40 +16,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
-use crate::crash::{Action, CrashRecord};
+use crate::crash::{CapturedPanic, CrashRecord};
 use crate::telemetry::{PanicSource, SourceLabels};
-
-/// What the hook captured about one panic.
-#[derive(Debug, Clone)]
-pub struct CapturedPanic {
-    /// The panic payload rendered as text (`"<non-string panic payload>"` when it is neither
-    /// `&str` nor `String`).
-    pub message: String,
-    /// `file:line` of the `panic!` (or failed assertion / `unwrap`) site.
-    pub location: Option<String>,
-    /// Name of the thread that panicked, when it has one.
-    pub thread: Option<String>,
-    /// Captured unresolved; resolving symbols is slow and happens only when someone renders it.
-    pub backtrace: Arc<Backtrace>,
-    /// The action log at the moment of the panic, oldest first.
-    pub recent_actions: Arc<[Action]>,
-    /// The trace the panicking code was part of, when tracing export is on.
-    pub trace_id: Option<String>,
-}
-
-impl CapturedPanic {
-    /// A failure report for something that was not a panic (an escalation, a normal stop).
-    pub fn without_panic(message: String) -> Self {
-        Self {
-            message,
-            location: None,
-            thread: std::thread::current().name().map(str::to_owned),
-            backtrace: Arc::new(Backtrace::disabled()),
-            recent_actions: Arc::from([]),
-            trace_id: None,
-        }
-    }
-}
 
 thread_local! {
     /// Depth of containment boundaries on this thread's stack; the hook stays silent (the boundary
@@ -82,7 +50,7 @@ pub fn install_panic_hook() {
                 // No boundary will report this one (a plain thread, or code outside any actor,
                 // handler or owned task): record it here, then let the default hook print it.
                 let captured = capture(info);
-                crate::crash::report(CrashRecord::new(PanicSource::thread, &captured));
+                crate::alerts::report_crash(CrashRecord::new(PanicSource::thread, &captured));
                 crate::telemetry::metrics().panics.get_or_create(&SourceLabels::of(PanicSource::thread)).inc();
                 previous(info);
             }

@@ -35,12 +35,13 @@ use tokio::time::Sleep;
 
 use super::control::ControlReceiver;
 use super::journal::FailureCause;
-use super::panic_capture::{contain, CapturedPanic};
+use super::panic_capture::contain;
 use super::registry::{ActorRecord, ActorStatus, FailureSummary};
 use super::spec::Factory;
 use super::supervisor::ParentLink;
 use super::watchdog;
 use super::{short_type_name, SupervisedActor};
+use crate::crash::CapturedPanic;
 
 /// What a supervisor can tell a running child at any time.
 #[derive(Debug)]
@@ -336,7 +337,7 @@ impl<A: SupervisedActor> Runner<A> {
             let mut crash = crate::crash::CrashRecord::new(crate::telemetry::PanicSource::actor, &panic);
             crash.actor = Some(self.record.path.clone());
             crash.handling = in_flight.as_ref().map(|f| short_type_name(f.message_type).to_owned());
-            crate::crash::report(crash);
+            crate::alerts::report_crash(crash);
         }
         self.record.set_status(ActorStatus::Restarting);
         *self.record.last_failure.lock() = Some(FailureSummary {

@@ -33,7 +33,6 @@ use super::registry::{ActorKind, ActorRecord, ActorStatus, Registry};
 use super::runner::{self, Control, Decision, FailureReport, Runner};
 use super::spec::{ChildSpec, RestartType, Strategy, SupervisorSpec};
 use super::{short_type_name, watchdog::Watchdog};
-use crate::telemetry;
 
 /// The runtime handles every supervisor shares: where records, failures and quarantined
 /// messages go. Cheap to clone.
@@ -195,7 +194,7 @@ impl Supervisor {
         let crashes = record.quarantine.count_crash(in_flight.message_type, key);
         if crashes >= self.group.defaults.quarantine_after && !record.quarantine.contains(in_flight.message_type, key) {
             record.quarantine.insert(in_flight.message_type, key.clone());
-            telemetry::message_quarantined(&record.path, short_type_name(in_flight.message_type));
+            super::events::message_quarantined(&record.path, short_type_name(in_flight.message_type));
             self.group.context.quarantine.accept(QuarantineRecord {
                 actor: record.path.clone(),
                 message_type: short_type_name(in_flight.message_type).to_owned(),
@@ -262,7 +261,7 @@ impl Supervisor {
                 report.panic.message,
             );
             self.journal(&report, JournalDecision::Escalate);
-            telemetry::supervisor_escalated(&self.group.path, &reason);
+            super::events::supervisor_escalated(&self.group.path, &reason);
             let _ = report.reply.send(Decision::Hold);
             runner::escalate(reason);
             return;
@@ -287,7 +286,7 @@ impl Supervisor {
             }
         };
         for sibling in siblings {
-            telemetry::sibling_restarted(&sibling.record.path, &report.record.path);
+            super::events::sibling_restarted(&sibling.record.path, &report.record.path);
             sibling.order_restart();
         }
     }
@@ -310,7 +309,7 @@ fn record_failure(journal: &RestartJournal, report: &FailureReport, decision: Jo
         restart_count: report.record.restarts() + u64::from(restarting),
         decision,
     };
-    telemetry::actor_failed(&entry);
+    super::events::actor_failed(&entry);
     crate::action!("supervisor", "child failed", actor = entry.actor, decision = entry.decision.label());
     journal.record(entry);
 }
@@ -400,7 +399,7 @@ impl TopLevel {
     }
 
     fn declare_fatal(&self, reason: String) {
-        telemetry::fatal(&reason);
+        super::events::fatal(&reason);
         self.fatal.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(reason);
@@ -603,7 +602,7 @@ async fn stop_child(child: &ChildSlot) {
     if child.record.wait_stopped(child.shutdown_timeout).await {
         return;
     }
-    telemetry::child_killed_on_shutdown(&child.record.path, child.shutdown_timeout);
+    super::events::child_killed_on_shutdown(&child.record.path, child.shutdown_timeout);
     let _ = child.control.send(Control::Kill);
     child.record.wait_stopped(KILL_GRACE).await;
 }

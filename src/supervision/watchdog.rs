@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::events::StallKind;
 use super::registry::{ActorRecord, ActorStatus, Registry};
-use crate::telemetry::{self, StallKind};
 
 /// How often the clock advances.
 const TICK_INTERVAL: Duration = Duration::from_millis(10);
@@ -117,12 +117,12 @@ fn scan(registry: &Registry, mailboxes: &mut MailboxProgress, now: u64) {
             Some((kind, stuck_for)) => {
                 if !record.stalled.swap(true, Ordering::Relaxed) {
                     record.stalls.fetch_add(1, Ordering::Relaxed);
-                    telemetry::actor_stalled(&record.path, &record.metric_label, stuck_for, kind);
+                    super::events::actor_stalled(&record.path, &record.metric_label, stuck_for, kind);
                 }
             }
             None => {
                 if record.stalled.swap(false, Ordering::Relaxed) {
-                    telemetry::actor_recovered_from_stall(&record.path);
+                    super::events::actor_recovered_from_stall(&record.path);
                 }
             }
         }

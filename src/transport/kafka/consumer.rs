@@ -334,7 +334,7 @@ impl ClientContext for Callbacks {
                 (partition.partition, lag)
             })
             .collect();
-        crate::telemetry::kafka_lag(group, &lags);
+        kafka_lag(group, &lags);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -363,5 +363,30 @@ impl ConsumerContext for Callbacks {
             tracing::info!(?partitions, generation, "kafka partitions assigned");
             let _ = self.events.send(Event::Assigned { partitions, generation });
         }
+    }
+}
+
+/// The consumer lag of `group` per partition it owns (from librdkafka statistics); series of
+/// partitions it no longer owns are removed.
+fn kafka_lag(group: &str, lags: &std::collections::HashMap<i32, i64>) {
+    use std::collections::{HashMap, HashSet};
+    static OWNED: std::sync::LazyLock<parking_lot::Mutex<HashMap<String, HashSet<i32>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let family = &crate::telemetry::metrics().kafka_consumer_lag;
+    let labels = |partition: i32| crate::telemetry::PartitionLabels {
+        group: group.to_owned(),
+        partition: partition.to_string(),
+    };
+    let mut owned = OWNED.lock();
+    let previous = owned.entry(group.to_owned()).or_default();
+    for gone in previous.iter().filter(|partition| !lags.contains_key(partition)) {
+        family.remove(&labels(*gone));
+    }
+    *previous = lags.keys().copied().collect();
+    for (partition, lag) in lags {
+        family.get_or_create(&labels(*partition)).set(*lag);
+    }
+    if group == "writer" {
+        crate::telemetry::metrics().kafka_writer_lag.set(lags.values().sum());
     }
 }
