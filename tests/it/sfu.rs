@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::chat_client::{chat_env, ChatServer, ADMIN_TOKEN};
 use crate::rtc_client::{media_runtime, Options, RtcClient};
-use crate::support::{eventually, metric_value, scrape, RampartProcess};
+use crate::support::{eventually, eventually_value, metric_value, scrape, RampartProcess};
 
 /// How long media may take to start flowing (ICE, DTLS, the first offer/answer round).
 const MEDIA_DEADLINE: Duration = Duration::from_secs(20);
@@ -583,24 +583,6 @@ async fn fuzzed_signaling_gets_only_error_frames_and_the_room_keeps_forwarding()
     }
     media_resumes(&bob, &a, 50, Duration::from_secs(5)).await;
     assert!(alice.state.errors.lock().is_empty() && bob.state.errors.lock().is_empty());
-}
-
-/// Polls `probe` until it answers `Some`, or `None` after `deadline`.
-async fn eventually_value<T, F, Fut>(deadline: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if started.elapsed() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await; // Poll interval (an admin request each).
-    }
 }
 
 /// Waits until only the observer is left in the room.

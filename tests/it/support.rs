@@ -26,6 +26,24 @@ where
     }
 }
 
+/// Polls `probe` until it answers `Some`, or `None` after `deadline`.
+pub async fn eventually_value<T, F, Fut>(deadline: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if started.elapsed() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // Poll interval (an admin request each).
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real binary as a child process.
 
