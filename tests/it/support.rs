@@ -27,6 +27,7 @@ where
 }
 
 /// Polls `probe` until it answers `Some`, or `None` after `deadline`.
+#[cfg(feature = "sfu")]
 pub async fn eventually_value<T, F, Fut>(deadline: Duration, mut probe: F) -> Option<T>
 where
     F: FnMut() -> Fut,
