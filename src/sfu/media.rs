@@ -367,13 +367,14 @@ struct Sequencer {
     ts_start: u32,
     /// The first forwarded packet's (sequence number, timestamp) from the publisher, packed.
     base: AtomicU64,
-    /// The last written (sequence number, timestamp), packed.
-    last: AtomicU64,
+    /// The newest (sequence number, timestamp) written, packed: a retransmission of an older
+    /// packet does not move it back.
+    newest: AtomicU64,
 }
 
 impl Sequencer {
     fn new(next_seq: u16, next_ts: u32) -> Self {
-        Self { seq_start: next_seq, ts_start: next_ts, base: AtomicU64::new(UNSET), last: AtomicU64::new(UNSET) }
+        Self { seq_start: next_seq, ts_start: next_ts, base: AtomicU64::new(UNSET), newest: AtomicU64::new(UNSET) }
     }
 
     fn rewrite(&self, seq: u16, ts: u32) -> (u16, u32) {
@@ -387,15 +388,20 @@ impl Sequencer {
             self.seq_start.wrapping_add(seq.wrapping_sub(base_seq)),
             self.ts_start.wrapping_add(ts.wrapping_sub(base_ts)),
         );
-        self.last.store(pack(out.0, out.1), Ordering::Relaxed);
+        // Only this forwarding loop writes: load-compare-store is enough. Newer in sequence-number
+        // order (RFC 3550's wrap-around comparison), not later in arrival.
+        let newest = self.newest.load(Ordering::Relaxed);
+        if newest == UNSET || (out.0.wrapping_sub(unpack(newest).0) as i16) > 0 {
+            self.newest.store(pack(out.0, out.1), Ordering::Relaxed);
+        }
         out
     }
 
-    /// The next sequence number, and a timestamp `gap` ticks after the last.
+    /// The sequence number after the newest written, and a timestamp `gap` ticks after its.
     fn next(&self, gap: u32) -> (u16, u32) {
-        let (seq, ts) = match self.last.load(Ordering::Relaxed) {
+        let (seq, ts) = match self.newest.load(Ordering::Relaxed) {
             UNSET => (self.seq_start.wrapping_sub(1), self.ts_start.wrapping_sub(gap)),
-            last => unpack(last),
+            newest => unpack(newest),
         };
         (seq.wrapping_add(1), ts.wrapping_add(gap))
     }
@@ -797,5 +803,21 @@ mod tests {
         assert_eq!(second.rewrite(8, 3_009), (6, 124_000));
         // Never forwarded: the SSRC goes on right where it was handed over.
         assert_eq!(Sequencer::new(42, 7).next(100), (42, 7));
+    }
+
+    #[test]
+    fn a_retransmitted_packet_does_not_set_a_recycled_ssrc_back() {
+        // Regression: the SSRC went on from the last packet written, and a publisher's
+        // retransmission (an answer to the SFU's NACK) is an old one. The next subscription on
+        // that SSRC then started up to hundreds of sequence numbers behind what the subscriber
+        // had received, and SRTP's replay protection dropped all of it ("duplicated") until it
+        // caught up: under load, an observer got nothing of a newcomer for 20 s and more.
+        let sequencer = Sequencer::new(65_000, 0);
+        for n in 0..600u16 {
+            sequencer.rewrite(1_000 + n, u32::from(n) * 960);
+        }
+        // 65_000 + 599 wrapped: the newest written is 63; then packet 1_050 comes again.
+        assert_eq!(sequencer.rewrite(1_050, 50 * 960), (65_050, 48_000));
+        assert_eq!(sequencer.next(48_000), (64, 599 * 960 + 48_000), "after the newest, not after the retransmission");
     }
 }
