@@ -131,8 +131,10 @@ pub struct ClientState {
     pub server_candidates: Mutex<Vec<String>>,
     /// What happened to remote tracks, in order (for failure reports).
     pub track_events: Mutex<Vec<String>>,
-    /// Subscriber offers received so far.
+    /// Subscriber offers received so far, the latest one, and the connection they were for.
     pub subscriber_offers: AtomicU64,
+    last_subscriber_offer: Mutex<String>,
+    subscriber: Mutex<Option<Arc<dyn PeerConnection>>>,
     /// While true, subscriber offers wait unanswered (what changes meanwhile is offered at once).
     answers_held: tokio::sync::watch::Sender<bool>,
     remote_tracks: Mutex<Vec<Arc<dyn TrackRemote>>>,
@@ -162,6 +164,72 @@ impl ClientState {
     /// Holds (true) or releases (false) the answers to subscriber offers.
     pub fn hold_subscriber_answers(&self, hold: bool) {
         self.answers_held.send_replace(hold);
+    }
+
+    /// What the latest subscriber offer says of `publisher`'s tracks (their media sections and
+    /// SSRCs, and any other section naming those SSRCs) and what the connection received on
+    /// them: tells a track never offered from one offered but never started.
+    pub async fn diagnose(&self, publisher: &str) -> String {
+        let offer = self.last_subscriber_offer.lock().clone();
+        let sections: Vec<&str> = offer.split("\r\nm=").skip(1).collect();
+        let section_ssrcs = |section: &str| -> Vec<u32> {
+            section
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("a=ssrc:"))
+                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .collect()
+        };
+        let summary = |section: &str| -> String {
+            section
+                .lines()
+                .filter(|l| {
+                    l.starts_with("a=mid:")
+                        || l.starts_with("a=msid:")
+                        || l.starts_with("a=ssrc:") && l.contains("msid")
+                        || ["a=sendonly", "a=recvonly", "a=inactive", "a=sendrecv"].contains(&l.trim())
+                })
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mine: Vec<&str> =
+            sections.iter().copied().filter(|s| s.contains(&format!("a=msid:{publisher} "))).collect();
+        let ssrcs: Vec<u32> = mine.iter().flat_map(|s| section_ssrcs(s)).collect();
+        let sharing: Vec<String> = sections
+            .iter()
+            .filter(|s| !s.contains(&format!("a=msid:{publisher} ")))
+            .filter(|s| section_ssrcs(s).iter().any(|ssrc| ssrcs.contains(ssrc)))
+            .map(|s| summary(s))
+            .collect();
+        // Packets received on those SSRCs, a second apart: growing means they arrive and decrypt.
+        let connection = self.subscriber.lock().clone();
+        let mut received = Vec::new();
+        if let Some(pc) = connection {
+            for _ in 0..2 {
+                let report =
+                    pc.get_stats(std::time::Instant::now(), webrtc::peer_connection::StatsSelector::None).await;
+                for stream in report.inbound_rtp_streams() {
+                    let stats = serde_json::to_value(stream).unwrap_or_default();
+                    if stats["ssrc"].as_u64().is_some_and(|ssrc| ssrcs.iter().any(|mine| u64::from(*mine) == ssrc)) {
+                        received.push(format!(
+                            "ssrc {} mid {} track {} packets {} discarded {}",
+                            stats["ssrc"],
+                            stats["mid"],
+                            stats["trackIdentifier"],
+                            stats["packetsReceived"],
+                            stats["packetsDiscarded"]
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await; // The second sample's interval.
+            }
+        }
+        received.push(webrtc_log_about(&ssrcs));
+        format!(
+            "offer #{}: {publisher}'s sections {:?}; other sections with its SSRCs {sharing:?}; inbound streams {received:?}",
+            self.subscriber_offers.load(Ordering::Relaxed),
+            mine.iter().map(|s| summary(s)).collect::<Vec<_>>()
+        )
     }
 
     /// Every sender tag seen on any track.
@@ -550,6 +618,7 @@ impl Brain {
 
     async fn answer_subscriber(&mut self, sdp: String) {
         self.state.subscriber_offers.fetch_add(1, Ordering::Relaxed);
+        self.state.last_subscriber_offer.lock().clone_from(&sdp);
         let _ = self.state.answers_held.subscribe().wait_for(|held| !*held).await;
         let sections = sdp.lines().filter(|line| line.starts_with("m=")).count();
         self.state.server_candidates.lock().extend(
@@ -575,6 +644,7 @@ impl Brain {
         pc.set_local_description(answer).await.expect("set answer");
         let sdp = self.local_sdp(&pc, gathered).await;
         self.send(json!({"type": "answer", "target": "subscriber", "sdp": sdp}));
+        *self.state.subscriber.lock() = Some(pc.clone());
         self.subscriber = Some(pc);
     }
 }
@@ -749,4 +819,55 @@ pub async fn sample_offer(runtime: &Arc<MediaRuntime>) -> String {
         })
         .await
         .expect("sample offer")
+}
+
+/// What webrtc-rs logged in this process (its `log` records), kept for failure reports: the last
+/// warnings and errors (SRTP refusals name their SSRC).
+pub struct WebrtcLog {
+    recent: Mutex<std::collections::VecDeque<String>>,
+}
+
+static WEBRTC_LOG: std::sync::LazyLock<WebrtcLog> =
+    std::sync::LazyLock::new(|| WebrtcLog { recent: Mutex::new(std::collections::VecDeque::new()) });
+
+impl log::Log for WebrtcLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.target().starts_with("rtc") || metadata.target().starts_with("webrtc")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if record.level() <= log::Level::Warn {
+            let mut recent = self.recent.lock();
+            if recent.len() >= 200 {
+                recent.pop_front();
+            }
+            recent.push_back(format!("{} {}: {}", record.level(), record.target(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Starts keeping webrtc-rs' log records (once per process).
+pub fn keep_webrtc_log() {
+    if log::set_logger(&*WEBRTC_LOG).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
+/// The kept records that mention one of `ssrcs`, and the latest ones.
+pub fn webrtc_log_about(ssrcs: &[u32]) -> String {
+    let names: Vec<String> = ssrcs.iter().map(u32::to_string).collect();
+    let recent: Vec<String> = WEBRTC_LOG
+        .recent
+        .lock()
+        .iter()
+        .filter(|line| names.iter().any(|n| line.contains(n.as_str())))
+        .cloned()
+        .collect();
+    let last: Vec<String> = WEBRTC_LOG.recent.lock().iter().rev().take(5).cloned().collect();
+    format!("webrtc-rs on these SSRCs: {recent:?}; its last warnings: {last:?}")
 }

@@ -642,6 +642,7 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
     // Alone among the heavy tests: under their load its RSS figures grew 10-16 MiB with or
     // without a leak (seen on this code and on the code before it).
     let _alone = crate::support::MEASURING.write().await;
+    crate::rtc_client::keep_webrtc_log();
     // One user publishes from eight sockets at a time, and closed ones go in the background.
     let server = sfu_server(&[("RAMPART__SFU__EMPTY_TIMEOUT", "300ms"), ("RAMPART__SFU__MAX_SOCKETS_PER_USER", "64")]);
     let (users, room) = users_and_room(&server, "leak", 2).await;
@@ -705,7 +706,7 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
                 // and the forwarding tests check delivery to subscribers.
                 if let Err(problem) = try_media_flows(observer, &participant, 1).await {
                     missed.fetch_add(1, Ordering::Relaxed);
-                    println!("the observer missed a track: {problem}");
+                    println!("the observer missed a track: {problem}\n{}", observer.state.diagnose(&participant).await);
                 }
             }
         }
