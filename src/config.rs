@@ -17,17 +17,14 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertsConfig;
 use crate::auth::AuthConfig;
 use crate::chat::{ApiConfig, DeliveryConfig, PipelineConfig, SearchConfig, WsConfig};
+use crate::crash::CrashConfig;
+use crate::logging::LogConfig;
+use crate::storage::StorageConfig;
 use crate::supervision::SupervisionConfig;
 use crate::system_monitor::SystemMonitorConfig;
 
 /// The defaults, as shipped in `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
-
-/// `log.filter`'s default: info, except webrtc-rs's crates (the SFU), which log every ICE and
-/// connection state change of every peer at info, and warn about routine events (ICE checks
-/// before the first candidate, every retransmitted SRTP packet, DTLS without a server name).
-pub const DEFAULT_LOG_FILTER: &str =
-    "info,rtc=warn,rtc::peer_connection::handler=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn";
 
 /// Prefix of environment overrides; nesting is separated by a double underscore.
 pub const ENV_PREFIX: &str = "RAMPART__";
@@ -62,21 +59,6 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub shutdown: ShutdownConfig,
     pub health: HealthConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CrashConfig {
-    /// Size of the recent-actions ring snapshotted into every crash record.
-    pub recent_actions: usize,
-    /// Crash records kept (in memory and as files under `<data_dir>/crashes`); oldest pruned.
-    pub keep: usize,
-}
-
-impl Default for CrashConfig {
-    fn default() -> Self {
-        Self { recent_actions: 50, keep: 100 }
-    }
 }
 
 /// Shortest `http.disconnect_timeout` that actix-http's 500 ms date cache handles (see the field).
@@ -120,98 +102,6 @@ pub struct AdminConfig {
 pub struct ChaosConfig {
     /// Enables `/admin/chaos/*` (deliberate panics for verifying supervision). Off in production.
     pub enabled: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// Where chat is stored: `sqlite` (embedded, under `data_dir`) or `mongodb` (`[mongodb]`).
-    pub kind: crate::storage::StorageKind,
-    /// Directory for everything rampart persists (embedded database, crash records, secrets).
-    pub data_dir: PathBuf,
-    /// Reader threads per database file (history, search, deliveries); writes have one thread.
-    pub readers: usize,
-    /// A WAL this large is checkpointed and restarted (writers wait for it, briefly).
-    pub wal_checkpoint_bytes: u64,
-    /// A restarted WAL file is truncated to this size (SQLite's `journal_size_limit`).
-    pub wal_size_limit_bytes: u64,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        let wal = crate::storage::WalPolicy::default();
-        Self {
-            kind: crate::storage::StorageKind::Sqlite,
-            data_dir: PathBuf::from("./data"),
-            readers: 4,
-            wal_checkpoint_bytes: wal.checkpoint_bytes,
-            wal_size_limit_bytes: wal.size_limit_bytes,
-        }
-    }
-}
-
-impl StorageConfig {
-    pub fn wal_policy(&self) -> crate::storage::WalPolicy {
-        crate::storage::WalPolicy {
-            checkpoint_bytes: self.wal_checkpoint_bytes,
-            size_limit_bytes: self.wal_size_limit_bytes,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// `pretty` when stdout is a terminal, `json` otherwise (a pipe, a file, a log shipper).
-    Auto,
-    Json,
-    Pretty,
-}
-
-impl LogFormat {
-    /// `Json` or `Pretty`: `Auto` decided by whether stdout is a terminal right now.
-    pub fn resolve(self) -> Self {
-        match self {
-            LogFormat::Auto if std::io::IsTerminal::is_terminal(&std::io::stdout()) => LogFormat::Pretty,
-            LogFormat::Auto => LogFormat::Json,
-            chosen => chosen,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// Which events to log, in `RUST_LOG` syntax (`info`, `rampart=debug,actix_web=warn`).
-    pub filter: String,
-    /// `auto` (pretty at a terminal, JSON otherwise), `json` (one object per line) or `pretty`.
-    pub format: LogFormat,
-    /// Also append to this file (rotated by size); unset: stdout only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
-    /// Rotate the file when the next line would take it past this size.
-    pub max_bytes: u64,
-    /// Rotated files kept (`<file>.1` newest … `<file>.<keep>` oldest).
-    pub keep: u32,
-    /// Events waiting for the writer; beyond this, new events are dropped and counted.
-    pub queue_capacity: usize,
-    /// How often a line reports events dropped since the last report (only when there were any).
-    #[serde(with = "humantime_serde")]
-    pub drop_report_interval: Duration,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            filter: DEFAULT_LOG_FILTER.into(),
-            format: LogFormat::Auto,
-            file: None,
-            max_bytes: 100 * 1024 * 1024,
-            keep: 5,
-            queue_capacity: 16384,
-            drop_report_interval: Duration::from_secs(10),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

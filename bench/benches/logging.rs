@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use rampart::config::LogConfig;
+use rampart::logging::LogConfig;
 use rampart::logging::LogPipe;
 use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;

@@ -11,6 +11,7 @@
 //! writes `<data_dir>/crashes/<id>.json` (oldest pruned beyond `crash.keep`) and indexes it.
 
 pub mod actions;
+mod config;
 mod recorder;
 
 use std::backtrace::Backtrace;
@@ -18,6 +19,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 pub use actions::Action;
+pub use config::CrashConfig;
 pub use recorder::{CrashRecorder, CrashStore, StoredCrash};
 
 use crate::queue::WakeQueue;

@@ -10,6 +10,7 @@
 //! is taken on the logging path, so a panic raised while logging (and the panic hook logging about
 //! it) cannot deadlock; `tracing` itself drops events raised re-entrantly from inside this layer.
 
+mod config;
 mod sink;
 mod writer;
 
@@ -25,10 +26,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 
+pub use config::{LogConfig, LogFormat, DEFAULT_LOG_FILTER};
 pub use sink::{LogSink, RotatingFile};
 pub use writer::LogWriter;
 
-use crate::config::{LogConfig, LogFormat};
 use crate::queue::WakeQueue;
 
 /// The queue between the threads that log and the writer actor. One per process, `'static`

@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::LogConfig;
+use super::LogConfig;
 use crate::telemetry::{metrics, SinkLabels};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);

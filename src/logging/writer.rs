@@ -11,8 +11,8 @@
 
 use actix::prelude::*;
 
+use super::{LogConfig, LogFormat};
 use super::{LogPipe, LogSink};
-use crate::config::{LogConfig, LogFormat};
 
 /// Lines written per turn; after that the actor yields to its mailbox (chaos, stop) and goes on.
 const BATCH_LINES: usize = 1024;

@@ -11,6 +11,7 @@
 //! through `Db::write` (one dedicated writer thread per file) or `Db::read` (a small reader
 //! pool); remote engines are called asynchronously.
 
+mod config;
 pub mod elasticsearch;
 mod model;
 pub mod mongodb;
@@ -18,6 +19,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+pub use config::StorageConfig;
 pub use model::{
     BacklogEntry, BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter,
     DeadLetterKind, NewDeadLetter, NewMessage, RequeueReport, SearchHit, StoredMessage, User,
