@@ -11,6 +11,9 @@ use rampart::config::Config;
 
 fn main() -> ExitCode {
     rampart::tls::install_crypto_provider();
+    if let Err(error) = rampart::system_monitor::return_freed_memory_in_background() {
+        eprintln!("rampart: jemalloc background purging unavailable: {error}");
+    }
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

@@ -160,6 +160,7 @@ pub struct Metrics {
     pub readiness: Gauge,
     /// Latest system monitor sample.
     pub resident_memory: Gauge,
+    pub heap_allocated: Gauge,
     pub threads: Gauge,
     pub live_actors: Gauge,
     pub mailbox_backlog: Gauge,
@@ -252,6 +253,7 @@ impl Metrics {
             http_in_flight: Gauge::default(),
             readiness: Gauge::default(),
             resident_memory: Gauge::default(),
+            heap_allocated: Gauge::default(),
             threads: Gauge::default(),
             live_actors: Gauge::default(),
             mailbox_backlog: Gauge::default(),
@@ -347,6 +349,12 @@ impl Metrics {
             "Resident memory at the latest system monitor sample",
             Unit::Bytes,
             metrics.resident_memory.clone(),
+        );
+        registry.register_with_unit(
+            "process_heap_allocated",
+            "Live heap (allocated, not yet freed) at the latest system monitor sample",
+            Unit::Bytes,
+            metrics.heap_allocated.clone(),
         );
         registry.register("process_threads", "OS threads at the latest sample", metrics.threads.clone());
         registry.register("actors_live", "Actors not stopped, at the latest sample", metrics.live_actors.clone());
