@@ -50,7 +50,7 @@ impl SupervisedMessage for Commit {
 #[rtype(result = "()")]
 struct Kick;
 
-/// Messages between arrival and answer. Created once by `chat::start`, shared by every
+/// Messages between arrival and answer. Created once by `chat::start` (in `Stages`), shared by every
 /// incarnation of the writer.
 #[derive(Clone)]
 pub struct Ledger {

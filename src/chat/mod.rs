@@ -1,11 +1,12 @@
-//! Chat on embedded storage: the ingest pipeline, delivery, search indexing and WebSocket sessions.
+//! Chat: the ingest pipeline, delivery, search indexing and WebSocket sessions, on whichever
+//! store and transport the composition root (`crate::app`) wires in.
 //!
-//! Owns: the `/root/chat` subtree (see actors.md) and the runtime handles HTTP handlers use
-//! (`Chat`). The pipeline is session → validator → batch writer → storage; after each commit the
-//! batch writer pokes the indexer (search, asynchronous) and hands the new messages to delivery.
-//! With the Kafka transport (`crate::transport`) the validator hands messages to the producer
-//! instead, the writer consumer feeds the batch writer, and new messages reach delivery on every
-//! process through the feed.
+//! Owns: the actors of the `/root/chat` subtree (see actors.md) and the runtime handles HTTP
+//! handlers use (`Chat`). The pipeline is session → validator → next stage → storage: embedded,
+//! the next stage is the batch writer, which commits, pokes the indexer (search, asynchronous)
+//! and hands the new messages to delivery. With the Kafka transport the next stage is its
+//! producer, the writer consumer feeds the batch writer, and new messages reach delivery on every
+//! process through the feed. Nothing here names a transport or a backend.
 //!
 //! Architecture Invariant: a client is told "ack" only after its message is committed (the
 //! batch writer replies after the transaction returned), or with Kafka once the brokers have the
@@ -50,17 +51,9 @@ pub use session::{Session, SessionDeps};
 pub use user_rate::UserRate;
 pub use validator::{Next, Validate, Validator};
 
-use crate::auth::Tokens;
-use crate::config::Config;
-use crate::resilience::{CircuitBreaker, CircuitBreakers, Dependency};
-use crate::storage::elasticsearch::ElasticsearchSearch;
-use crate::storage::mongodb::MongoChat;
-use crate::storage::{
-    ChatStore, NewMessage, SearchKind, SearchProgress, SearchStore, SqliteChat, SqliteSearch, StorageKind,
-};
+use crate::resilience::CircuitBreaker;
+use crate::storage::{ChatStore, NewMessage, SearchStore};
 use crate::supervision::{ActorHandle, ChildSpec, RestartType, SupervisorHandle, SupervisorSpec};
-#[cfg(feature = "kafka")]
-use crate::transport::TransportKind;
 
 /// A message whose body contains this is a poison message while `chaos.enabled`: the batch
 /// writer panics on any batch holding it (tests and drills of the bisection path).
@@ -234,10 +227,8 @@ pub fn message_id(sender: &str, client_msg_id: &str) -> String {
 
 /// Handles to the chat components, for HTTP handlers and WebSocket sessions.
 pub struct Chat {
-    pub config: Arc<Config>,
     pub store: ChatStore,
     pub search: SearchStore,
-    pub tokens: Arc<Tokens>,
     pub directory: Arc<Directory>,
     pub presence: Arc<Presence>,
     pub validator: ActorHandle<Validator>,
@@ -255,9 +246,6 @@ pub struct Chat {
     pub connections_per_user: Arc<crate::socket::PerUser>,
     /// Conversations each user may create (`api.conversations_per_minute`).
     pub conversation_rate: UserRate,
-    /// The Kafka transport, when `transport.kind = "kafka"`.
-    #[cfg(feature = "kafka")]
-    pub kafka: Option<Arc<crate::transport::kafka::Kafka>>,
 }
 
 impl Chat {
@@ -278,17 +266,6 @@ impl Chat {
         receiver.await.unwrap_or_else(|_| Err(SendError::Unavailable("the pipeline restarted; send again".into())))
     }
 
-    /// Readiness of the transport: `None` when embedded; otherwise whether the Kafka brokers
-    /// answer within `timeout` (`Ok(brokers)`).
-    pub async fn transport_check(&self, timeout: std::time::Duration) -> Option<Result<usize, String>> {
-        #[cfg(feature = "kafka")]
-        if let Some(kafka) = &self.kafka {
-            return Some(kafka.check(timeout).await);
-        }
-        let _ = timeout;
-        None
-    }
-
     /// Pushes `user`'s pending deliveries to their open connections.
     pub fn redeliver(&self, user: String) {
         if let Err(error) = self.delivery.try_send(delivery::Redeliver(vec![user])) {
@@ -297,77 +274,57 @@ impl Chat {
     }
 }
 
-/// Opens the databases and starts `/root/chat` with its children.
-pub async fn start(
-    root: &SupervisorHandle,
-    config: &Arc<Config>,
-    breakers: &CircuitBreakers,
-    dead_letter_queue: &'static crate::queue::WakeQueue<crate::supervision::QuarantineRecord>,
-) -> anyhow::Result<Arc<Chat>> {
-    #[cfg(not(feature = "kafka"))]
-    if config.transport.kind == crate::transport::TransportKind::Kafka {
-        anyhow::bail!(
-            "transport.kind = \"kafka\" needs a build with Kafka support: cargo build --release --features kafka"
-        );
-    }
-    let data_dir = &config.storage.data_dir;
-    let wal = config.storage.wal_policy();
-    // With MongoDB and an external engine, each message carries an "unindexed" flag from its
-    // insert (see `SearchProgress::Flags`).
-    let flag_unindexed = config.search.kind == SearchKind::Elasticsearch;
-    let store = match config.storage.kind {
-        StorageKind::Sqlite => ChatStore::Sqlite(
-            SqliteChat::open(data_dir, config.storage.readers, wal).context("opening the chat database")?,
-        ),
-        StorageKind::Mongodb => ChatStore::Mongodb(
-            MongoChat::open(&config.mongodb, flag_unindexed).await.context("opening the MongoDB chat store")?,
-        ),
-    };
-    let search = match config.search.kind {
-        SearchKind::Sqlite => SearchStore::Sqlite(
-            SqliteSearch::open(data_dir, config.storage.readers.div_ceil(2), wal)
-                .context("opening the search index")?,
-        ),
-        // Nothing is asked of the engine here: start-up never waits for it (the indexer
-        // creates the index on its first step, behind the search breaker).
-        SearchKind::Elasticsearch => SearchStore::Elasticsearch {
-            engine: ElasticsearchSearch::new(&config.elasticsearch).context("the search engine client")?,
-            progress: match &store {
-                ChatStore::Mongodb(mongo) => SearchProgress::Flags(mongo.clone()),
-                ChatStore::Sqlite(_) => SearchProgress::Watermark(store.clone()),
-            },
-        },
-    };
-    let tokens = Arc::new(Tokens::load(&config.auth, data_dir).context("loading the JWT secret")?);
-    // Nothing can be stored while the store fails (the embedded one on this instance's disk, or
-    // MongoDB shared by the deployment). Search is optional: chat goes on without it.
-    let storage_dependency = match config.storage.kind {
-        StorageKind::Sqlite => Dependency::LocalRequired,
-        StorageKind::Mongodb => Dependency::SharedOrOptional,
-    };
-    let storage_breaker = breakers.create("storage", config.pipeline.breaker.clone(), storage_dependency);
-    let search_breaker = breakers.create("search", config.search.breaker.clone(), Dependency::SharedOrOptional);
+/// What the chat stages are built on, chosen and opened by the composition root (`crate::app`).
+pub struct Foundation {
+    pub store: ChatStore,
+    pub search: SearchStore,
+    /// Guards commits: nothing is stored while it is open.
+    pub storage_breaker: Arc<CircuitBreaker>,
+    /// Guards the indexer and search queries; chat goes on without search.
+    pub search_breaker: Arc<CircuitBreaker>,
+    pub pipeline: PipelineConfig,
+    pub search_config: SearchConfig,
+    pub delivery: DeliveryConfig,
+    pub ws: WsConfig,
+    pub api: ApiConfig,
+    /// `chaos.enabled`: the chaos markers act.
+    pub chaos: bool,
+    /// `supervisor.quarantine_after`: failures alone that make a message poison.
+    pub quarantine_after: u32,
+    /// Where quarantined messages wait for the dead-letter writer.
+    pub dead_letters: &'static crate::queue::WakeQueue<crate::supervision::QuarantineRecord>,
+}
+
+/// `/root/chat` while it is being built: the stages behind the batch writer run (dead letters,
+/// indexer, delivery); the batch writer and the stages in front of it come next, in the order a
+/// transport needs (see `crate::app`), so that at shutdown the front stops first.
+pub struct Stages {
+    pub supervisor: SupervisorHandle,
+    pub delivery: ActorHandle<DeliveryHub>,
+    /// Bytes of announcements not yet handled by delivery, shared by whoever announces.
+    pub announcements: Arc<AnnounceBudget>,
+    /// Admits senders by how fast their acks come.
+    pub admission: Arc<Admission>,
+    foundation: Foundation,
+    directory: Arc<Directory>,
+    presence: Arc<Presence>,
+    indexer: ActorHandle<Indexer>,
+    ledger: batch_writer::Ledger,
+}
+
+/// Starts `/root/chat` with the stages every transport shares: dead letters, indexer, delivery.
+pub fn start(root: &SupervisorHandle, foundation: Foundation) -> anyhow::Result<Stages> {
+    let store = foundation.store.clone();
     let directory = Directory::new(store.clone());
     let presence = Presence::new();
-    #[cfg(feature = "kafka")]
-    let kafka = match config.transport.kind {
-        TransportKind::Kafka => {
-            // Like MongoDB at start-up: wait a while for the brokers, then fail naming them.
-            let wait = config.kafka.delivery_timeout.max(std::time::Duration::from_secs(5)) * 4;
-            let kafka = crate::transport::kafka::Kafka::connect(&config.kafka, wait).await?;
-            Some(Arc::new(kafka))
-        }
-        TransportKind::Embedded => None,
-    };
-
     let chat = root.spawn_supervisor(SupervisorSpec::new("chat")).context("starting /root/chat")?;
 
-    let writer_store = store.clone();
-    chat.spawn(ChildSpec::new("dead_letters", move || DeadLetterWriter::new(writer_store.clone(), dead_letter_queue)))
+    let (writer_store, queue) = (store.clone(), foundation.dead_letters);
+    chat.spawn(ChildSpec::new("dead_letters", move || DeadLetterWriter::new(writer_store.clone(), queue)))
         .context("starting the dead-letter writer")?;
 
     let (index_store, index_search, index_config, index_breaker) =
-        (store.clone(), search.clone(), config.search.clone(), search_breaker.clone());
+        (store.clone(), foundation.search.clone(), foundation.search_config.clone(), foundation.search_breaker.clone());
     let indexer = chat
         .spawn(ChildSpec::new("indexer", move || {
             Indexer::new(index_store.clone(), index_search.clone(), index_config.clone(), index_breaker.clone())
@@ -375,153 +332,145 @@ pub async fn start(
         .context("starting the indexer")?;
 
     let (delivery_store, delivery_directory, delivery_presence, chaos) =
-        (store.clone(), directory.clone(), presence.clone(), config.chaos.enabled);
+        (store, directory.clone(), presence.clone(), foundation.chaos);
     let delivery = chat
         .spawn(ChildSpec::new("delivery", move || {
             DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone(), chaos)
         }))
         .context("starting delivery")?;
-    let announcements = AnnounceBudget::new(ANNOUNCE_BUDGET_BYTES);
-    // With Kafka, stored messages reach every process's connections through the feed.
-    #[cfg(feature = "kafka")]
-    let announce = match &kafka {
-        Some(kafka) => Some(kafka.spawn_feed(&chat, delivery.clone(), announcements.clone()).await?),
-        None => None,
-    };
-    #[cfg(not(feature = "kafka"))]
-    let announce: Option<batch_writer::Announcer> = None;
-
-    let admission = Admission::new(
-        config.pipeline.max_queue_delay,
-        config.pipeline.batch_max_messages,
-        config.pipeline.queue_capacity,
-    );
-    let ledger = batch_writer::Ledger::new();
-    let (batch_store, batch_config, batch_delivery, batch_indexer, chaos) =
-        (store.clone(), config.pipeline.clone(), delivery.clone(), indexer.clone(), config.chaos.enabled);
-    #[cfg(feature = "kafka")]
-    let writer_breaker = storage_breaker.clone();
-    // Sends are admitted by how fast their acks come. Embedded, that is the batch writer's
-    // commits; with Kafka it is the brokers' delivery reports (the producer reports them), and
-    // the batch writer, fed by the writer consumer, gets an admission of its own that no
-    // sender waits on.
-    let batch_admission = match config.transport.kind {
-        crate::transport::TransportKind::Embedded => admission.clone(),
-        crate::transport::TransportKind::Kafka => Admission::new(
-            config.pipeline.max_queue_delay,
-            config.pipeline.batch_max_messages,
-            config.pipeline.queue_capacity,
-        ),
-    };
-    let batch_ledger = ledger.clone();
-    let poison_after = config.supervisor.quarantine_after;
-    let batch_writer = chat
-        .spawn(
-            ChildSpec::new("batch_writer", move || BatchWriter {
-                store: batch_store.clone(),
-                config: batch_config.clone(),
-                breaker: storage_breaker.clone(),
-                delivery: batch_delivery.clone(),
-                indexer: batch_indexer.clone(),
-                ledger: batch_ledger.clone(),
-                admission: batch_admission.clone(),
-                chaos,
-                poison_after,
-                stopping: false,
-                announce: announce.clone(),
-                announcements: announcements.clone(),
-            })
-            .mailbox_capacity(config.pipeline.queue_capacity),
-        )
-        .context("starting the batch writer")?;
-    ledger.attach(batch_writer.record().clone());
-
-    // Kafka: the writer consumer feeds the batch writer, the producer takes validated messages.
-    // Started after the batch writer and before the validator, so at shutdown the producer
-    // flushes, then the writer drains into a batch writer that is still running.
-    #[cfg(feature = "kafka")]
-    let next = match &kafka {
-        Some(kafka) => {
-            kafka.spawn_writer(&chat, batch_writer.clone(), store.clone(), writer_breaker)?;
-            let kafka_breaker = breakers.create("kafka", config.pipeline.breaker.clone(), Dependency::SharedOrOptional);
-            Next::Kafka(kafka.spawn_producer(
-                &chat,
-                kafka_breaker,
-                admission.clone(),
-                config.pipeline.queue_capacity,
-            )?)
-        }
-        None => Next::BatchWriter(batch_writer.clone()),
-    };
-    #[cfg(not(feature = "kafka"))]
-    let next = Next::BatchWriter(batch_writer.clone());
-
-    let (validator_store, validator_directory, validator_next, validator_config) =
-        (store.clone(), directory.clone(), next, config.pipeline.clone());
-    let validator = chat
-        .spawn(
-            ChildSpec::new("validator", move || {
-                Validator::new(
-                    validator_store.clone(),
-                    validator_directory.clone(),
-                    validator_next.clone(),
-                    validator_config.clone(),
-                )
-            })
-            .mailbox_capacity(config.pipeline.queue_capacity),
-        )
-        .context("starting the validator")?;
-
-    let (cleanup_store, cleanup_delivery, cleanup_presence, cleanup_config) =
-        (store.clone(), delivery.clone(), presence.clone(), config.delivery.clone());
-    chat.spawn(ChildSpec::new("cleanup", move || {
-        CleanupJob::new(
-            cleanup_store.clone(),
-            cleanup_delivery.clone(),
-            cleanup_presence.clone(),
-            cleanup_config.clone(),
-        )
-    }))
-    .context("starting the cleanup job")?;
-
-    // Sessions come last so they stop first at shutdown (closing sockets with 1001 while the
-    // pipeline behind them still runs). A session that panics is restarted behind its open socket;
-    // a flood of such panics from one bad client must not restart the pipeline, hence the room.
-    let sessions = chat
-        .spawn_supervisor(
-            SupervisorSpec::new("sessions")
-                .dynamic()
-                .intensity(SESSIONS_MAX_RESTARTS, SESSIONS_RESTART_WINDOW)
-                .restart(RestartType::Permanent),
-        )
-        .context("starting the sessions supervisor")?;
-
-    let session_deps = Arc::new(session::SessionDeps {
-        validator: validator.clone(),
-        delivery: delivery.clone(),
-        admission: admission.clone(),
-        config: config.ws.clone(),
-    });
-    Ok(Arc::new(Chat {
-        outboxes: crate::socket::OutboxBudget::new(config.ws.outbound_bytes, config.ws.outbound_total_bytes),
-        connections_per_user: crate::socket::PerUser::new(config.ws.max_connections_per_user),
-        conversation_rate: UserRate::per_minute(config.api.conversations_per_minute),
-        session_deps,
-        config: config.clone(),
-        store,
-        search,
-        tokens,
+    let pipeline = &foundation.pipeline;
+    let admission = Admission::new(pipeline.max_queue_delay, pipeline.batch_max_messages, pipeline.queue_capacity);
+    Ok(Stages {
+        supervisor: chat,
+        delivery,
+        announcements: AnnounceBudget::new(ANNOUNCE_BUDGET_BYTES),
+        admission,
+        foundation,
         directory,
         presence,
-        validator,
-        delivery,
-        batch_writer,
-        sessions,
-        search_breaker,
-        admission,
-        #[cfg(feature = "kafka")]
-        kafka,
-    }))
+        indexer,
+        ledger: batch_writer::Ledger::new(),
+    })
+}
+
+impl Stages {
+    /// An admission of the pipeline's size that no sender waits on: for a batch writer fed by a
+    /// transport, whose senders were admitted by the transport's acks.
+    pub fn admission_of_its_own(&self) -> Arc<Admission> {
+        let pipeline = &self.foundation.pipeline;
+        Admission::new(pipeline.max_queue_delay, pipeline.batch_max_messages, pipeline.queue_capacity)
+    }
+
+    /// The batch writer: commits batches, then announces them (`announce`, when new messages
+    /// reach delivery through a transport; otherwise straight to this process's delivery).
+    pub fn spawn_batch_writer(
+        &self,
+        admission: Arc<Admission>,
+        announce: Option<Announcer>,
+    ) -> anyhow::Result<ActorHandle<BatchWriter>> {
+        let foundation = &self.foundation;
+        let (store, config, breaker, delivery, indexer, ledger, announcements) = (
+            foundation.store.clone(),
+            foundation.pipeline.clone(),
+            foundation.storage_breaker.clone(),
+            self.delivery.clone(),
+            self.indexer.clone(),
+            self.ledger.clone(),
+            self.announcements.clone(),
+        );
+        let (chaos, poison_after) = (foundation.chaos, foundation.quarantine_after);
+        let batch_writer = self
+            .supervisor
+            .spawn(
+                ChildSpec::new("batch_writer", move || BatchWriter {
+                    store: store.clone(),
+                    config: config.clone(),
+                    breaker: breaker.clone(),
+                    delivery: delivery.clone(),
+                    indexer: indexer.clone(),
+                    ledger: ledger.clone(),
+                    admission: admission.clone(),
+                    chaos,
+                    poison_after,
+                    stopping: false,
+                    announce: announce.clone(),
+                    announcements: announcements.clone(),
+                })
+                .mailbox_capacity(foundation.pipeline.queue_capacity),
+            )
+            .context("starting the batch writer")?;
+        self.ledger.attach(batch_writer.record().clone());
+        Ok(batch_writer)
+    }
+
+    /// The front of the pipeline and the handles HTTP uses: the validator, which hands accepted
+    /// messages to `next`; the cleanup job; and, last so they stop first at shutdown (closing
+    /// sockets with 1001 while the pipeline behind them still runs), the sessions.
+    pub fn finish(self, batch_writer: ActorHandle<BatchWriter>, next: Next) -> anyhow::Result<Arc<Chat>> {
+        let Stages { supervisor: chat, delivery, admission, foundation, directory, presence, .. } = self;
+        let (validator_store, validator_directory, validator_config) =
+            (foundation.store.clone(), directory.clone(), foundation.pipeline.clone());
+        let validator = chat
+            .spawn(
+                ChildSpec::new("validator", move || {
+                    Validator::new(
+                        validator_store.clone(),
+                        validator_directory.clone(),
+                        next.clone(),
+                        validator_config.clone(),
+                    )
+                })
+                .mailbox_capacity(foundation.pipeline.queue_capacity),
+            )
+            .context("starting the validator")?;
+
+        let (cleanup_store, cleanup_delivery, cleanup_presence, cleanup_config) =
+            (foundation.store.clone(), delivery.clone(), presence.clone(), foundation.delivery.clone());
+        chat.spawn(ChildSpec::new("cleanup", move || {
+            CleanupJob::new(
+                cleanup_store.clone(),
+                cleanup_delivery.clone(),
+                cleanup_presence.clone(),
+                cleanup_config.clone(),
+            )
+        }))
+        .context("starting the cleanup job")?;
+
+        // A session that panics is restarted behind its open socket; a flood of such panics from
+        // one bad client must not restart the pipeline, hence the room.
+        let sessions = chat
+            .spawn_supervisor(
+                SupervisorSpec::new("sessions")
+                    .dynamic()
+                    .intensity(SESSIONS_MAX_RESTARTS, SESSIONS_RESTART_WINDOW)
+                    .restart(RestartType::Permanent),
+            )
+            .context("starting the sessions supervisor")?;
+
+        let session_deps = Arc::new(session::SessionDeps {
+            validator: validator.clone(),
+            delivery: delivery.clone(),
+            admission: admission.clone(),
+            config: foundation.ws.clone(),
+        });
+        let ws = &foundation.ws;
+        Ok(Arc::new(Chat {
+            outboxes: crate::socket::OutboxBudget::new(ws.outbound_bytes, ws.outbound_total_bytes),
+            connections_per_user: crate::socket::PerUser::new(ws.max_connections_per_user),
+            conversation_rate: UserRate::per_minute(foundation.api.conversations_per_minute),
+            session_deps,
+            store: foundation.store,
+            search: foundation.search,
+            directory,
+            presence,
+            validator,
+            delivery,
+            batch_writer,
+            sessions,
+            search_breaker: foundation.search_breaker,
+            admission,
+        }))
+    }
 }
 
 /// Restart intensity of the sessions supervisor (session panics, all connections together).

@@ -1,14 +1,14 @@
 //! `Validator` (`/root/chat/validator`): the pipeline's first stage.
 //!
 //! Owns: the decision whether a message may be stored — its sender is a user, the sender is a
-//! member of the conversation — before it reaches the batch writer (or, with the Kafka transport,
-//! the producer). A sender that is not a
-//! user yet is retried with backoff for `pipeline.unknown_sender_wait` (another service may be
+//! member of the conversation — before it reaches the next stage (the batch writer, or a
+//! transport's producer). A sender that is not a user yet is retried with backoff for `pipeline.unknown_sender_wait` (another service may be
 //! creating it) before `unknown_sender` and a dead letter.
 //!
 //! State: none worth keeping; the caches live in the shared `Directory`. A restart drops
 //! lookups in flight, whose senders then get `unavailable` (not acked, so they send again).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -17,23 +17,30 @@ use super::batch_writer::{BatchWriter, Commit};
 use super::{Directory, SendError, Submission};
 use crate::chat::PipelineConfig;
 use crate::storage::{ChatStore, DeadLetterKind, NewDeadLetter};
-use crate::supervision::{ActorHandle, SupervisedMessage};
+use crate::supervision::{ActorHandle, CallError, SupervisedMessage};
 
 /// First wait between lookups of an unknown sender; doubles up to `UNKNOWN_SENDER_MAX_STEP`.
 const UNKNOWN_SENDER_FIRST_STEP: Duration = Duration::from_millis(25);
 const UNKNOWN_SENDER_MAX_STEP: Duration = Duration::from_millis(250);
 
-/// Where accepted messages go (`transport.kind`).
+/// The stage accepted messages go to, handed to the validator by whoever wires the pipeline: the
+/// batch writer when embedded, a transport's producer otherwise. It refuses without waiting (a
+/// full mailbox); a refused submission is dropped, which answers its sender `unavailable`.
 #[derive(Clone)]
-pub enum Next {
-    /// Embedded: straight to the batch writer.
-    BatchWriter(ActorHandle<BatchWriter>),
-    /// Kafka: to the producer; the writer consumer hands them to a batch writer later.
-    #[cfg(feature = "kafka")]
-    Kafka(ActorHandle<crate::transport::kafka::Producer>),
+pub struct Next(Arc<dyn Fn(Submission) -> Result<(), CallError> + Send + Sync>);
+
+impl Next {
+    pub fn new(forward: impl Fn(Submission) -> Result<(), CallError> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(forward))
+    }
+
+    /// Straight to the batch writer (the embedded transport).
+    pub fn batch_writer(writer: ActorHandle<BatchWriter>) -> Self {
+        Self::new(move |submission| writer.try_send(Commit(submission)))
+    }
 }
 
-/// Check a message and pass it on to the next stage (`Next`).
+/// Check a message and pass it on to the next stage ([`Next`]).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Validate(pub Submission);
@@ -120,12 +127,7 @@ impl Handler<Validate> for Validator {
 impl Validator {
     fn forward_or_refuse(&self, submission: Submission) {
         // A refused send drops the submission, which answers its sender `unavailable`.
-        let sent = match &self.next {
-            Next::BatchWriter(writer) => writer.try_send(Commit(submission)),
-            #[cfg(feature = "kafka")]
-            Next::Kafka(producer) => producer.try_send(crate::transport::kafka::Produce(submission)),
-        };
-        if let Err(error) = sent {
+        if let Err(error) = (self.next.0)(submission) {
             tracing::warn!(%error, "the next stage refused a message");
         }
     }

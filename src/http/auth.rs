@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::chat::Chat;
+use crate::auth::Tokens;
 
 /// Middleware of the `/admin` scope: only requests with the admin token get through.
 pub(super) async fn require_admin_token(
@@ -55,7 +55,11 @@ fn bearer_token(headers: &header::HeaderMap) -> Option<&str> {
 
 /// The user a request is made by: a valid `Authorization: Bearer <jwt>`, or (`allow_query`, for
 /// browser WebSockets, which cannot set headers) `?token=<jwt>`.
-pub(super) async fn authenticate(request: &HttpRequest, chat: &Chat, allow_query: bool) -> Result<String, ApiError> {
+pub(super) async fn authenticate(
+    request: &HttpRequest,
+    tokens: &Tokens,
+    allow_query: bool,
+) -> Result<String, ApiError> {
     let from_query =
         || web::Query::<TokenQuery>::from_query(request.query_string()).ok().and_then(|query| query.into_inner().token);
     let token = match bearer_token(request.headers()) {
@@ -63,7 +67,7 @@ pub(super) async fn authenticate(request: &HttpRequest, chat: &Chat, allow_query
         None if allow_query => from_query().ok_or(ApiError::Unauthorized)?,
         None => return Err(ApiError::Unauthorized),
     };
-    chat.tokens.verify(&token).await.map_err(|error| {
+    tokens.verify(&token).await.map_err(|error| {
         tracing::debug!(%error, "token refused");
         ApiError::Unauthorized
     })

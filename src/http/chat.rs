@@ -93,7 +93,7 @@ pub(super) struct MeBody {
 )]
 pub(super) async fn me(request: HttpRequest, state: web::Data<AppState>) -> Result<web::Json<MeBody>, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false).await?;
+    let user = authenticate(&request, &state.tokens, false).await?;
     let record = chat
         .store
         .user(user.clone())
@@ -203,13 +203,13 @@ pub(super) async fn create_conversation(
     body: web::Json<NewConversation>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
-    let creator = authenticate(&request, chat, false).await?;
+    let creator = authenticate(&request, &state.tokens, false).await?;
     if let Err(wait) = chat.conversation_rate.try_take(&creator) {
         crate::telemetry::limit_refused("conversations_per_minute");
         return Err(ApiError::LimitExceeded {
             message: format!(
                 "more than {} conversations a minute (api.conversations_per_minute); try again in {}s",
-                chat.config.api.conversations_per_minute,
+                state.config.api.conversations_per_minute,
                 wait.as_secs() + 1
             ),
             retry_after_secs: Some(wait.as_secs() + 1),
@@ -308,7 +308,7 @@ pub(super) async fn list_conversations(
     query: web::Query<ConversationsQuery>,
 ) -> Result<web::Json<ConversationPage>, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false).await?;
+    let user = authenticate(&request, &state.tokens, false).await?;
     let ConversationsQuery { before, limit } = query.into_inner();
     let limit = page_limit(limit, DEFAULT_CONVERSATIONS_PAGE, MAX_CONVERSATIONS_PAGE)?;
     let cursor = before.as_deref().map(parse_cursor).transpose()?;
@@ -352,7 +352,7 @@ pub(super) async fn get_conversation(
     conversation: web::Path<String>,
 ) -> Result<web::Json<ConversationBody>, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false).await?;
+    let user = authenticate(&request, &state.tokens, false).await?;
     let conversation = conversation.into_inner();
     require_member(chat, &conversation, &user).await?;
     let summary = chat
@@ -399,7 +399,7 @@ pub(super) async fn post_message(
     body: web::Json<PostMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let chat = &state.chat;
-    let sender = authenticate(&request, chat, false).await?;
+    let sender = authenticate(&request, &state.tokens, false).await?;
     let PostMessage { client_msg_id, body } = body.into_inner();
     validate_client_msg_id(&client_msg_id).map_err(ApiError::BadRequest)?;
     validate_body(&body).map_err(|(_, message)| ApiError::BadRequest(message))?;
@@ -472,7 +472,7 @@ pub(super) async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<web::Json<HistoryPage>, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false).await?;
+    let user = authenticate(&request, &state.tokens, false).await?;
     let conversation = conversation.into_inner();
     let HistoryQuery { before, limit } = query.into_inner();
     let limit = page_limit(limit, DEFAULT_HISTORY_PAGE, MAX_HISTORY_PAGE)?;
@@ -536,7 +536,7 @@ pub(super) async fn search(
     query: web::Query<SearchQuery>,
 ) -> Result<web::Json<SearchResults>, ApiError> {
     let chat = &state.chat;
-    let user = authenticate(&request, chat, false).await?;
+    let user = authenticate(&request, &state.tokens, false).await?;
     let SearchQuery { q, conversation, limit } = query.into_inner();
     let limit = page_limit(limit, DEFAULT_SEARCH_HITS, MAX_SEARCH_HITS)?;
     if q.trim().is_empty() || q.chars().count() > MAX_QUERY_CHARS {

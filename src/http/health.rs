@@ -114,7 +114,9 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
     // The brokers are shared by the deployment: down, no process can take sends (they answer
     // `unavailable`), so readiness warns rather than moving traffic to equally blind peers.
-    if let Some(brokers) = state.chat.transport_check(state.config.health.check_timeout).await {
+    #[cfg(feature = "kafka")]
+    if let Some(kafka) = &state.kafka {
+        let brokers = kafka.check(state.config.health.check_timeout).await;
         checks.push((
             "kafka:brokers".to_owned(),
             match brokers {

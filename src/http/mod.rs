@@ -57,6 +57,11 @@ pub struct AppState {
     pub started_at: std::time::SystemTime,
     /// The chat components (pipeline, delivery, sessions, stores).
     pub chat: Arc<crate::chat::Chat>,
+    /// The keys that verify clients' tokens.
+    pub tokens: Arc<crate::auth::Tokens>,
+    /// The Kafka transport, when `transport.kind = "kafka"` (`/ready` asks its brokers).
+    #[cfg(feature = "kafka")]
+    pub kafka: Option<Arc<crate::transport::kafka::Kafka>>,
     /// The SFU (`/rtc`, `/admin/rooms`); `None` when `sfu.enabled` is off.
     #[cfg(feature = "sfu")]
     pub sfu: Option<Arc<crate::sfu::Sfu>>,

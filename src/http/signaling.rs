@@ -37,7 +37,7 @@ pub fn admin_routes(config: &mut web::ServiceConfig) {
     )
 )]
 pub async fn upgrade(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let user = super::auth::authenticate(&request, &state.chat, true).await?;
+    let user = super::auth::authenticate(&request, &state.tokens, true).await?;
     imp::upgrade(request, state, user).await
 }
 

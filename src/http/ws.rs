@@ -32,9 +32,9 @@ use crate::supervision::{ChildSpec, RestartType};
 )]
 pub async fn upgrade(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let chat = state.chat.clone();
-    let user = authenticate(&request, &chat, true).await?;
+    let user = authenticate(&request, &state.tokens, true).await?;
     let mut response = handshake(&request)?;
-    let config = &chat.config.ws;
+    let config = &state.config.ws;
     let Some(slot) = chat.connections_per_user.acquire(&user) else {
         crate::telemetry::limit_refused("ws_connections_per_user");
         return Err(ApiError::LimitExceeded {

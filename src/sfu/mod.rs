@@ -42,7 +42,7 @@ mod running {
     pub use super::peer::Peer;
     use super::room::{Room, Snapshot};
     use super::SfuConfig;
-    use crate::chat::Directory;
+    use crate::chat::{Directory, WsConfig};
     use crate::socket::{Outbox, PerUser};
     use crate::storage::{ChatStore, StorageError};
     use crate::supervision::{
@@ -137,11 +137,12 @@ mod running {
     /// Starts `/root/sfu` with its `rooms` and `peers` supervisors and the media runtime.
     pub fn start(
         root: &SupervisorHandle,
-        config: &crate::config::Config,
+        config: &SfuConfig,
+        ws: &WsConfig,
         directory: Arc<Directory>,
         store: ChatStore,
     ) -> anyhow::Result<Arc<Sfu>> {
-        let media = super::media::Media::start(&config.sfu).context("starting the SFU media runtime")?;
+        let media = super::media::Media::start(config).context("starting the SFU media runtime")?;
         let sfu = root.spawn_supervisor(SupervisorSpec::new("sfu")).context("starting /root/sfu")?;
         let dynamic = |name: &str| {
             SupervisorSpec::new(name).dynamic().intensity(MAX_RESTARTS, RESTART_WINDOW).restart(RestartType::Permanent)
@@ -150,7 +151,7 @@ mod running {
         // Peers after rooms, so at shutdown peers stop first and leave their rooms.
         let peers = sfu.spawn_supervisor(dynamic("peers")).context("starting /root/sfu/peers")?;
         let core = Arc::new(SfuCore {
-            config: config.sfu.clone(),
+            config: config.clone(),
             media,
             rooms_supervisor,
             rooms: Mutex::new(HashMap::new()),
@@ -158,11 +159,11 @@ mod running {
             directory,
             next_room: AtomicU64::new(0),
             next_participant: AtomicU64::new(0),
-            rooms_per_user: UserRooms::new(config.sfu.max_rooms_per_user),
-            heartbeat_interval: config.ws.heartbeat_interval,
-            client_timeout: config.ws.client_timeout,
+            rooms_per_user: UserRooms::new(config.max_rooms_per_user),
+            heartbeat_interval: ws.heartbeat_interval,
+            client_timeout: ws.client_timeout,
         });
-        let sockets_per_user = PerUser::new(config.sfu.max_sockets_per_user);
+        let sockets_per_user = PerUser::new(config.max_sockets_per_user);
         Ok(Arc::new(Sfu { core, peers, sockets_per_user }))
     }
 

@@ -9,7 +9,8 @@
 //!   writer (which writes MongoDB) and commits offsets per partition only up to the contiguous
 //!   watermark of records stored or dead-lettered.
 //! - `kafka_feed` (`Feed`): publishes what the batch writer stored to `<topic>.committed` and reads
-//!   that topic in a group of its own process, so each process pushes to its own connections.
+//!   every partition of that topic, assigned directly (no group, nothing committed), so each
+//!   process pushes to its own connections.
 //!
 //! Architecture Invariant: no blocking librdkafka call runs on an actix arbiter thread. Consumers
 //! live on their own threads (`consumer.rs`): polling, rebalance callbacks, synchronous commits
@@ -166,7 +167,7 @@ pub async fn flush(producer: Arc<FutureProducer>, timeout: Duration) {
 }
 
 /// The Kafka transport of one process: its producer and the actors it spawns under
-/// `/root/chat`, in the order `chat::start` needs them.
+/// `/root/chat`, started by the composition root (`crate::app`) in the order the pipeline needs.
 pub struct Kafka {
     config: KafkaConfig,
     /// How long start-up waits for the brokers.

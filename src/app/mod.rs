@@ -4,6 +4,8 @@
 //! (stop accepting and drain HTTP, then stop actors in reverse start order). Must never exit
 //! without running the shutdown sequence, whatever ended the run.
 
+mod chat;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -124,14 +126,15 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         .context("starting the system monitor")?;
 
     let circuit_breakers = CircuitBreakers::new();
-    let chat = match crate::chat::start(tree.root(), &config, &circuit_breakers, dead_letter_queue).await {
-        Ok(chat) => chat,
+    let wired = match chat::start(tree.root(), &config, &circuit_breakers, dead_letter_queue).await {
+        Ok(wired) => wired,
         Err(error) => {
             tree.shutdown().await;
             return Err(error);
         }
     };
-    if let Some(jwks) = chat.tokens.jwks() {
+    let chat = wired.chat;
+    if let Some(jwks) = wired.tokens.jwks() {
         let interval = config.auth.jwks_refresh_interval;
         let spec = ChildSpec::new("jwks_refresher", move || JwksRefresher::new(jwks.clone(), interval));
         if let Err(error) = tree.root().spawn(spec).context("starting the JWKS refresher") {
@@ -142,7 +145,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
 
     #[cfg(feature = "sfu")]
     let sfu = if config.sfu.enabled {
-        match crate::sfu::start(tree.root(), &config, chat.directory.clone(), chat.store.clone()) {
+        match crate::sfu::start(tree.root(), &config.sfu, &config.ws, chat.directory.clone(), chat.store.clone()) {
             Ok(sfu) => Some(sfu),
             Err(error) => {
                 tree.shutdown().await;
@@ -159,6 +162,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         sfu: sfu.clone(),
         started_at: std::time::SystemTime::now(),
         chat: chat.clone(),
+        tokens: wired.tokens,
+        #[cfg(feature = "kafka")]
+        kafka: wired.kafka,
         circuit_breakers,
         shutting_down: shutting_down.clone(),
         config: config.clone(),
