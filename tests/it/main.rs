@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod alerts;
+mod architecture;
 mod auth;
 mod backlog;
 mod browser;
