@@ -107,7 +107,12 @@ pub async fn an_unannounced_message_reaches_its_connected_recipient_on(backend: 
         "pushed {:?} after the ack (stale_after {STALE_AFTER}, cleanup every {CLEANUP_INTERVAL})",
         acked.elapsed()
     );
-    assert!(metric(&chat, "rampart_deliveries_caught_up_total").await >= 1.0);
+    // The hub counts a catch-up's pushes after handing them to the socket, which may write them
+    // first: on a loaded machine the count can come after the client has the message (seen in CI).
+    eventually("the push counted as a catch-up", Duration::from_secs(10), || async {
+        metric(&chat, "rampart_deliveries_caught_up_total").await >= 1.0
+    })
+    .await;
 }
 
 #[actix_rt::test]
