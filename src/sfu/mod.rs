@@ -4,7 +4,7 @@
 //! Owns: configuration (`[sfu]`, in every build), and with the `sfu` feature the signaling
 //! protocol (`protocol`), the `/root/sfu` subtree (`Room` and `Peer` actors), the room registry
 //! and room access rules (here), and the media runtime that forwards packets (`media`). Only
-//! `media.rs` and `peer.rs` know webrtc-rs.
+//! `media/` and `peer/` know webrtc-rs.
 //!
 //! Shape: `/root/sfu/rooms/room-<n>` (one `Room` per open room) and `/root/sfu/peers/peer-<n>`
 //! (one `Peer` per `/rtc` socket). A peer belongs to at most one room at a time; the room keeps

@@ -1,7 +1,7 @@
 //! The baseline: a bare webrtc-rs forwarder with no actors, no supervision, no registry, no
 //! metrics, speaking just enough of `/rtc` for the benchmark's clients (join, the publisher's
 //! offer, the server's offers to subscribers, candidates). Its connections are built like
-//! rampart's (`src/sfu/media.rs`: same codecs, default interceptors, 127.0.0.1 only, no mDNS,
+//! rampart's (`src/sfu/media/mod.rs`: same codecs, default interceptors, 127.0.0.1 only, no mDNS,
 //! two media threads and a dedicated reactor pool of two), and its forwarding loop does the
 //! least any forwarder must: set the subscriber's SSRC and payload type, drop the publisher's
 //! header extensions, write. What rampart spends beyond this is the cost of its actors,

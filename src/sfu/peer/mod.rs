@@ -7,7 +7,8 @@
 //! room says it should receive (`Subscribe`, debounced), one offer at a time, and each
 //! subscriber copy goes live in its publisher's fan-out once the client's answer is applied.
 //!
-//! webrtc-rs callbacks ([`Events`]) only forward an event to this actor through a weak address
+//! Negotiation (offers, answers, candidates) is in `negotiation.rs`. webrtc-rs callbacks
+//! (`events.rs`) only forward an event to this actor through a weak address
 //! tagged with the incarnation's generation: no work, no locks, nothing that keeps the peer
 //! alive, and nothing a restarted peer mistakes for its own.
 //!
@@ -17,6 +18,11 @@
 //! re-sends what to receive, and the client is told `reconnect`: it builds new connections and
 //! publishes again.
 
+mod events;
+mod negotiation;
+
+use events::{FromConnection, PcEvent};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -25,13 +31,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use parking_lot::Mutex;
 use webrtc::media_stream::track_remote::TrackRemote;
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription,
-};
+use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::media::{relay_keyframe_requests, Downstream, Fanout, MediaKind, Recycled};
+use super::media::{Downstream, Fanout, MediaKind, Recycled};
 use super::protocol::{self, Candidate, ClientSignal, SignalError, Target};
 use super::room::{Join, Leave, MemberInfo, Mute, Publish, TrackRef, Unpublish};
 use super::{room_closed, RoomEntry, RoomRefused, SfuCore, Signal};
@@ -220,10 +223,6 @@ impl Peer {
         self.shared.signal.send(error.to_json());
     }
 
-    fn events(&self, ctx: &Context<Self>, target: Target) -> Arc<dyn PeerConnectionEventHandler> {
-        Arc::new(Events { peer: ctx.address().downgrade(), generation: self.generation, target })
-    }
-
     /// Runs a webrtc-rs step on the media runtime while this peer handles nothing else, then
     /// `then` with its outcome (`Err`: the step panicked or was cancelled).
     fn media_step<F, T>(
@@ -329,171 +328,6 @@ impl Peer {
         }
     }
 
-    fn publisher_offer(&mut self, sdp: String, ctx: &mut Context<Self>) {
-        if self.shared.membership().is_none() {
-            return self.reject(SignalError::new("not_joined", "offer: join a room first"));
-        }
-        let connection = self.connection(ctx, Target::Publisher);
-        crate::action!("sfu", "offer", participant = self.shared.participant, target = "publisher");
-        self.media_step(
-            ctx,
-            "sfu.negotiate",
-            async move {
-                let connection = match connection.await {
-                    Ok(connection) => connection,
-                    Err(error) => return (None, Err(SignalError::new("unavailable", error))),
-                };
-                let answer = answer(&*connection, sdp).await;
-                (Some(connection), answer)
-            },
-            |peer, outcome, ctx| match outcome {
-                Ok((connection, answer)) => {
-                    if peer.publisher.is_none() {
-                        peer.publisher = connection;
-                    }
-                    match answer {
-                        Ok(sdp) => {
-                            crate::action!(
-                                "sfu",
-                                "answer",
-                                participant = peer.shared.participant,
-                                target = "publisher"
-                            );
-                            peer.shared.signal.send(protocol::sdp("answer", Target::Publisher, &sdp));
-                            peer.described(Target::Publisher, ctx);
-                        }
-                        Err(error) => peer.reject(error),
-                    }
-                }
-                Err(error) => peer.reject(SignalError::new("internal", format!("offer: {error}"))),
-            },
-        );
-    }
-
-    fn subscriber_answer(&mut self, sdp: String, ctx: &mut Context<Self>) {
-        let (true, Some(connection)) = (self.negotiation.awaiting_answer, self.subscriber.clone()) else {
-            return self
-                .reject(SignalError::new("unexpected_answer", "answer: no subscriber offer is waiting for one"));
-        };
-        crate::action!("sfu", "answer", participant = self.shared.participant, target = "subscriber");
-        self.media_step(
-            ctx,
-            "sfu.negotiate",
-            async move {
-                let description = RTCSessionDescription::answer(sdp)
-                    .map_err(|error| SignalError::new("invalid_sdp", format!("answer: {error}")))?;
-                connection
-                    .set_remote_description(description)
-                    .await
-                    .map_err(|error| SignalError::new("invalid_sdp", format!("answer: {error}")))
-            },
-            |peer, outcome, ctx| {
-                peer.negotiation.awaiting_answer = false;
-                match outcome {
-                    Ok(Ok(())) => {
-                        peer.subscriptions_live();
-                        peer.described(Target::Subscriber, ctx);
-                    }
-                    Ok(Err(error)) => {
-                        peer.reject(error);
-                        // The offer is still pending on our side: offer again.
-                        peer.negotiation.force = true;
-                        peer.negotiation.again = true;
-                    }
-                    Err(error) => peer.reject(SignalError::new("internal", format!("answer: {error}"))),
-                }
-                if std::mem::take(&mut peer.negotiation.again) {
-                    peer.schedule_sync(ctx);
-                }
-            },
-        );
-    }
-
-    /// After an applied answer: new subscriber copies join their fan-outs, and their publishers
-    /// are asked for a keyframe so the new subscriber can start decoding.
-    fn subscriptions_live(&mut self) {
-        let media = self.shared.core.media.clone();
-        for subscription in self.subscriptions.values_mut().filter(|s| s.live.is_none()) {
-            let Some(fanout) = subscription.fanout.upgrade() else { continue };
-            fanout.add(subscription.downstream.clone());
-            let downstream = subscription.downstream.clone();
-            let weak = subscription.fanout.clone();
-            subscription.live = Some(media.spawn("sfu.subscription", async move {
-                let relay = async {
-                    fanout.request_keyframe().await;
-                    drop(fanout);
-                    relay_keyframe_requests(downstream.clone(), weak).await;
-                };
-                tokio::join!(relay, downstream.drain());
-            }));
-        }
-    }
-
-    fn add_candidate(&mut self, target: Target, candidate: Candidate, ctx: &mut Context<Self>) {
-        if candidate.candidate.trim().is_empty() {
-            return; // End of candidates.
-        }
-        if self.described.contains(&target) {
-            return self.apply_candidates(target, vec![candidate], true, ctx);
-        }
-        // The server makes the subscriber connection: a candidate for it before any offer is wrong.
-        if target == Target::Subscriber && self.subscriber.is_none() {
-            let message = "candidate: there is no subscriber connection yet".to_owned();
-            return self.reject(SignalError::new("no_connection", message));
-        }
-        let early = self.early.entry(target).or_default();
-        if early.len() >= MAX_EARLY_CANDIDATES {
-            let message = format!("candidate: more than {MAX_EARLY_CANDIDATES} before the {} offer", target.as_str());
-            return self.reject(SignalError::new("no_connection", message));
-        }
-        early.push(candidate);
-    }
-
-    /// `target` has a remote description now: it takes the candidates that waited for it.
-    fn described(&mut self, target: Target, ctx: &mut Context<Self>) {
-        self.described.insert(target);
-        if let Some(early) = self.early.remove(&target) {
-            // Some may belong to a connection the client replaced: not worth an error frame.
-            self.apply_candidates(target, early, false, ctx);
-        }
-    }
-
-    fn apply_candidates(&mut self, target: Target, candidates: Vec<Candidate>, report: bool, ctx: &mut Context<Self>) {
-        let connection = match target {
-            Target::Publisher => self.publisher.clone(),
-            Target::Subscriber => self.subscriber.clone(),
-        };
-        let Some(connection) = connection else { return };
-        self.media_step(
-            ctx,
-            "sfu.candidate",
-            async move {
-                for candidate in candidates {
-                    let init = RTCIceCandidateInit {
-                        candidate: candidate.candidate,
-                        sdp_mid: candidate.sdp_mid,
-                        sdp_mline_index: candidate.sdp_mline_index,
-                        username_fragment: candidate.username_fragment,
-                        ..Default::default()
-                    };
-                    connection.add_ice_candidate(init).await.map_err(|error| error.to_string())?;
-                }
-                Ok(())
-            },
-            move |peer, outcome, _ctx| {
-                let error = match outcome {
-                    Ok(Ok(())) => return,
-                    Ok(Err(error)) | Err(error) => error,
-                };
-                if report {
-                    peer.reject(SignalError::new("invalid_candidate", format!("candidate: {error}")));
-                } else {
-                    tracing::debug!(participant = %peer.shared.participant, %error, "an early candidate did not apply");
-                }
-            },
-        );
-    }
-
     fn mute(&mut self, track: String, muted: bool) {
         let Some(published) = self.published.get(&track) else {
             return self.reject(SignalError::new("unknown_track", format!("mute: you publish no track {track:?}")));
@@ -502,120 +336,6 @@ impl Peer {
         if let Some(entry) = self.shared.membership() {
             let _ = entry.room.do_send(Mute { participant: self.shared.participant.clone(), track, muted });
         }
-    }
-
-    fn schedule_sync(&mut self, ctx: &mut Context<Self>) {
-        if !self.negotiation.scheduled {
-            self.negotiation.scheduled = true;
-            ctx.run_later(SUBSCRIBE_DEBOUNCE, |peer, ctx| {
-                peer.negotiation.scheduled = false;
-                peer.sync_subscriptions(ctx);
-            });
-        }
-    }
-
-    /// Makes the subscriber connection carry exactly the wanted tracks, and offers it.
-    fn sync_subscriptions(&mut self, ctx: &mut Context<Self>) {
-        if self.negotiation.awaiting_answer {
-            self.negotiation.again = true;
-            return;
-        }
-        if self.shared.membership().is_none() {
-            return;
-        }
-        let wanted: HashMap<TrackKey, Arc<Fanout>> = self
-            .wanted
-            .iter()
-            .filter_map(|track| {
-                let fanout = track.fanout.upgrade()?;
-                Some(((track.publisher.clone(), track.track.clone()), fanout))
-            })
-            .collect();
-        let stale: Vec<TrackKey> = self
-            .subscriptions
-            .iter()
-            .filter(|(key, subscription)| match (wanted.get(*key), subscription.fanout.upgrade()) {
-                (Some(wanted), Some(current)) => !Arc::ptr_eq(wanted, &current),
-                _ => true,
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        let mut removed = Vec::with_capacity(stale.len());
-        for key in stale {
-            if let Some(subscription) = self.subscriptions.remove(&key) {
-                if let Some(fanout) = subscription.fanout.upgrade() {
-                    fanout.remove(&self.shared.participant);
-                }
-                let downstream = &subscription.downstream;
-                let slot = usize::from(subscription.sender.id());
-                self.ssrc_pool.entry(downstream.kind).or_default().insert(slot, downstream.recycle());
-                removed.push(subscription.sender);
-            }
-        }
-        let added: Vec<(TrackKey, Arc<Fanout>)> =
-            wanted.into_iter().filter(|(key, _)| !self.subscriptions.contains_key(key)).collect();
-        let force = std::mem::take(&mut self.negotiation.force);
-        if removed.is_empty() && added.is_empty() && !(force && self.subscriber.is_some()) {
-            return;
-        }
-        if self.subscriber.is_none() && added.is_empty() {
-            return;
-        }
-        let participant = self.shared.participant.clone();
-        // webrtc-rs puts an added track on the first free transceiver of its kind, and the free
-        // ones are exactly those in the pool: taking the lowest-indexed freed SSRC first keeps
-        // every SSRC on the transceiver it was first negotiated on. Moved to another, it would be
-        // described on two transceivers at once (the old one inactive), and a webrtc-rs client
-        // files an SSRC's packets under the first transceiver that lists it.
-        let mut slots = Vec::with_capacity(added.len());
-        let added: Vec<(TrackKey, Weak<Fanout>, Arc<Downstream>)> = added
-            .into_iter()
-            .map(|(key, fanout)| {
-                let recycled = self.ssrc_pool.get_mut(&fanout.kind).and_then(BTreeMap::pop_first);
-                slots.push(recycled.as_ref().map(|(slot, _)| *slot));
-                let downstream = Downstream::new(&participant, &fanout, recycled.map(|(_, recycled)| recycled));
-                (key, Arc::downgrade(&fanout), downstream)
-            })
-            .collect();
-        let tracks: Vec<_> =
-            added.iter().zip(slots).map(|((_, _, downstream), slot)| (downstream.as_track_local(), slot)).collect();
-        let connection = self.connection(ctx, Target::Subscriber);
-        self.negotiation.awaiting_answer = true;
-        self.media_step(
-            ctx,
-            "sfu.negotiate",
-            async move {
-                let connection = match connection.await {
-                    Ok(connection) => connection,
-                    Err(error) => return (None, Err(error)),
-                };
-                let offer = offer(&*connection, removed, tracks).await;
-                (Some(connection), offer)
-            },
-            move |peer, outcome, _ctx| {
-                let (connection, offer) = match outcome {
-                    Ok(done) => done,
-                    Err(error) => (None, Err(error)),
-                };
-                if peer.subscriber.is_none() {
-                    peer.subscriber = connection;
-                }
-                match offer {
-                    Ok((senders, sdp)) => {
-                        for ((key, fanout, downstream), sender) in added.into_iter().zip(senders) {
-                            peer.subscriptions.insert(key, Subscription { fanout, downstream, sender, live: None });
-                        }
-                        crate::action!("sfu", "offer", participant = peer.shared.participant, target = "subscriber");
-                        peer.shared.signal.send(protocol::sdp("offer", Target::Subscriber, &sdp));
-                    }
-                    Err(error) => {
-                        tracing::warn!(participant = %peer.shared.participant, %error, "subscriber offer failed");
-                        peer.negotiation.awaiting_answer = false;
-                        peer.reject(SignalError::new("negotiation_failed", format!("subscriber offer: {error}")));
-                    }
-                }
-            },
-        );
     }
 
     fn track_arrived(&mut self, remote: Arc<dyn TrackRemote>, ctx: &mut Context<Self>) {
@@ -690,48 +410,6 @@ impl Peer {
             tracing::warn!(%error, room = %entry.name, "could not re-enter the room");
         }
     }
-}
-
-/// Applies a client's offer and produces the answer's SDP.
-async fn answer(connection: &dyn PeerConnection, sdp: String) -> Result<String, SignalError> {
-    let invalid = |error: webrtc::error::Error| SignalError::new("invalid_sdp", format!("offer: {error}"));
-    let description = RTCSessionDescription::offer(sdp).map_err(invalid)?;
-    connection.set_remote_description(description).await.map_err(invalid)?;
-    let failed = |error: webrtc::error::Error| SignalError::new("negotiation_failed", format!("answer: {error}"));
-    let answer = connection.create_answer(None).await.map_err(failed)?;
-    connection.set_local_description(answer).await.map_err(failed)?;
-    let local = connection
-        .local_description()
-        .await
-        .ok_or_else(|| SignalError::new("negotiation_failed", "answer: no local description"))?;
-    Ok(local.sdp)
-}
-
-/// Removes and adds subscriber tracks and produces the offer's SDP.
-async fn offer(
-    connection: &dyn PeerConnection,
-    removed: Vec<Arc<dyn RtpSender>>,
-    added: Vec<(Arc<dyn webrtc::media_stream::track_local::TrackLocal>, Option<usize>)>,
-) -> Result<(Vec<Arc<dyn RtpSender>>, String), String> {
-    for sender in &removed {
-        if let Err(error) = connection.remove_track(sender).await {
-            tracing::debug!(%error, "removing a subscriber track");
-        }
-    }
-    let mut senders = Vec::with_capacity(added.len());
-    for (track, slot) in added {
-        let sender = connection.add_track(track).await.map_err(|error| format!("add_track: {error}"))?;
-        let used = usize::from(sender.id());
-        if slot.is_some_and(|slot| slot != used) {
-            // The pool's picture of the free transceivers is wrong: the SSRC moved.
-            tracing::warn!(expected = ?slot, used, "a recycled SSRC went to another transceiver");
-        }
-        senders.push(sender);
-    }
-    let offer = connection.create_offer(None).await.map_err(|error| format!("create_offer: {error}"))?;
-    connection.set_local_description(offer).await.map_err(|error| format!("set_local_description: {error}"))?;
-    let local = connection.local_description().await.ok_or("no local description")?;
-    Ok((senders, local.sdp))
 }
 
 impl Actor for Peer {
@@ -862,86 +540,5 @@ impl Handler<Describe> for Peer {
             signal: self.shared.signal.clone(),
             tracks,
         })
-    }
-}
-
-/// Something one of this peer's connections reported (see [`Events`]).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct FromConnection {
-    generation: u64,
-    target: Target,
-    event: PcEvent,
-}
-
-enum PcEvent {
-    Candidate(Candidate),
-    State(RTCPeerConnectionState),
-    Track(Arc<dyn TrackRemote>),
-    TrackEnded(String),
-}
-
-impl Handler<FromConnection> for Peer {
-    type Result = ();
-
-    fn handle(&mut self, message: FromConnection, ctx: &mut Self::Context) {
-        if message.generation != self.generation {
-            return; // A previous incarnation's connection, closing.
-        }
-        match message.event {
-            PcEvent::Candidate(candidate) => {
-                self.shared.signal.send(protocol::candidate(message.target, &candidate));
-            }
-            PcEvent::State(RTCPeerConnectionState::Failed) => self.connection_failed(message.target),
-            PcEvent::State(state) => {
-                crate::action!(
-                    "sfu",
-                    "connection state",
-                    participant = self.shared.participant,
-                    target = message.target.as_str(),
-                    state = state
-                );
-            }
-            PcEvent::Track(remote) if message.target == Target::Publisher => self.track_arrived(remote, ctx),
-            PcEvent::Track(_) => {}
-            PcEvent::TrackEnded(track) => self.track_ended(track),
-        }
-    }
-}
-
-/// The webrtc-rs callbacks of one connection: each only forwards its event.
-struct Events {
-    peer: actix::WeakAddr<Peer>,
-    generation: u64,
-    target: Target,
-}
-
-impl Events {
-    fn emit(&self, event: PcEvent) {
-        if let Some(peer) = self.peer.upgrade() {
-            peer.do_send(FromConnection { generation: self.generation, target: self.target, event });
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Events {
-    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            self.emit(PcEvent::Candidate(Candidate {
-                candidate: init.candidate,
-                sdp_mid: init.sdp_mid,
-                sdp_mline_index: init.sdp_mline_index,
-                username_fragment: init.username_fragment,
-            }));
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        self.emit(PcEvent::State(state));
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        self.emit(PcEvent::Track(track));
     }
 }
