@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Tokens;
+use crate::chat::Chat;
 
 /// Middleware of the `/admin` scope: only requests with the admin token get through.
 pub(super) async fn require_admin_token(
@@ -76,4 +77,13 @@ pub(super) async fn authenticate(
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+}
+
+/// Only members see or write a conversation; anyone else is told it may not exist.
+pub(super) async fn require_member(chat: &Chat, conversation: &str, user: &str) -> Result<(), ApiError> {
+    if chat.directory.is_member(conversation, user).await? {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("not a member of this conversation (or it does not exist)".into()))
+    }
 }

@@ -11,6 +11,7 @@ mod chat;
 mod error;
 mod health;
 mod json_integer;
+mod messages;
 mod openapi;
 mod signaling;
 mod socket;
@@ -91,6 +92,7 @@ fn app(
         .service(web::resource("/rtc").get(signaling::upgrade))
         .configure(web_client::routes)
         .configure(chat::routes)
+        .configure(messages::routes)
         .service(
             web::scope("/admin")
                 .wrap(actix_web::middleware::from_fn(auth::require_admin_token))

@@ -12,7 +12,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, chat, error, health, signaling, web_client, ws};
+use super::{admin, chat, error, health, messages, signaling, web_client, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,9 +39,9 @@ use super::{admin, chat, error, health, signaling, web_client, ws};
         chat::list_conversations,
         chat::create_conversation,
         chat::get_conversation,
-        chat::history,
-        chat::post_message,
-        chat::search,
+        messages::history,
+        messages::post_message,
+        messages::search,
         chat::list_dead_letters,
         chat::retry_dead_letter,
         admin::info,
