@@ -50,8 +50,8 @@ impl SupervisedMessage for Commit {
 #[rtype(result = "()")]
 struct Kick;
 
-/// Messages between arrival and answer. Created once by `chat::start` (in `Stages`), shared by every
-/// incarnation of the writer.
+/// Messages between arrival and answer. Created once by `chat::start` (in `Stages`), shared by
+/// every incarnation of the writer.
 #[derive(Clone)]
 pub struct Ledger {
     state: Arc<Mutex<LedgerState>>,

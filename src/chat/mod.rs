@@ -338,8 +338,7 @@ pub fn start(root: &SupervisorHandle, foundation: Foundation) -> anyhow::Result<
             DeliveryHub::new(delivery_store.clone(), delivery_directory.clone(), delivery_presence.clone(), chaos)
         }))
         .context("starting delivery")?;
-    let pipeline = &foundation.pipeline;
-    let admission = Admission::new(pipeline.max_queue_delay, pipeline.batch_max_messages, pipeline.queue_capacity);
+    let admission = pipeline_admission(&foundation.pipeline);
     Ok(Stages {
         supervisor: chat,
         delivery,
@@ -353,12 +352,16 @@ pub fn start(root: &SupervisorHandle, foundation: Foundation) -> anyhow::Result<
     })
 }
 
+/// An admission sized by the pipeline's settings (`pipeline.max_queue_delay`, batch size, queue).
+fn pipeline_admission(pipeline: &PipelineConfig) -> Arc<Admission> {
+    Admission::new(pipeline.max_queue_delay, pipeline.batch_max_messages, pipeline.queue_capacity)
+}
+
 impl Stages {
     /// An admission of the pipeline's size that no sender waits on: for a batch writer fed by a
     /// transport, whose senders were admitted by the transport's acks.
     pub fn admission_of_its_own(&self) -> Arc<Admission> {
-        let pipeline = &self.foundation.pipeline;
-        Admission::new(pipeline.max_queue_delay, pipeline.batch_max_messages, pipeline.queue_capacity)
+        pipeline_admission(&self.foundation.pipeline)
     }
 
     /// The batch writer: commits batches, then announces them (`announce`, when new messages

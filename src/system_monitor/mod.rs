@@ -28,8 +28,8 @@ pub struct Sample {
     pub rss_bytes: Option<u64>,
     /// Bytes allocated and not yet freed (the live heap, with what threads keep cached for their
     /// next allocations but without the allocator's retained pages); `None` where the allocator
-    /// does not tell. RSS far above it is fragmentation or
-    /// pages not yet returned, a live heap that grows is a leak or a queue.
+    /// does not tell. RSS far above it is fragmentation or pages not yet returned; a live heap
+    /// that grows is a leak or a queue.
     pub heap_allocated_bytes: Option<u64>,
     /// OS threads of the process; `None` where the platform does not tell.
     pub threads: Option<u64>,
