@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::doc;
 use mongodb::options::{Acknowledgment, CollectionOptions, WriteConcern};
 use rampart::storage::mongodb::{MongoChat, MongoConfig};
-use rampart::storage::NewMessage;
+use rampart::storage::{ConversationStore as _, MessageStore as _, NewMessage, UserStore as _};
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
@@ -90,7 +90,7 @@ fn main() {
         while written < total {
             let count = batch.min(total - written);
             let commit =
-                store.commit_batch_inspected(Arc::from(messages("batched", written, count)), rampart::storage::now_ms(), |_| {});
+                store.commit_batch_inspected(Arc::from(messages("batched", written, count)), rampart::storage::now_ms(), Box::new(|_| {}));
             let outcomes = bounded("commit_batch", commit).await.expect("commit");
             assert_eq!(outcomes.len(), count);
             written += count;
@@ -99,7 +99,7 @@ fn main() {
 
         let started = Instant::now();
         for message in messages("one-by-one", 0, single) {
-            let commit = store.commit_batch_inspected(Arc::from(vec![message]), rampart::storage::now_ms(), |_| {});
+            let commit = store.commit_batch_inspected(Arc::from(vec![message]), rampart::storage::now_ms(), Box::new(|_| {}));
             bounded("commit_batch", commit).await.expect("commit");
         }
         let one_batch = report("commit_batch, 1 message per call (+ deliveries)", single, started.elapsed());

@@ -13,9 +13,7 @@ use crate::chat::{Chat, Foundation, Next};
 use crate::config::Config;
 use crate::queue::WakeQueue;
 use crate::resilience::{CircuitBreakers, Dependency};
-use crate::storage::elasticsearch::ElasticsearchSearch;
-use crate::storage::mongodb::MongoChat;
-use crate::storage::{ChatStore, SearchKind, SearchProgress, SearchStore, SqliteChat, SqliteSearch, StorageKind};
+use crate::storage::{RoomStore, Selection, StorageKind};
 use crate::supervision::{QuarantineRecord, SupervisorHandle};
 use crate::transport::TransportKind;
 
@@ -24,6 +22,9 @@ pub(super) struct Wired {
     pub chat: Arc<Chat>,
     /// The keys that verify clients' tokens (HTTP, WebSocket and `/rtc` authentication).
     pub tokens: Arc<Tokens>,
+    /// The SFU's operator rooms, kept in the chat store's backend.
+    #[cfg_attr(not(feature = "sfu"), allow(dead_code, reason = "only the SFU keeps rooms"))]
+    pub rooms: Arc<dyn RoomStore>,
     /// The Kafka transport, when `transport.kind = "kafka"` (its readiness goes into `/ready`).
     #[cfg(feature = "kafka")]
     pub kafka: Option<Arc<crate::transport::kafka::Kafka>>,
@@ -42,7 +43,14 @@ pub(super) async fn start(
             "transport.kind = \"kafka\" needs a build with Kafka support: cargo build --release --features kafka"
         );
     }
-    let (store, search) = open_stores(config).await?;
+    let stores = crate::storage::open(Selection {
+        storage: &config.storage,
+        mongodb: &config.mongodb,
+        search: config.search.kind,
+        elasticsearch: &config.elasticsearch,
+    })
+    .await?;
+    let store = stores.chat;
     let tokens = Arc::new(Tokens::load(&config.auth, &config.storage.data_dir).context("loading the JWT secret")?);
     // Nothing can be stored while the store fails (the embedded one on this instance's disk, or
     // MongoDB shared by the deployment). Search is optional: chat goes on without it.
@@ -66,7 +74,7 @@ pub(super) async fn start(
         root,
         Foundation {
             store: store.clone(),
-            search,
+            search: stores.search,
             storage_breaker: storage_breaker.clone(),
             search_breaker,
             pipeline: config.pipeline.clone(),
@@ -101,7 +109,7 @@ pub(super) async fn start(
         )?;
         let next = Next::new(move |submission| producer.try_send(crate::transport::kafka::Produce(submission)));
         let chat = stages.finish(batch_writer, next)?;
-        return Ok(Wired { chat, tokens, kafka: Some(kafka.clone()) });
+        return Ok(Wired { chat, tokens, rooms: stores.rooms, kafka: Some(kafka.clone()) });
     }
 
     // Embedded: senders are admitted by the batch writer's commits.
@@ -110,40 +118,8 @@ pub(super) async fn start(
     Ok(Wired {
         chat,
         tokens,
+        rooms: stores.rooms,
         #[cfg(feature = "kafka")]
         kafka: None,
     })
-}
-
-/// The chat store and the search index `storage.kind` and `search.kind` name.
-async fn open_stores(config: &Config) -> anyhow::Result<(ChatStore, SearchStore)> {
-    let data_dir = &config.storage.data_dir;
-    let wal = config.storage.wal_policy();
-    // With MongoDB and an external engine, each message carries an "unindexed" flag from its
-    // insert (see `SearchProgress::Flags`).
-    let flag_unindexed = config.search.kind == SearchKind::Elasticsearch;
-    let store = match config.storage.kind {
-        StorageKind::Sqlite => ChatStore::Sqlite(
-            SqliteChat::open(data_dir, config.storage.readers, wal).context("opening the chat database")?,
-        ),
-        StorageKind::Mongodb => ChatStore::Mongodb(
-            MongoChat::open(&config.mongodb, flag_unindexed).await.context("opening the MongoDB chat store")?,
-        ),
-    };
-    let search = match config.search.kind {
-        SearchKind::Sqlite => SearchStore::Sqlite(
-            SqliteSearch::open(data_dir, config.storage.readers.div_ceil(2), wal)
-                .context("opening the search index")?,
-        ),
-        // Nothing is asked of the engine here: start-up never waits for it (the indexer
-        // creates the index on its first step, behind the search breaker).
-        SearchKind::Elasticsearch => SearchStore::Elasticsearch {
-            engine: ElasticsearchSearch::new(&config.elasticsearch).context("the search engine client")?,
-            progress: match &store {
-                ChatStore::Mongodb(mongo) => SearchProgress::Flags(mongo.clone()),
-                ChatStore::Sqlite(_) => SearchProgress::Watermark(store.clone()),
-            },
-        },
-    };
-    Ok((store, search))
 }

@@ -145,7 +145,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
 
     #[cfg(feature = "sfu")]
     let sfu = if config.sfu.enabled {
-        match crate::sfu::start(tree.root(), &config.sfu, &config.ws, chat.directory.clone(), chat.store.clone()) {
+        match crate::sfu::start(tree.root(), &config.sfu, &config.ws, chat.directory.clone(), wired.rooms.clone()) {
             Ok(sfu) => Some(sfu),
             Err(error) => {
                 tree.shutdown().await;

@@ -26,7 +26,7 @@ use super::indexer::{Indexer, Poke};
 use super::{Ack, SendError, Submission, CHAOS_POISON_MARKER, CHAOS_STALL_MARKER, CHAOS_UNANNOUNCED_MARKER};
 use crate::chat::PipelineConfig;
 use crate::resilience::{CircuitBreaker, Outcome};
-use crate::storage::{ChatStore, CommitOutcome, DeadLetterKind, NewDeadLetter, NewMessage, StorageError};
+use crate::storage::{ChatStore, CommitOutcome, DeadLetterKind, Inspect, NewDeadLetter, NewMessage, StorageError};
 use crate::supervision::{ActorHandle, ActorRecord, BackoffPolicy, SupervisedMessage};
 
 /// Announces stored messages to every process (the Kafka transport's feed) instead of handing
@@ -421,11 +421,11 @@ async fn commit_with_retries(
             Err(_) => Err(StorageError::CircuitOpen),
             Ok(permit) => {
                 let started = Instant::now();
-                let inspect = move |message: &NewMessage| {
+                let inspect: Inspect = Box::new(move |message: &NewMessage| {
                     if chaos && message.body.contains(CHAOS_POISON_MARKER) {
                         panic!("chaos: poison message {} while writing its batch", message.id);
                     }
-                };
+                });
                 let commit = store.commit_batch_inspected(messages.clone(), crate::storage::now_ms(), inspect);
                 let stall = chaos && messages.iter().any(|message| message.body.contains(CHAOS_STALL_MARKER));
                 let commit = async move {

@@ -605,22 +605,22 @@ mod tests {
         // ran: confirmations (and claims) of the last 10 ms before a shutdown were lost.
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteChat::open(dir.path(), 1, WalPolicy::default()).unwrap();
+        let store: ChatStore = Arc::new(sqlite.clone());
         for user in ["alice", "bob"] {
-            sqlite.create_user(user.into(), user.into(), 1).await.unwrap();
+            store.create_user(user.into(), user.into(), 1).await.unwrap();
         }
         let members = vec!["alice".to_owned(), "bob".to_owned()];
-        sqlite.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.unwrap().unwrap();
+        store.create_conversation("c".into(), "t".into(), "alice".into(), members, 1).await.unwrap().unwrap();
         let message = crate::chat::new_message("alice".into(), "c".into(), "1".into(), "hi".into());
         let batch: Arc<[NewMessage]> = vec![message].into();
         let committed = sqlite.commit_batch(batch, 10).await.unwrap();
         let CommitOutcome::Stored { message, .. } = &committed[0] else { panic!("not stored") };
-        let store = ChatStore::Sqlite(sqlite.clone());
-        let hub = DeliveryHub::new(store.clone(), Directory::new(store), Presence::new(), false).start();
+        let hub = DeliveryHub::new(store.clone(), Directory::new(store.clone()), Presence::new(), false).start();
         hub.send(Confirm { user: "bob".into(), id: message.id.clone() }).await.unwrap();
         // Stopped before its 10 ms flush timer fires.
         hub.send(StopNow).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !sqlite.undelivered("bob".into(), 0, 10, true).await.unwrap().entries.is_empty() {
+        while !store.undelivered("bob".into(), 0, 10, true).await.unwrap().entries.is_empty() {
             assert!(std::time::Instant::now() < deadline, "the confirmation was never written");
             tokio::time::sleep(Duration::from_millis(5)).await; // poll interval, deadline above
         }

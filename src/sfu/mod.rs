@@ -44,7 +44,7 @@ mod running {
     use super::SfuConfig;
     use crate::chat::{Directory, WsConfig};
     use crate::socket::{Outbox, PerUser};
-    use crate::storage::{ChatStore, StorageError};
+    use crate::storage::{RoomStore, StorageError};
     use crate::supervision::{
         ActorHandle, CallError, ChildSpec, RestartType, SpawnError, SupervisorHandle, SupervisorSpec,
     };
@@ -109,9 +109,9 @@ mod running {
         pub(super) media: Arc<super::media::Media>,
         rooms_supervisor: SupervisorHandle,
         pub(super) rooms: Mutex<HashMap<String, Arc<RoomEntry>>>,
-        /// Where operators' rooms are kept (`POST /admin/rooms`): the chat store, so they outlive
-        /// a restart and every process of a deployment on MongoDB sees the same.
-        store: ChatStore,
+        /// Where operators' rooms are kept (`POST /admin/rooms`): the chat store's backend, so they
+        /// outlive a restart and every process of a deployment on MongoDB sees the same.
+        store: Arc<dyn RoomStore>,
         directory: Arc<Directory>,
         next_room: AtomicU64,
         next_participant: AtomicU64,
@@ -140,7 +140,7 @@ mod running {
         config: &SfuConfig,
         ws: &WsConfig,
         directory: Arc<Directory>,
-        store: ChatStore,
+        store: Arc<dyn RoomStore>,
     ) -> anyhow::Result<Arc<Sfu>> {
         let media = super::media::Media::start(config).context("starting the SFU media runtime")?;
         let sfu = root.spawn_supervisor(SupervisorSpec::new("sfu")).context("starting /root/sfu")?;

@@ -11,6 +11,7 @@
 //! through `Db::write` (one dedicated writer thread per file) or `Db::read` (a small reader
 //! pool); remote engines are called asynchronously.
 
+mod backend;
 mod config;
 pub mod elasticsearch;
 mod model;
@@ -19,6 +20,10 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+pub use backend::{
+    ChatBackend, ChatStore, ConversationStore, DeadLetterStore, DeliveryStore, Inspect, MessageStore, RoomStore,
+    UserStore,
+};
 pub use config::StorageConfig;
 pub use model::{
     BacklogEntry, BacklogPage, Claim, CommitOutcome, ConversationCursor, ConversationSummary, DeadLetter,
@@ -89,239 +94,66 @@ pub enum StorageKind {
     Mongodb,
 }
 
-/// The chat store every pipeline actor and handler talks to. Cheap to clone.
-#[derive(Clone)]
-pub enum ChatStore {
-    Sqlite(SqliteChat),
-    Mongodb(mongodb::MongoChat),
+/// Which backends a process opens, and their sections of the configuration.
+pub struct Selection<'a> {
+    pub storage: &'a StorageConfig,
+    pub mongodb: &'a mongodb::MongoConfig,
+    pub search: SearchKind,
+    pub elasticsearch: &'a elasticsearch::ElasticsearchConfig,
 }
 
-/// Calls the same method on whichever backend `$store` is.
-macro_rules! on_backend {
-    ($store:expr, $backend:ident => $call:expr) => {
-        match $store {
-            ChatStore::Sqlite($backend) => $call,
-            ChatStore::Mongodb($backend) => $call,
+/// What [`open`] opened: the chat store, the SFU's rooms kept in the same backend, and the
+/// search index.
+pub struct Stores {
+    pub chat: ChatStore,
+    pub rooms: Arc<dyn RoomStore>,
+    pub search: SearchStore,
+}
+
+/// Which store [`open`] could not open, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("opening {what}: {reason}")]
+pub struct OpenError {
+    what: &'static str,
+    reason: StorageError,
+}
+
+/// Opens the chat store `storage.kind` names and the search index `search.kind` names. With
+/// MongoDB this waits for the server (a process that cannot reach its store should not report
+/// itself started); an external search engine is not asked anything here (its indexer creates the
+/// index on its first step, behind the search breaker).
+pub async fn open(selection: Selection<'_>) -> Result<Stores, OpenError> {
+    let Selection { storage, mongodb, search, elasticsearch } = selection;
+    let wal = storage.wal_policy();
+    let failed = |what: &'static str| move |reason: StorageError| OpenError { what, reason };
+    let (chat, rooms, progress): (ChatStore, Arc<dyn RoomStore>, SearchProgress) = match storage.kind {
+        StorageKind::Sqlite => {
+            let sqlite =
+                SqliteChat::open(&storage.data_dir, storage.readers, wal).map_err(failed("the chat database"))?;
+            let chat: ChatStore = Arc::new(sqlite.clone());
+            (chat.clone(), Arc::new(sqlite), SearchProgress::Watermark(chat))
+        }
+        StorageKind::Mongodb => {
+            // With an external engine, each message carries an "unindexed" flag from its insert
+            // (see `SearchProgress::Flags`).
+            let flag_unindexed = search == SearchKind::Elasticsearch;
+            let mongo =
+                mongodb::MongoChat::open(mongodb, flag_unindexed).await.map_err(failed("the MongoDB chat store"))?;
+            (Arc::new(mongo.clone()), Arc::new(mongo.clone()), SearchProgress::Flags(mongo))
         }
     };
-}
-
-impl ChatStore {
-    pub fn kind(&self) -> StorageKind {
-        match self {
-            ChatStore::Sqlite(_) => StorageKind::Sqlite,
-            ChatStore::Mongodb(_) => StorageKind::Mongodb,
-        }
-    }
-
-    /// Fault injection (`/admin/chaos/storage`): the embedded store only, whose disk it mimics.
-    pub fn faults(&self) -> Option<&Arc<Faults>> {
-        match self {
-            ChatStore::Sqlite(store) => Some(store.faults()),
-            ChatStore::Mongodb(_) => None,
-        }
-    }
-
-    /// A tiny write that tells a healthy store from a slow one: how long it took, or an error
-    /// when it did not complete within `timeout`. Embedded: a no-op job on the writer thread (it
-    /// waits behind the writes before it). MongoDB: an upsert of one small document with the
-    /// configured write concern.
-    pub async fn probe(&self, timeout: std::time::Duration) -> Result<std::time::Duration, StorageError> {
-        let started = std::time::Instant::now();
-        let probe = async { on_backend!(self, store => store.probe().await) };
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(Ok(())) => Ok(started.elapsed()),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(StorageError::Timeout),
-        }
-    }
-
-    /// `true` when created, `false` when the id is taken.
-    pub async fn create_user(&self, id: String, display_name: String, now_ms: i64) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.create_user(id, display_name, now_ms).await)
-    }
-
-    pub async fn user_exists(&self, id: String) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.user_exists(id).await)
-    }
-
-    pub async fn user(&self, id: String) -> Result<Option<User>, StorageError> {
-        on_backend!(self, store => store.user(id).await)
-    }
-
-    /// One conversation with its members and latest message, or `None` when it does not exist.
-    pub async fn conversation(&self, id: String) -> Result<Option<ConversationSummary>, StorageError> {
-        on_backend!(self, store => store.conversation(id).await)
-    }
-
-    /// A page of `user`'s conversations, most recently active first, after `cursor`.
-    pub async fn conversations_page(
-        &self,
-        user: String,
-        cursor: Option<ConversationCursor>,
-        limit: u32,
-    ) -> Result<Vec<ConversationSummary>, StorageError> {
-        on_backend!(self, store => store.conversations_page(user, cursor, limit).await)
-    }
-
-    /// Creates a conversation; `Err(unknown)` lists members that are not users. The creator is
-    /// not checked: their identity comes from a signed token, and their user record may be
-    /// provisioned a moment later (see `pipeline.unknown_sender_wait`).
-    pub async fn create_conversation(
-        &self,
-        id: String,
-        title: String,
-        created_by: String,
-        members: Vec<String>,
-        now_ms: i64,
-    ) -> Result<Result<(), Vec<String>>, StorageError> {
-        on_backend!(self, store => store.create_conversation(id, title, created_by, members, now_ms).await)
-    }
-
-    /// The members of a conversation, or `None` when it does not exist.
-    pub async fn members(&self, conversation: String) -> Result<Option<Vec<String>>, StorageError> {
-        on_backend!(self, store => store.members(conversation).await)
-    }
-
-    /// Every conversation `user` is a member of.
-    pub async fn conversations_of(&self, user: String) -> Result<Vec<String>, StorageError> {
-        on_backend!(self, store => store.conversations_of(user).await)
-    }
-
-    /// Commits a batch: every message gets an outcome, in batch order, and the deliveries of
-    /// stored messages (one per member other than the sender) are written before this returns.
-    /// `inspect` sees each message before it is written (a panic there fails the batch as
-    /// `StorageError::Panicked`, and nothing of it is acked).
-    pub async fn commit_batch_inspected(
-        &self,
-        batch: Arc<[NewMessage]>,
-        now_ms: i64,
-        inspect: impl Fn(&NewMessage) + Send + 'static,
-    ) -> Result<Vec<CommitOutcome>, StorageError> {
-        on_backend!(self, store => store.commit_batch_inspected(batch, now_ms, inspect).await)
-    }
-
-    /// Committed message by id (the original of a duplicate).
-    pub async fn message(&self, id: String) -> Result<Option<StoredMessage>, StorageError> {
-        on_backend!(self, store => store.message(id).await)
-    }
-
-    /// Newest first: up to `limit` messages of `conversation` older than message `before`.
-    /// `Ok(None)` when `before` is not a message of this conversation.
-    pub async fn history(
-        &self,
-        conversation: String,
-        before: Option<String>,
-        limit: u32,
-    ) -> Result<Option<Vec<StoredMessage>>, StorageError> {
-        on_backend!(self, store => store.history(conversation, before, limit).await)
-    }
-
-    /// How far the external search engine `name` has indexed (0: nothing yet).
-    pub async fn search_watermark(&self, name: &'static str) -> Result<i64, StorageError> {
-        on_backend!(self, store => store.search_watermark(name).await)
-    }
-
-    /// Records that `name` has indexed (or dead-lettered) everything up to `seq`; never moves
-    /// the watermark back.
-    pub async fn set_search_watermark(&self, name: &'static str, seq: i64) -> Result<(), StorageError> {
-        on_backend!(self, store => store.set_search_watermark(name, seq).await)
-    }
-
-    /// Messages committed after `seq`, in seq order (the search indexer's feed).
-    pub async fn messages_after(&self, seq: i64, limit: u32) -> Result<Vec<StoredMessage>, StorageError> {
-        on_backend!(self, store => store.messages_after(seq, limit).await)
-    }
-
-    /// A page of `recipient`'s undelivered messages: up to `limit` delivery records with a seq
-    /// after `after_seq`, in seq order, pending ones and with `include_in_flight` also those
-    /// pushed to a connection but never confirmed (what a reconnecting client must get again).
-    /// The page says where the next one starts and whether this was the last.
-    pub async fn undelivered(
-        &self,
-        recipient: String,
-        after_seq: i64,
-        limit: u32,
-        include_in_flight: bool,
-    ) -> Result<BacklogPage, StorageError> {
-        on_backend!(self, store => store.undelivered(recipient, after_seq, limit, include_in_flight).await)
-    }
-
-    /// Of `recipients`, those with a pending delivery (never pushed, or put back) of a message
-    /// stored before `stored_before_ms`: the delivery backstop's question for the users
-    /// connected to this process.
-    pub async fn stale_pending(
-        &self,
-        recipients: Vec<String>,
-        stored_before_ms: i64,
-    ) -> Result<Vec<String>, StorageError> {
-        on_backend!(self, store => store.stale_pending(recipients, stored_before_ms).await)
-    }
-
-    /// Marks deliveries pushed to a connection: in flight, claimed now. Only records still
-    /// pending or in flight change (a confirmed one stays delivered).
-    pub async fn mark_in_flight(&self, claims: Vec<Claim>, now_ms: i64) -> Result<(), StorageError> {
-        on_backend!(self, store => store.mark_in_flight(claims, now_ms).await)
-    }
-
-    /// Marks deliveries confirmed by their recipient. Ids that are not the recipient's are ignored.
-    pub async fn mark_delivered(&self, confirmations: Vec<(String, String)>) -> Result<(), StorageError> {
-        on_backend!(self, store => store.mark_delivered(confirmations).await)
-    }
-
-    /// One cleanup pass: up to `limit` deliveries in flight since before `stale_before_ms` go
-    /// back to pending with one more attempt, or to dead letters once `max_attempts` is reached.
-    pub async fn requeue_stale(
-        &self,
-        stale_before_ms: i64,
-        max_attempts: u32,
-        limit: u32,
-        now_ms: i64,
-    ) -> Result<RequeueReport, StorageError> {
-        on_backend!(self, store => store.requeue_stale(stale_before_ms, max_attempts, limit, now_ms).await)
-    }
-
-    /// Puts a dead-lettered delivery back to pending with a fresh attempt count.
-    pub async fn requeue_delivery(&self, recipient: String, message_id: String) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.requeue_delivery(recipient, message_id).await)
-    }
-
-    pub async fn add_dead_letter(&self, letter: NewDeadLetter, now_ms: i64) -> Result<String, StorageError> {
-        on_backend!(self, store => store.add_dead_letter(letter, now_ms).await)
-    }
-
-    /// Newest first.
-    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StorageError> {
-        on_backend!(self, store => store.dead_letters(limit).await)
-    }
-
-    pub async fn dead_letter(&self, id: String) -> Result<Option<DeadLetter>, StorageError> {
-        on_backend!(self, store => store.dead_letter(id).await)
-    }
-
-    /// Opens SFU room `name` to every authenticated user: `true` when created, `false` when it
-    /// already was.
-    pub async fn create_room(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.create_room(name, now_ms).await)
-    }
-
-    /// `true` when the operator's room `name` existed.
-    pub async fn delete_room(&self, name: String) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.delete_room(name).await)
-    }
-
-    pub async fn room_exists(&self, name: String) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.room_exists(name).await)
-    }
-
-    /// The operators' rooms, by name.
-    pub async fn rooms(&self) -> Result<Vec<String>, StorageError> {
-        on_backend!(self, store => store.rooms().await)
-    }
-
-    pub async fn remove_dead_letter(&self, id: String) -> Result<bool, StorageError> {
-        on_backend!(self, store => store.remove_dead_letter(id).await)
-    }
+    let search = match search {
+        SearchKind::Sqlite => SearchStore::Sqlite(
+            SqliteSearch::open(&storage.data_dir, storage.readers.div_ceil(2), wal)
+                .map_err(failed("the search index"))?,
+        ),
+        SearchKind::Elasticsearch => SearchStore::Elasticsearch {
+            engine: elasticsearch::ElasticsearchSearch::new(elasticsearch)
+                .map_err(failed("the search engine client"))?,
+            progress,
+        },
+    };
+    Ok(Stores { chat, rooms, search })
 }
 
 /// Which search engine indexes and answers queries (`search.kind`).

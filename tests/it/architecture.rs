@@ -34,6 +34,18 @@ const RULES: &[Rule] = &[
               transport, no backend and not the whole configuration",
     },
     Rule {
+        folder: "app",
+        forbidden: &[
+            "crate::storage::mongodb",
+            "crate::storage::elasticsearch",
+            "crate::storage::sqlite",
+            "SqliteChat",
+            "MongoChat",
+        ],
+        why: "the composition root asks storage::open for the backends the configuration names; only \
+              storage/ knows which struct serves which kind",
+    },
+    Rule {
         folder: "sfu",
         forbidden: &["crate::config", "crate::app", "crate::http", "crate::transport"],
         why: "the SFU gets its own config section and the chat handles it needs from app/",

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rampart::storage::{ConversationStore as _, DeliveryStore as _, MessageStore as _, RoomStore as _, UserStore as _};
 use serde_json::{json, Value};
 
 use crate::chat;
@@ -158,10 +159,10 @@ async fn mongodb_recommitting_stored_messages_costs_a_few_requests_not_one_per_m
         .map(|n| rampart::chat::new_message("alice".into(), "c".into(), format!("m{n}"), format!("body {n}")))
         .collect();
     let batch: std::sync::Arc<[rampart::storage::NewMessage]> = batch.into();
-    let first = store.commit_batch_inspected(batch.clone(), 10, |_| {}).await.expect("first commit");
+    let first = store.commit_batch_inspected(batch.clone(), 10, Box::new(|_| {})).await.expect("first commit");
     assert!(first.iter().all(|o| matches!(o, rampart::storage::CommitOutcome::Stored { duplicate: false, .. })));
     let (before, started) = (proxy.mongodb_requests(), Instant::now());
-    let again = store.commit_batch_inspected(batch, 20, |_| {}).await.expect("second commit");
+    let again = store.commit_batch_inspected(batch, 20, Box::new(|_| {})).await.expect("second commit");
     let (requests, took) = (proxy.mongodb_requests() - before, started.elapsed());
     eprintln!("re-committing 400 stored messages: {requests} MongoDB requests, {took:?}");
     assert!(again.iter().all(|o| matches!(o, rampart::storage::CommitOutcome::Stored { duplicate: true, .. })));
@@ -181,7 +182,8 @@ async fn mongodb_a_claim_finds_its_record_whatever_seq_the_record_carries() {
     let database = backend.get("RAMPART__MONGODB__DATABASE").unwrap_or_default();
     let store = store_with_alice_and_bob(uri, database).await;
     let message = rampart::chat::new_message("alice".into(), "c".into(), "1".into(), "hi".into());
-    let committed = store.commit_batch_inspected(vec![message.clone()].into(), 10, |_| {}).await.expect("commit");
+    let committed =
+        store.commit_batch_inspected(vec![message.clone()].into(), 10, Box::new(|_| {})).await.expect("commit");
     let rampart::storage::CommitOutcome::Stored { message: stored, .. } = &committed[0] else { panic!("not stored") };
     let client = mongodb::Client::with_uri_str(uri).await.expect("mongodb client");
     let deliveries = client.database(database).collection::<mongodb::bson::Document>("deliveries");
