@@ -160,9 +160,16 @@ async fn measure(bare: bool) -> Measurement {
             .await
             .expect("room");
         assert!(response.status().is_success(), "{:?}", response.body().await);
-        for user in ["publisher", "subscriber"] {
-            let _ =
-                http.post(format!("{base}/api/users")).bearer_auth(ADMIN_TOKEN).send_json(&json!({"id": user})).await;
+        // Every user is provisioned before their socket is accepted.
+        let users = std::iter::once("publisher".to_owned()).chain((0..subscribers).map(|i| format!("subscriber-{i}")));
+        for user in users {
+            let mut response = http
+                .post(format!("{base}/api/users"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send_json(&json!({"id": user}))
+                .await
+                .expect("provision");
+            assert!(response.status().is_success(), "provisioning {user}: {:?}", response.body().await);
         }
     }
     let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
@@ -170,9 +177,11 @@ async fn measure(bare: bool) -> Measurement {
     let runtime = rtc_client::media_runtime();
     let token = |user: &str| tokens.issue(user, Duration::from_secs(3600)).expect("token");
     let mut clients = Vec::new();
-    for _ in 0..subscribers {
+    for i in 0..subscribers {
         let options = rtc_client::Options { record_latency: true, ..Default::default() };
-        let mut client = rtc_client::RtcClient::connect(&runtime, &url, &token("subscriber"), options).await;
+        // One user each: a user's sockets are limited (`sfu.max_sockets_per_user`).
+        let user = format!("subscriber-{i}");
+        let mut client = rtc_client::RtcClient::connect(&runtime, &url, &token(&user), options).await;
         assert_eq!(client.join("bench").await["type"], "joined");
         clients.push(client);
     }
