@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod boundary;
+mod chaos;
 mod chat;
 mod error;
 mod health;
@@ -97,6 +98,7 @@ fn app(
             web::scope("/admin")
                 .wrap(actix_web::middleware::from_fn(auth::require_admin_token))
                 .configure(admin::admin_routes)
+                .configure(chaos::admin_routes)
                 .configure(chat::admin_routes)
                 .configure(signaling::admin_routes),
         )

@@ -12,7 +12,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, chat, error, health, messages, signaling, web_client, ws};
+use super::{admin, chaos, chat, error, health, messages, signaling, web_client, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -51,14 +51,14 @@ use super::{admin, chat, error, health, messages, signaling, web_client, ws};
         admin::system,
         admin::list_crashes,
         admin::crash_detail,
-        admin::chaos_panic,
-        admin::chaos_http_panic,
-        admin::chaos_task_panic,
-        admin::chaos_thread_panic,
-        admin::chaos_log_flood,
-        admin::chaos_storage_state,
-        admin::chaos_storage_inject,
-        admin::chaos_storage_clear,
+        chaos::chaos_panic,
+        chaos::chaos_http_panic,
+        chaos::chaos_task_panic,
+        chaos::chaos_thread_panic,
+        chaos::chaos_log_flood,
+        chaos::chaos_storage_state,
+        chaos::chaos_storage_inject,
+        chaos::chaos_storage_clear,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&SecuritySchemes),

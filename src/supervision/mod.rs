@@ -22,6 +22,7 @@ mod registry;
 mod runner;
 mod spec;
 mod supervisor;
+mod tree;
 mod watchdog;
 
 pub use backoff::{BackoffDecision, BackoffPolicy, BackoffState};
@@ -36,7 +37,8 @@ pub use quarantine::{QuarantineEvent, QuarantineRecord, QuarantineSink, Quaranti
 pub use registry::{ActorKind, ActorRecord, ActorStatus, FailureSummary, GroupSummary, ListingRow, Registry};
 pub use runner::{install_fresh_state, InFlight};
 pub use spec::{ChildSpec, Factory, RestartType, Strategy, SupervisorSpec};
-pub use supervisor::{SpawnError, SupervisionContext, SupervisionTree, Supervisor, SupervisorHandle};
+pub use supervisor::{SpawnError, SupervisionContext, Supervisor};
+pub use tree::{SupervisionTree, SupervisorHandle};
 pub use watchdog::Watchdog;
 
 /// `rampart::system_monitor::Sample` → `Sample`; generic arguments are shortened the same way.

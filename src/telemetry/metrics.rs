@@ -10,13 +10,17 @@
 
 use std::sync::LazyLock;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+use super::labels::{
+    ActorLabels, BuildLabels, DbLabels, HttpLabels, HttpRouteLabels, KindLabels, LimitLabels, NameLabels,
+    OutcomeLabels, PanicSource, PartitionLabels, ReasonLabels, SinkLabels, SourceLabels,
+};
 
 /// Latency buckets for HTTP requests: 1 ms to 10 s.
 const HTTP_DURATION_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -26,107 +30,6 @@ const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 
 /// Commit and ack latency: 0.5 ms to 5 s.
 const PIPELINE_DURATION_BUCKETS: [f64; 12] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
-
-/// Where a panic happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types, reason = "label values are lowercase in the exposition")]
-pub enum PanicSource {
-    actor,
-    http,
-    task,
-    thread,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct SourceLabels {
-    pub source: PanicSource,
-    /// Route template for HTTP panics; empty for other sources (in PromQL an empty label value
-    /// is the same as no label, so `rampart_panics_total{source="actor"}` matches).
-    pub route: String,
-}
-
-impl SourceLabels {
-    pub fn of(source: PanicSource) -> Self {
-        Self { source, route: String::new() }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct PartitionLabels {
-    /// `writer`: the consumer group that stores messages.
-    pub group: String,
-    pub partition: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct SinkLabels {
-    /// `stdout` or `file` for the log writer; `log`, `slack`, `webhook` for alerts.
-    pub sink: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct LimitLabels {
-    /// `ws_connections_per_user`, `rtc_sockets_per_user`, `rooms_per_user`,
-    /// `conversations_per_minute`.
-    pub limit: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct HttpLabels {
-    pub method: String,
-    /// The route template (`/admin/actors`), never the raw path; `unmatched` for 404s.
-    pub route: String,
-    pub status: u16,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct HttpRouteLabels {
-    pub method: String,
-    pub route: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ActorLabels {
-    pub actor: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct NameLabels {
-    pub name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct BuildLabels {
-    version: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DbLabels {
-    /// `storage` (rampart.db) or `search` (search.db).
-    pub db: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    /// `ok` or `error`.
-    pub outcome: String,
-}
-
-impl OutcomeLabels {
-    pub fn of(outcome: &str) -> Self {
-        Self { outcome: outcome.to_owned() }
-    }
-}
 
 /// Every metric family rampart exports.
 pub struct Metrics {

@@ -1,21 +1,23 @@
 //! Everything rampart reports about itself, as named events in one place.
 //!
-//! Owns: the metric families (`metrics.rs`), their exposition, span export (`otel.rs`), and the
-//! named events that are only a metric update. Events that also raise an alert or read the
+//! Owns: the metric families (`metrics.rs`) and their label sets (`labels.rs`), their exposition,
+//! span export (`otel.rs`), and the named events that are only a metric update. Events that also raise an alert or read the
 //! supervision journal live with their subject (`supervision::events`).
 //!
 //! The ground floor: imports nothing of rampart, so everything can report through it.
 //! Must never: block or panic; it is called from actor threads and the watchdog.
 
 pub mod exposition;
+mod labels;
 mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 
-pub use metrics::{
-    metrics, ActorLabels, DbLabels, HttpLabels, HttpRouteLabels, KindLabels, LimitLabels, Metrics, NameLabels,
-    OutcomeLabels, PanicSource, PartitionLabels, ReasonLabels, SinkLabels, SourceLabels,
+pub use labels::{
+    ActorLabels, DbLabels, HttpLabels, HttpRouteLabels, KindLabels, LimitLabels, NameLabels, OutcomeLabels,
+    PanicSource, PartitionLabels, ReasonLabels, SinkLabels, SourceLabels,
 };
+pub use metrics::{metrics, Metrics};
 
 /// A supervised actor came into existence: its series start at 0.
 pub fn actor_spawned(metric_label: &str) {

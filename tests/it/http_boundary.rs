@@ -74,7 +74,7 @@ async fn a_handler_panic_is_a_json_500_and_the_worker_keeps_serving() {
     }
     let output = server.output();
     assert!(output.contains("HTTP handler panicked"), "{output}");
-    assert!(output.contains("src/http/admin.rs:"), "location logged: {output}");
+    assert!(output.contains("src/http/chaos.rs:"), "location logged: {output}");
     assert!(output.contains("boom-1"));
     let text = scrape(&server).await;
     assert!(text.contains("rampart_panics_total{source=\"http\",route=\"/admin/chaos/http-panic\"} 1"), "{text}");
