@@ -39,7 +39,8 @@ pub trait ChatBackend: UserStore + ConversationStore + MessageStore + DeliverySt
 
     /// A tiny write that tells a healthy store from a slow one. Embedded: a no-op job on the
     /// writer thread (it waits behind the writes before it). MongoDB: an upsert of one small
-    /// document with the configured write concern. Callers use [`ChatBackend::probe`].
+    /// document with the configured write concern. Callers use `probe(timeout)` (on `dyn
+    /// ChatBackend`), which times it.
     async fn write_probe(&self) -> Result<(), StorageError>;
 }
 

@@ -1,8 +1,9 @@
 //! Storage and search behind narrow interfaces, one folder per backend.
 //!
-//! Owns: what the rest of rampart may ask of storage — `ChatStore` for users, conversations,
-//! messages, deliveries and dead letters, `SearchStore` for full-text search — and the
-//! backend-neutral types they speak (`model`). Backends: `sqlite/` (embedded, the default: the
+//! Owns: what the rest of rampart may ask of storage — the `ChatBackend` contract (`backend.rs`:
+//! users, conversations, messages, deliveries and dead letters; `RoomStore` for the SFU),
+//! `SearchStore` for full-text search, and `open`, which picks the backends the configuration
+//! names — and the backend-neutral types they speak (`model`). Backends: `sqlite/` (embedded, the default: the
 //! only code that knows SQL) and `elasticsearch/` (search on Elasticsearch/OpenSearch: the only
 //! code that knows its query DSL) and `mongodb/` (the chat store on MongoDB: the only code that
 //! knows BSON).

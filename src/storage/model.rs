@@ -127,7 +127,7 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
-/// One page of a recipient's undelivered messages ([`crate::storage::ChatStore::undelivered`]).
+/// One page of a recipient's undelivered messages ([`crate::storage::DeliveryStore::undelivered`]).
 #[derive(Debug, Clone, Default)]
 pub struct BacklogPage {
     /// In delivery-record seq order. May hold fewer messages than the page read records: a
