@@ -3,7 +3,8 @@
 //! Compiled into every build, so `check-config` validates an SFU deployment's settings on a
 //! build without the `sfu` feature too.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,74 @@ pub struct SfuConfig {
     pub empty_timeout: Duration,
     /// Threads of the media runtime (packet forwarding, peer connection drivers' tasks).
     pub media_threads: usize,
+    /// `[sfu.turn]`: the embedded TURN relay for participants behind NATs and firewalls.
+    pub turn: TurnConfig,
+}
+
+/// `[sfu.turn]`: rampart's own TURN server (RFC 8656) under `/root/sfu/turn`. Participants get
+/// short-lived credentials in their `joined` frame (coturn's `use-auth-secret` scheme, so every
+/// instance sharing `secret` accepts every instance's credentials), and the relay only relays to
+/// the deployment's media addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    /// TURN over UDP (`turn:host:port?transport=udp`); none: not offered.
+    pub udp: Option<SocketAddr>,
+    /// TURN over TCP (`turn:host:port?transport=tcp`), for networks that drop UDP.
+    pub tcp: Option<SocketAddr>,
+    /// TURN over TLS (`turns:host:port?transport=tcp`), e.g. on 443 for firewalls that pass only
+    /// HTTPS-looking traffic; needs `tls_cert` and `tls_key` (PEM).
+    pub tls: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The host clients reach the relay at, in the `urls` of `ice_servers` (a name matching the
+    /// TLS certificate for `turns:`). Default: the first of `sfu.public_ips`, else the listening
+    /// address when it is not a wildcard.
+    pub host: Option<String>,
+    /// Shared by every instance of the deployment: credentials are HMAC-SHA1(secret, username).
+    pub secret: String,
+    /// How long issued credentials are good for (a call longer than this needs a rejoin to keep
+    /// its relay: allocations are refreshed with the same credentials).
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
+    pub realm: String,
+    /// The address relayed allocations bind; also advertised as the relay address unless
+    /// `relay_public_ip` is set.
+    pub relay_ip: IpAddr,
+    pub relay_public_ip: Option<IpAddr>,
+    /// Relay ports come from `relay_port_min..=relay_port_max`; 0 and 0: any free port.
+    pub relay_port_min: u16,
+    pub relay_port_max: u16,
+    /// The peers the relay may send to: this deployment's media addresses. Empty: this
+    /// instance's own (`sfu.public_ips`, else its non-wildcard `bind_addresses`; 127.0.0.1 with
+    /// `ice_loopback_only`). Within `sfu.port_min..=port_max` when that range is set.
+    pub allowed_peers: Vec<IpAddr>,
+    /// Open TCP and TLS connections at once; more are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            udp: Some(SocketAddr::from(([0, 0, 0, 0], 3478))),
+            tcp: Some(SocketAddr::from(([0, 0, 0, 0], 3478))),
+            tls: None,
+            tls_cert: None,
+            tls_key: None,
+            host: None,
+            secret: String::new(),
+            credential_ttl: Duration::from_secs(6 * 3600),
+            realm: "rampart".into(),
+            relay_ip: IpAddr::from([0, 0, 0, 0]),
+            relay_public_ip: None,
+            relay_port_min: 0,
+            relay_port_max: 0,
+            allowed_peers: Vec::new(),
+            max_connections: 4096,
+        }
+    }
 }
 
 impl Default for SfuConfig {
@@ -63,6 +132,7 @@ impl Default for SfuConfig {
             max_frame_bytes: 256 * 1024,
             empty_timeout: Duration::from_secs(30),
             media_threads: 2,
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -98,7 +168,81 @@ impl SfuConfig {
         if self.empty_timeout.is_zero() {
             return Err("sfu.empty_timeout must be longer than 0s".into());
         }
+        self.validate_turn()
+    }
+
+    fn validate_turn(&self) -> Result<(), String> {
+        let turn = &self.turn;
+        if !turn.enabled {
+            return Ok(());
+        }
+        if turn.secret.len() < 16 {
+            return Err("sfu.turn.secret must be set, at least 16 characters, and the same on every instance".into());
+        }
+        if turn.udp.is_none() && turn.tcp.is_none() && turn.tls.is_none() {
+            return Err("sfu.turn needs at least one of udp, tcp and tls to listen on".into());
+        }
+        if turn.tls.is_some() != (turn.tls_cert.is_some() && turn.tls_key.is_some()) {
+            return Err("sfu.turn.tls needs sfu.turn.tls_cert and sfu.turn.tls_key (PEM), and they need tls".into());
+        }
+        if (turn.relay_port_min == 0) != (turn.relay_port_max == 0) || turn.relay_port_min > turn.relay_port_max {
+            return Err("sfu.turn.relay_port_min and relay_port_max must both be 0 (any port) or a range".into());
+        }
+        if turn.credential_ttl < Duration::from_secs(60) {
+            return Err("sfu.turn.credential_ttl must be at least 1m".into());
+        }
+        if turn.max_connections == 0 {
+            return Err("sfu.turn.max_connections must be at least 1".into());
+        }
+        if self.turn_host().is_none() {
+            return Err(
+                "sfu.turn.host must be set: the listening addresses are wildcards and sfu.public_ips is empty".into()
+            );
+        }
+        if self.turn_allowed_peers().is_empty() {
+            return Err(
+                "sfu.turn.allowed_peers must name the deployment's media addresses: sfu.public_ips is empty and \
+                 sfu.bind_addresses are wildcards"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The host in the `urls` clients get.
+    pub fn turn_host(&self) -> Option<String> {
+        if let Some(host) = &self.turn.host {
+            return Some(host.clone());
+        }
+        if self.ice_loopback_only {
+            return Some("127.0.0.1".into());
+        }
+        if let Some(ip) = self.public_ips.first() {
+            return Some(ip.to_string());
+        }
+        [self.turn.udp, self.turn.tcp, self.turn.tls]
+            .into_iter()
+            .flatten()
+            .map(|address| address.ip())
+            .find(|ip| !ip.is_unspecified())
+            .map(|ip| match ip {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                IpAddr::V4(v4) => v4.to_string(),
+            })
+    }
+
+    /// The addresses the relay may send to (see `TurnConfig::allowed_peers`).
+    pub fn turn_allowed_peers(&self) -> Vec<IpAddr> {
+        if !self.turn.allowed_peers.is_empty() {
+            return self.turn.allowed_peers.clone();
+        }
+        if self.ice_loopback_only {
+            return vec![IpAddr::from([127, 0, 0, 1])];
+        }
+        if !self.public_ips.is_empty() {
+            return self.public_ips.clone();
+        }
+        self.bind_addresses.iter().copied().filter(|ip| !ip.is_unspecified()).collect()
     }
 
     /// The addresses media sockets bind, after `ice_loopback_only`.
@@ -120,6 +264,25 @@ mod tests {
         let config = SfuConfig { ice_loopback_only: true, ..SfuConfig::default() };
         assert_eq!(config.effective_bind_addresses(), vec![std::net::IpAddr::from([127, 0, 0, 1])]);
         assert_eq!(SfuConfig::default().effective_bind_addresses(), vec![std::net::IpAddr::from([0, 0, 0, 0])]);
+    }
+
+    #[test]
+    fn turn_needs_a_secret_a_host_and_the_deployments_media_addresses() {
+        let mut config = SfuConfig::default();
+        config.turn.enabled = true;
+        assert!(config.validate().unwrap_err().contains("sfu.turn.secret"));
+        config.turn.secret = "a shared secret of enough length".into();
+        assert!(config.validate().unwrap_err().contains("sfu.turn.host"));
+        config.turn.host = Some("turn.example.com".into());
+        assert!(config.validate().unwrap_err().contains("sfu.turn.allowed_peers"));
+        config.public_ips = vec![std::net::IpAddr::from([203, 0, 113, 7])];
+        assert!(config.validate().is_ok());
+        assert_eq!(config.turn_allowed_peers(), config.public_ips);
+        config.turn.tls = Some(std::net::SocketAddr::from(([0, 0, 0, 0], 443)));
+        assert!(config.validate().unwrap_err().contains("tls_cert"));
+        let loopback = SfuConfig { ice_loopback_only: true, ..SfuConfig::default() };
+        assert_eq!(loopback.turn_host().as_deref(), Some("127.0.0.1"));
+        assert_eq!(loopback.turn_allowed_peers(), vec![std::net::IpAddr::from([127, 0, 0, 1])]);
     }
 
     #[test]

@@ -20,8 +20,10 @@ mod peer;
 pub mod protocol;
 #[cfg(feature = "sfu")]
 mod room;
+#[cfg(feature = "sfu")]
+mod turn;
 
-pub use config::SfuConfig;
+pub use config::{SfuConfig, TurnConfig};
 
 #[cfg(feature = "sfu")]
 pub use media::{is_keyframe_request, KeyframeRequests};
@@ -120,6 +122,8 @@ mod running {
         /// Heartbeat of `/rtc` sockets (the chat's WebSocket settings).
         pub heartbeat_interval: std::time::Duration,
         pub client_timeout: std::time::Duration,
+        /// The embedded TURN relay, when `sfu.turn.enabled`: its credentials go in `joined`.
+        pub(super) turn: Option<Arc<super::turn::Turn>>,
     }
 
     /// The running SFU: the subtree's handles, for the HTTP layer.
@@ -143,7 +147,16 @@ mod running {
         store: Arc<dyn RoomStore>,
     ) -> anyhow::Result<Arc<Sfu>> {
         let media = super::media::Media::start(config).context("starting the SFU media runtime")?;
+        let turn = super::turn::Turn::bind(config)?;
         let sfu = root.spawn_supervisor(SupervisorSpec::new("sfu")).context("starting /root/sfu")?;
+        if let Some(turn) = &turn {
+            let turn = turn.clone();
+            sfu.spawn(
+                ChildSpec::new("turn", move || super::turn::TurnServer::new(turn.clone()))
+                    .restart(RestartType::Permanent),
+            )
+            .context("starting /root/sfu/turn")?;
+        }
         let dynamic = |name: &str| {
             SupervisorSpec::new(name).dynamic().intensity(MAX_RESTARTS, RESTART_WINDOW).restart(RestartType::Permanent)
         };
@@ -162,6 +175,7 @@ mod running {
             rooms_per_user: UserRooms::new(config.max_rooms_per_user),
             heartbeat_interval: ws.heartbeat_interval,
             client_timeout: ws.client_timeout,
+            turn,
         });
         let sockets_per_user = PerUser::new(config.max_sockets_per_user);
         Ok(Arc::new(Sfu { core, peers, sockets_per_user }))

@@ -206,8 +206,22 @@ pub struct ParticipantView {
     pub tracks: Vec<TrackView>,
 }
 
-pub fn joined(room: &str, participant: &str, participants: &[ParticipantView]) -> String {
-    json!({"type": "joined", "room": room, "participant": participant, "participants": participants}).to_string()
+/// `ice_servers`: what the participant passes to `RTCPeerConnection` (the embedded TURN relay
+/// with credentials of its own; empty when the relay is off).
+pub fn joined<S: Serialize>(
+    room: &str,
+    participant: &str,
+    participants: &[ParticipantView],
+    ice_servers: &[S],
+) -> String {
+    json!({
+        "type": "joined",
+        "room": room,
+        "participant": participant,
+        "participants": participants,
+        "ice_servers": ice_servers,
+    })
+    .to_string()
 }
 
 pub fn participant_joined(participant: &str, user: &str) -> String {

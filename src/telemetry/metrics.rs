@@ -135,6 +135,15 @@ pub struct Metrics {
     pub sfu_keyframe_requests: Family<OutcomeLabels, Counter>,
     pub sfu_write_errors: Counter,
     pub sfu_dropped_packets: Counter,
+    /// The embedded TURN relay: allocations open now; requests refused for bad or expired
+    /// credentials; permissions, channels or packets refused because the peer is not one of the
+    /// deployment's media addresses (an open relay would forward anywhere); bytes relayed by
+    /// allocations that closed; TCP/TLS connections refused at the `max_connections` limit.
+    pub turn_allocations: Gauge,
+    pub turn_auth_refused: Counter,
+    pub turn_peers_refused: Counter,
+    pub turn_relayed_bytes: Counter,
+    pub turn_connections_refused: Counter,
 }
 
 impl Metrics {
@@ -201,6 +210,11 @@ impl Metrics {
             sfu_keyframe_requests: Family::default(),
             sfu_write_errors: Counter::default(),
             sfu_dropped_packets: Counter::default(),
+            turn_allocations: Gauge::default(),
+            turn_auth_refused: Counter::default(),
+            turn_peers_refused: Counter::default(),
+            turn_relayed_bytes: Counter::default(),
+            turn_connections_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -431,6 +445,31 @@ impl Metrics {
             "sfu_dropped_packets",
             "RTP packets dropped because a subscriber connection fell more than 256 packets behind (the oldest go)",
             metrics.sfu_dropped_packets.clone(),
+        );
+        registry.register(
+            "turn_allocations",
+            "Open allocations on the embedded TURN relay",
+            metrics.turn_allocations.clone(),
+        );
+        registry.register(
+            "turn_auth_refused",
+            "TURN requests refused for a malformed, expired or wrongly signed credential",
+            metrics.turn_auth_refused.clone(),
+        );
+        registry.register(
+            "turn_peers_refused",
+            "TURN permissions, channel bindings and packets refused: the peer is not a media address of this deployment",
+            metrics.turn_peers_refused.clone(),
+        );
+        registry.register(
+            "turn_relayed_bytes",
+            "Bytes relayed by TURN allocations, counted when each closes",
+            metrics.turn_relayed_bytes.clone(),
+        );
+        registry.register(
+            "turn_connections_refused",
+            "TURN TCP/TLS connections closed at accept: sfu.turn.max_connections were open",
+            metrics.turn_connections_refused.clone(),
         );
         for outcome in ["sent", "throttled"] {
             drop(metrics.sfu_keyframe_requests.get_or_create(&OutcomeLabels::of(outcome)));

@@ -301,7 +301,9 @@ impl Peer {
             move |outcome, peer, _ctx| match outcome {
                 Ok(participants) => {
                     let shared = &peer.shared;
-                    shared.signal.send(protocol::joined(&name, &shared.participant, &participants));
+                    let ice_servers =
+                        shared.core.turn.as_ref().map(|turn| turn.ice_servers(&shared.participant)).unwrap_or_default();
+                    shared.signal.send(protocol::joined(&name, &shared.participant, &participants, &ice_servers));
                 }
                 Err(refused) => peer.reject(SignalError::new(refused.code(), format!("join {name:?}: {refused}"))),
             },

@@ -1,0 +1,297 @@
+//! No open relay: the TURN server relays only to this deployment's media addresses.
+//!
+//! Two layers. `Guarded` wraps each listener: a CreatePermission or ChannelBind request naming a
+//! peer outside the allowed set is answered 403 (Forbidden) there and never reaches the server.
+//! `Relays` makes every allocation's relay socket, and that socket drops packets to or from any
+//! other address, so nothing gets through even a request this filter did not parse.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use stun::attributes::ATTR_XOR_PEER_ADDRESS;
+use stun::error_code::{ErrorCodeAttribute, CODE_FORBIDDEN};
+use stun::message::{
+    Getter as _, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_CHANNEL_BIND,
+    METHOD_CREATE_PERMISSION,
+};
+use turn::proto::peeraddr::PeerAddress;
+use webrtc_util::Conn;
+
+/// The peers the relay may reach: these addresses, on these ports (all when `None`).
+#[derive(Debug, Clone)]
+pub struct AllowedPeers {
+    ips: Vec<IpAddr>,
+    ports: Option<RangeInclusive<u16>>,
+}
+
+impl AllowedPeers {
+    pub fn new(ips: Vec<IpAddr>, ports: Option<RangeInclusive<u16>>) -> Self {
+        Self { ips, ports }
+    }
+
+    pub fn allows(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.ips.iter().any(|allowed| allowed.to_canonical() == ip)
+            && self.ports.as_ref().is_none_or(|ports| ports.contains(&peer.port()))
+    }
+
+    /// The 403 answer to `packet` when it is a permission or channel request for a peer this
+    /// deployment does not own; `None` for everything else (left to the server).
+    fn refusal(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        if !stun::message::is_message(packet) {
+            return None;
+        }
+        let mut request = Message::new();
+        request.unmarshal_binary(packet).ok()?;
+        let method = request.typ.method;
+        if request.typ.class != CLASS_REQUEST || (method != METHOD_CREATE_PERMISSION && method != METHOD_CHANNEL_BIND) {
+            return None;
+        }
+        let foreign =
+            request.attributes.0.iter().filter(|attribute| attribute.typ == ATTR_XOR_PEER_ADDRESS).any(|attribute| {
+                // Each XOR-PEER-ADDRESS decoded on its own (a request may carry several).
+                let mut single = Message::new();
+                single.transaction_id = request.transaction_id;
+                single.add(ATTR_XOR_PEER_ADDRESS, &attribute.value);
+                let mut peer = PeerAddress::default();
+                // An address that does not decode is refused too.
+                peer.get_from(&single).is_err() || !self.allows(SocketAddr::new(peer.ip, peer.port))
+            });
+        if !foreign {
+            return None;
+        }
+        let mut answer = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(request.transaction_id),
+            Box::new(MessageType::new(method, CLASS_ERROR_RESPONSE)),
+            Box::new(ErrorCodeAttribute {
+                code: CODE_FORBIDDEN,
+                reason: b"peer is not a media address of this deployment".to_vec(),
+            }),
+        ];
+        answer.build(&setters).ok()?;
+        Some(answer.raw)
+    }
+}
+
+/// A listener (UDP socket, or the TCP/TLS connections behind one `Conn`) that answers requests
+/// for foreign peers itself.
+pub struct Guarded {
+    inner: Arc<dyn Conn + Send + Sync>,
+    allowed: AllowedPeers,
+}
+
+impl Guarded {
+    pub fn new(inner: Arc<dyn Conn + Send + Sync>, allowed: AllowedPeers) -> Arc<Self> {
+        Arc::new(Self { inner, allowed })
+    }
+}
+
+#[async_trait]
+impl Conn for Guarded {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        self.inner.connect(addr).await
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.inner.recv_from(buf).await?;
+            let Some(refusal) = buf.get(..n).and_then(|packet| self.allowed.refusal(packet)) else {
+                return Ok((n, from));
+            };
+            crate::telemetry::metrics().turn_peers_refused.inc();
+            tracing::debug!(%from, "TURN permission for a foreign peer refused (403)");
+            let _ = self.inner.send_to(&refusal, from).await;
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.inner.send(buf).await
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.inner.send_to(buf, target).await
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr()
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        self.inner.close().await
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// Makes allocations' relay sockets: bound on `bind` (a port of `ports`, or any), advertised as
+/// `advertised`, talking only to allowed peers.
+pub struct Relays {
+    pub bind: IpAddr,
+    pub advertised: IpAddr,
+    pub ports: Option<RangeInclusive<u16>>,
+    pub allowed: AllowedPeers,
+}
+
+#[async_trait]
+impl turn::relay::RelayAddressGenerator for Relays {
+    fn validate(&self) -> Result<(), turn::Error> {
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        if use_ipv4 != self.bind.is_ipv4() && !self.bind.is_unspecified() {
+            return Err(turn::Error::Other("the relay has no address of the requested family".into()));
+        }
+        let socket = match (&self.ports, requested_port) {
+            (_, 0) | (None, _) => self.bind_in_range().await?,
+            (Some(ports), port) if ports.contains(&port) => {
+                tokio::net::UdpSocket::bind(SocketAddr::new(self.bind, port)).await.map_err(io_error)?
+            }
+            (Some(_), _) => self.bind_in_range().await?,
+        };
+        let mut address = socket.local_addr().map_err(io_error)?;
+        address.set_ip(self.advertised);
+        let relay = Arc::new(RelaySocket { socket, allowed: self.allowed.clone() });
+        Ok((relay, address))
+    }
+}
+
+impl Relays {
+    async fn bind_in_range(&self) -> Result<tokio::net::UdpSocket, turn::Error> {
+        let Some(ports) = &self.ports else {
+            return tokio::net::UdpSocket::bind(SocketAddr::new(self.bind, 0)).await.map_err(io_error);
+        };
+        // Start at a random port of the range and walk it once.
+        let span = u32::from(ports.end() - ports.start()) + 1;
+        let first = rand::random::<u32>() % span;
+        for step in 0..span {
+            let port = *ports.start() as u32 + (first + step) % span;
+            let port = u16::try_from(port).unwrap_or(*ports.end());
+            if let Ok(socket) = tokio::net::UdpSocket::bind(SocketAddr::new(self.bind, port)).await {
+                return Ok(socket);
+            }
+        }
+        Err(turn::Error::Other("every relay port is in use (sfu.turn.relay_port_min..relay_port_max)".into()))
+    }
+}
+
+fn io_error(error: std::io::Error) -> turn::Error {
+    turn::Error::Other(error.to_string())
+}
+
+/// One allocation's relay socket: packets to or from a foreign peer are dropped.
+struct RelaySocket {
+    socket: tokio::net::UdpSocket,
+    allowed: AllowedPeers,
+}
+
+#[async_trait]
+impl Conn for RelaySocket {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            if self.allowed.allows(from) {
+                return Ok((n, from));
+            }
+            crate::telemetry::metrics().turn_peers_refused.inc();
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if !self.allowed.allows(target) {
+            crate::telemetry::metrics().turn_peers_refused.inc();
+            return Err(webrtc_util::Error::Other(format!("{target} is not a media address of this deployment")));
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stun::agent::TransactionId;
+    use stun::message::BINDING_REQUEST;
+
+    fn permission_request(peer: SocketAddr) -> Vec<u8> {
+        let mut request = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST)),
+            Box::new(PeerAddress { ip: peer.ip(), port: peer.port() }),
+        ];
+        request.build(&setters).expect("request builds");
+        request.raw
+    }
+
+    #[test]
+    fn a_permission_for_a_foreign_peer_is_answered_403_and_an_allowed_one_passes() {
+        let allowed = AllowedPeers::new(vec![IpAddr::from([127, 0, 0, 1])], Some(40000..=40100));
+        assert!(allowed.refusal(&permission_request("127.0.0.1:40050".parse().unwrap())).is_none());
+        for foreign in ["127.0.0.2:40050", "127.0.0.1:22", "10.0.0.1:40050"] {
+            let refusal = allowed.refusal(&permission_request(foreign.parse().unwrap())).expect("refused");
+            let mut answer = Message::new();
+            answer.unmarshal_binary(&refusal).expect("a STUN answer");
+            assert_eq!(answer.typ, MessageType::new(METHOD_CREATE_PERMISSION, CLASS_ERROR_RESPONSE));
+            let mut code = ErrorCodeAttribute::default();
+            code.get_from(&answer).expect("an error code");
+            assert!(code.code == CODE_FORBIDDEN, "{foreign}: {}", code.code.0);
+        }
+        // Not a permission request, or not STUN at all: left to the server.
+        let mut binding = Message::new();
+        binding.build(&[Box::new(TransactionId::new()), Box::new(BINDING_REQUEST)]).expect("builds");
+        assert!(allowed.refusal(&binding.raw).is_none());
+        assert!(allowed.refusal(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]).is_none());
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_the_same_peer() {
+        let allowed = AllowedPeers::new(vec![IpAddr::from([127, 0, 0, 1])], None);
+        assert!(allowed.allows("[::ffff:127.0.0.1]:5000".parse().unwrap()));
+        assert!(!allowed.allows("[::1]:5000".parse().unwrap()));
+    }
+}
