@@ -7,9 +7,12 @@ use serde::{Deserialize, Serialize};
 
 /// `log.filter`'s default: info, except webrtc-rs's crates (the SFU), which log every ICE and
 /// connection state change of every peer at info, and warn about routine events (ICE checks
-/// before the first candidate, every retransmitted SRTP packet, DTLS without a server name).
-pub const DEFAULT_LOG_FILTER: &str =
-    "info,rtc=warn,rtc::peer_connection::handler=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn";
+/// before the first candidate, every retransmitted SRTP packet, DTLS without a server name); and
+/// the TURN server's per-request errors, which are what any client on the internet can cause
+/// (a wrong password, an expired credential, a malformed request: logged at `error` by the
+/// `turn` crate), counted instead in `rampart_turn_*` metrics.
+pub const DEFAULT_LOG_FILTER: &str = "info,rtc=warn,rtc::peer_connection::handler=error,rtc_ice=error,rtc_dtls=error,\
+     rtc_sctp=warn,rtc_srtp=warn,rtc_interceptor=warn,webrtc=warn,turn::server=off,turn::allocation=warn";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

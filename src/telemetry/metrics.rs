@@ -135,8 +135,8 @@ pub struct Metrics {
     pub sfu_keyframe_requests: Family<OutcomeLabels, Counter>,
     pub sfu_write_errors: Counter,
     pub sfu_dropped_packets: Counter,
-    /// The embedded TURN relay: allocations open now; requests refused for bad or expired
-    /// credentials; permissions, channels or packets refused because the peer is not one of the
+    /// The embedded TURN relay: allocations open now; requests answered 400 (bad, expired or
+    /// wrongly signed credentials, malformed requests); permissions, channels or packets refused because the peer is not one of the
     /// deployment's media addresses (an open relay would forward anywhere); bytes relayed by
     /// allocations that closed; TCP/TLS connections refused at the `max_connections` limit.
     pub turn_allocations: Gauge,
@@ -453,7 +453,7 @@ impl Metrics {
         );
         registry.register(
             "turn_auth_refused",
-            "TURN requests refused for a malformed, expired or wrongly signed credential",
+            "TURN requests answered 400: an unknown, expired or wrongly signed credential, or a malformed request",
             metrics.turn_auth_refused.clone(),
         );
         registry.register(

@@ -37,6 +37,11 @@ const env = {
   RAMPART__LOG__FORMAT: 'json',
   // Media and ICE on 127.0.0.1 only (the namespace has nothing else anyway).
   RAMPART__SFU__ICE_LOOPBACK_ONLY: 'true',
+  // The embedded TURN relay: bob's page (`?ice=relay`) may only use it.
+  RAMPART__SFU__TURN__ENABLED: 'true',
+  RAMPART__SFU__TURN__SECRET: 'the browser test deployment secret',
+  RAMPART__SFU__TURN__UDP: '127.0.0.1:0',
+  RAMPART__SFU__TURN__TCP: '127.0.0.1:0',
 };
 const EXPECT_SFU = process.env.RAMPART_EXPECT_SFU === '1';
 
@@ -162,7 +167,7 @@ async function main() {
     await connected(alice);
     await alice.waitForSelector('#me:has-text("Alice")');
     const bob = await newPage('bob');
-    await bob.goto(`${server.url}/`);
+    await bob.goto(`${server.url}/?ice=relay`);
     await bob.fill('#token-input', token('bob'));
     await bob.click('#token-form button[type="submit"]');
     await connected(bob);
@@ -275,6 +280,11 @@ async function videoCall(url, alice, bob) {
     await framesGrow(page, name, 20);
   }
   log('alice and bob see each other (frames decoded on both pages)');
+  const bobTypes = (await stats(bob)).candidateTypes;
+  if (bobTypes.length === 0 || bobTypes.some((type) => type !== 'relay')) throw new Error(`bob's media did not go through the relay: ${bobTypes}`);
+  const aliceTypes = (await stats(alice)).candidateTypes;
+  if (!aliceTypes.includes('host')) throw new Error(`alice's media should go direct: ${aliceTypes}`);
+  log(`bob's connections use the embedded TURN relay (${bobTypes}), alice's go direct (${aliceTypes})`);
   await until('a keyframe request to a publisher', async () => ((await stats(alice)).pliCount + (await stats(bob)).pliCount) >= 1);
   log('publishers were asked for keyframes (pliCount >= 1)');
   await shot(bob, 'video');

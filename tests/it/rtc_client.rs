@@ -18,6 +18,7 @@ use rtc::interceptor::Slot;
 use rtc::peer_connection::configuration::interceptor_registry::{register_default_interceptors, Registry};
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::{RTCConfigurationBuilder, RTCIceServer, RTCIceTransportPolicy};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -253,11 +254,14 @@ pub struct Options {
     pub packets_per_tick: u32,
     /// Keep every received packet's latency (benchmarks).
     pub record_latency: bool,
+    /// Use only relay candidates, through the TURN servers of the `joined` frame's
+    /// `ice_servers` (a client whose network lets nothing else through).
+    pub relay_only: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { publish: false, trickle: true, packets_per_tick: 1, record_latency: false }
+        Self { publish: false, trickle: true, packets_per_tick: 1, record_latency: false, relay_only: false }
     }
 }
 
@@ -295,6 +299,7 @@ impl RtcClient {
             trickle: options.trickle,
             packets_per_tick: options.packets_per_tick.max(1),
             record_latency: options.record_latency,
+            relay: options.relay_only.then(Vec::new),
             room: String::new(),
             publisher: None,
             subscriber: None,
@@ -450,6 +455,8 @@ struct Brain {
     trickle: bool,
     packets_per_tick: u32,
     record_latency: bool,
+    /// Relay-only clients: the TURN servers from `joined`.
+    relay: Option<Vec<RTCIceServer>>,
     room: String,
     publisher: Option<Arc<dyn PeerConnection>>,
     subscriber: Option<Arc<dyn PeerConnection>>,
@@ -465,6 +472,26 @@ impl Brain {
                 ("joined", _) => {
                     *self.state.participant.lock() = frame["participant"].as_str().map(str::to_owned);
                     self.room = frame["room"].as_str().unwrap_or_default().to_owned();
+                    if let Some(relay) = &mut self.relay {
+                        *relay = frame["ice_servers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|server| RTCIceServer {
+                                urls: server["urls"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(Value::as_str)
+                                    // webrtc-rs relays over UDP only.
+                                    .filter(|url| url.ends_with("transport=udp"))
+                                    .map(str::to_owned)
+                                    .collect(),
+                                username: server["username"].as_str().unwrap_or_default().to_owned(),
+                                credential: server["credential"].as_str().unwrap_or_default().to_owned(),
+                            })
+                            .collect();
+                    }
                     let _ = self.events.send(frame.clone());
                     if self.publish {
                         self.start_publishing().await;
@@ -545,7 +572,7 @@ impl Brain {
             runtime: self.runtime.clone(),
             gathered: gathered_tx,
         });
-        (client_connection(handler).await, gathered)
+        (client_connection_with(handler, self.relay.clone()).await, gathered)
     }
 
     /// Non-trickling clients wait for gathering so the SDP carries every candidate.
@@ -690,6 +717,15 @@ fn local_track(participant: &str, kind: &str, ssrc: u32) -> Arc<TrackLocalStatic
 /// A connection like a loopback-only app would build: VP8 and Opus, default interceptors plus
 /// keyframe-request delivery, sockets on 127.0.0.1, no mDNS.
 pub async fn client_connection(handler: Arc<dyn PeerConnectionEventHandler>) -> Arc<dyn PeerConnection> {
+    client_connection_with(handler, None).await
+}
+
+/// A client connection; with `relay`, one that gathers and uses only relay candidates from
+/// those TURN servers.
+pub async fn client_connection_with(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    relay: Option<Vec<RTCIceServer>>,
+) -> Arc<dyn PeerConnection> {
     let mut media_engine = MediaEngine::default();
     for (kind, pt) in [("video", 96u8), ("audio", 111u8)] {
         let rtp_kind = if kind == "video" { RtpCodecKind::Video } else { RtpCodecKind::Audio };
@@ -705,7 +741,16 @@ pub async fn client_connection(handler: Arc<dyn PeerConnectionEventHandler>) -> 
         .with_include_loopback_candidate(true)
         .build();
     let runtime = webrtc::runtime::default_runtime().expect("webrtc runtime");
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new();
+    if let Some(servers) = relay {
+        builder = builder.with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(servers)
+                .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
+                .build(),
+        );
+    }
+    let pc = builder
         .with_setting_engine(settings)
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)

@@ -880,3 +880,5 @@ async fn shutdown_closes_chat_and_video_sockets_first_and_exits_promptly() {
     assert!(status.success(), "{status}");
     assert!(took <= Duration::from_secs(3), "shutdown took {took:?}");
 }
+
+mod turn;

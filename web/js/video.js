@@ -4,6 +4,9 @@
 // answers) and the subscriber (the server offers everyone else's tracks, this page answers).
 // Candidates trickle both ways. On `reconnect` (the server restarted this participant) or a
 // dropped socket, the room rebuilds itself: new connections, the same camera, the tiles back.
+// ICE uses the TURN relay the server hands out in `joined` (`ice_servers`, credentials of this
+// participant's own); `?ice=relay` in the page's address forces every packet through it (to
+// check from a network that the relay works).
 
 import { parseFrame } from './api.js';
 
@@ -29,6 +32,9 @@ export class VideoRoom extends EventTarget {
     this.participants = new Map();
     /** stream id (the publisher's participant id) → MediaStream */
     this.streams = new Map();
+    /** From `joined`: the server's TURN relay with this participant's credentials. */
+    this.iceServers = [];
+    this.icePolicy = new URLSearchParams(location.search).get('ice') === 'relay' ? 'relay' : 'all';
   }
 
   /** Whether this server has an SFU: a build without it answers /rtc with 501. */
@@ -76,11 +82,17 @@ export class VideoRoom extends EventTarget {
 
   /** Inbound and outbound RTP statistics (tests and the curious). */
   async stats() {
-    const result = { framesDecoded: 0, packetsReceived: 0, pliCount: 0, framesEncoded: 0 };
+    const result = { framesDecoded: 0, packetsReceived: 0, pliCount: 0, framesEncoded: 0, candidateTypes: [] };
     for (const pc of [this.subscriber, this.publisher]) {
       if (!pc) continue;
       const report = await pc.getStats();
       report.forEach((entry) => {
+        // The local end of each connection's selected pair: host, srflx or relay.
+        if (entry.type === 'transport' && entry.selectedCandidatePairId) {
+          const pair = report.get(entry.selectedCandidatePairId);
+          const local = pair && report.get(pair.localCandidateId);
+          if (local) result.candidateTypes.push(local.candidateType);
+        }
         if (entry.type === 'inbound-rtp') {
           result.framesDecoded += entry.framesDecoded ?? 0;
           result.packetsReceived += entry.packetsReceived ?? 0;
@@ -125,6 +137,7 @@ export class VideoRoom extends EventTarget {
     switch (frame.type) {
       case 'joined':
         this.participant = frame.participant;
+        this.iceServers = (frame.ice_servers ?? []).map(({ urls, username, credential }) => ({ urls, username, credential }));
         this.participants.clear();
         for (const other of frame.participants) {
           this.participants.set(other.participant, { user: other.user, tracks: new Map(other.tracks.map((t) => [t.track, t.kind])) });
@@ -192,7 +205,7 @@ export class VideoRoom extends EventTarget {
   }
 
   newConnection(target) {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, iceTransportPolicy: this.icePolicy });
     pc.onicecandidate = (event) => {
       if (event.candidate) this.send({ type: 'candidate', target, candidate: event.candidate.toJSON() });
     };

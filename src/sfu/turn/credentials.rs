@@ -70,8 +70,8 @@ impl turn::auth::AuthHandler for Credentials {
     fn auth_handle(&self, username: &str, realm: &str, source: SocketAddr) -> Result<Vec<u8>, turn::Error> {
         match self.password_for(username, SystemTime::now()) {
             Ok(password) => Ok(turn::auth::generate_auth_key(username, realm, &password)),
+            // Answered 400 by the server, counted in `turn_auth_refused` on the way out.
             Err(error) => {
-                crate::telemetry::metrics().turn_auth_refused.inc();
                 tracing::debug!(username, %source, %error, "TURN credential refused");
                 Err(turn::Error::Other(error.to_string()))
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use stun::attributes::ATTR_XOR_PEER_ADDRESS;
-use stun::error_code::{ErrorCodeAttribute, CODE_FORBIDDEN};
+use stun::error_code::{ErrorCodeAttribute, CODE_BAD_REQUEST, CODE_FORBIDDEN};
 use stun::message::{
     Getter as _, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_CHANNEL_BIND,
     METHOD_CREATE_PERMISSION,
@@ -76,6 +76,20 @@ impl AllowedPeers {
     }
 }
 
+/// Whether the server is answering a request 400 (Bad Request): what it answers for an unknown,
+/// expired or wrongly signed credential and for malformed requests. The type's class bits are
+/// checked first, so relayed data (ChannelData, Data indications) costs two byte reads.
+fn is_bad_request_answer(packet: &[u8]) -> bool {
+    let [first, second, ..] = packet else { return false };
+    let typ = u16::from_be_bytes([*first, *second]);
+    if first >> 6 != 0 || typ & 0x0110 != 0x0110 || !stun::message::is_message(packet) {
+        return false;
+    }
+    let mut answer = Message::new();
+    let mut code = ErrorCodeAttribute::default();
+    answer.unmarshal_binary(packet).is_ok() && code.get_from(&answer).is_ok() && code.code == CODE_BAD_REQUEST
+}
+
 /// A listener (UDP socket, or the TCP/TLS connections behind one `Conn`) that answers requests
 /// for foreign peers itself.
 pub struct Guarded {
@@ -116,6 +130,9 @@ impl Conn for Guarded {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        if is_bad_request_answer(buf) {
+            crate::telemetry::metrics().turn_auth_refused.inc();
+        }
         self.inner.send_to(buf, target).await
     }
 
