@@ -44,6 +44,9 @@ pub struct SfuConfig {
     pub empty_timeout: Duration,
     /// Threads of the media runtime (packet forwarding, peer connection drivers' tasks).
     pub media_threads: usize,
+    /// Also offer passive ICE-TCP host candidates (RFC 6544): each peer connection listens on
+    /// TCP at its media address and port, for clients whose networks drop UDP but let TCP out.
+    pub ice_tcp: bool,
     /// `[sfu.turn]`: the embedded TURN relay for participants behind NATs and firewalls.
     pub turn: TurnConfig,
 }
@@ -132,6 +135,7 @@ impl Default for SfuConfig {
             max_frame_bytes: 256 * 1024,
             empty_timeout: Duration::from_secs(30),
             media_threads: 2,
+            ice_tcp: true,
             turn: TurnConfig::default(),
         }
     }

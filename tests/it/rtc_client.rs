@@ -257,11 +257,20 @@ pub struct Options {
     /// Use only relay candidates, through the TURN servers of the `joined` frame's
     /// `ice_servers` (a client whose network lets nothing else through).
     pub relay_only: bool,
+    /// Gather and use TCP candidates only (ICE-TCP; a network that drops UDP).
+    pub tcp_only: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { publish: false, trickle: true, packets_per_tick: 1, record_latency: false, relay_only: false }
+        Self {
+            publish: false,
+            trickle: true,
+            packets_per_tick: 1,
+            record_latency: false,
+            relay_only: false,
+            tcp_only: false,
+        }
     }
 }
 
@@ -300,6 +309,7 @@ impl RtcClient {
             packets_per_tick: options.packets_per_tick.max(1),
             record_latency: options.record_latency,
             relay: options.relay_only.then(Vec::new),
+            tcp_only: options.tcp_only,
             room: String::new(),
             publisher: None,
             subscriber: None,
@@ -457,6 +467,7 @@ struct Brain {
     record_latency: bool,
     /// Relay-only clients: the TURN servers from `joined`.
     relay: Option<Vec<RTCIceServer>>,
+    tcp_only: bool,
     room: String,
     publisher: Option<Arc<dyn PeerConnection>>,
     subscriber: Option<Arc<dyn PeerConnection>>,
@@ -572,7 +583,12 @@ impl Brain {
             runtime: self.runtime.clone(),
             gathered: gathered_tx,
         });
-        (client_connection_with(handler, self.relay.clone()).await, gathered)
+        let network = match (&self.relay, self.tcp_only) {
+            (Some(servers), _) => Network::Relay(servers.clone()),
+            (None, true) => Network::TcpOnly,
+            (None, false) => Network::Direct,
+        };
+        (client_connection_with(handler, network).await, gathered)
     }
 
     /// Non-trickling clients wait for gathering so the SDP carries every candidate.
@@ -717,14 +733,22 @@ fn local_track(participant: &str, kind: &str, ssrc: u32) -> Arc<TrackLocalStatic
 /// A connection like a loopback-only app would build: VP8 and Opus, default interceptors plus
 /// keyframe-request delivery, sockets on 127.0.0.1, no mDNS.
 pub async fn client_connection(handler: Arc<dyn PeerConnectionEventHandler>) -> Arc<dyn PeerConnection> {
-    client_connection_with(handler, None).await
+    client_connection_with(handler, Network::Direct).await
 }
 
-/// A client connection; with `relay`, one that gathers and uses only relay candidates from
-/// those TURN servers.
+/// Which paths a client's connection may use.
+pub enum Network {
+    /// UDP host candidates on 127.0.0.1.
+    Direct,
+    /// TCP host candidates only (active and passive), as behind a firewall that drops UDP.
+    TcpOnly,
+    /// Relay candidates only, from these TURN servers.
+    Relay(Vec<RTCIceServer>),
+}
+
 pub async fn client_connection_with(
     handler: Arc<dyn PeerConnectionEventHandler>,
-    relay: Option<Vec<RTCIceServer>>,
+    network: Network,
 ) -> Arc<dyn PeerConnection> {
     let mut media_engine = MediaEngine::default();
     for (kind, pt) in [("video", 96u8), ("audio", 111u8)] {
@@ -742,7 +766,11 @@ pub async fn client_connection_with(
         .build();
     let runtime = webrtc::runtime::default_runtime().expect("webrtc runtime");
     let mut builder = PeerConnectionBuilder::new();
-    if let Some(servers) = relay {
+    let (udp, tcp) = match &network {
+        Network::TcpOnly => (vec![], vec!["127.0.0.1:0".to_owned()]),
+        Network::Direct | Network::Relay(_) => (vec!["127.0.0.1:0".to_owned()], vec![]),
+    };
+    if let Network::Relay(servers) = network {
         builder = builder.with_configuration(
             RTCConfigurationBuilder::new()
                 .with_ice_servers(servers)
@@ -756,7 +784,8 @@ pub async fn client_connection_with(
         .with_interceptor_registry(registry)
         .with_handler(handler)
         .with_runtime(runtime)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .with_udp_addrs(udp)
+        .with_tcp_addrs(tcp)
         .build()
         .await
         .expect("client peer connection");

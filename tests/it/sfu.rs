@@ -791,7 +791,9 @@ async fn media_sockets_bind_ports_from_the_configured_range() {
     for client in [&alice, &bob] {
         let candidates = client.state.server_candidates.lock().clone();
         assert!(!candidates.is_empty());
-        for candidate in &candidates {
+        assert!(candidates.iter().any(|c| c.contains("tcptype passive")), "ICE-TCP listens too: {candidates:?}");
+        // Active TCP candidates listen nowhere (their port is the placeholder 9).
+        for candidate in candidates.iter().filter(|c| !c.contains("tcptype active")) {
             let port: u16 = candidate.split_whitespace().nth(5).and_then(|p| p.parse().ok()).unwrap_or(0);
             assert!((47310..=47329).contains(&port), "{candidate}");
         }
@@ -879,6 +881,43 @@ async fn shutdown_closes_chat_and_video_sockets_first_and_exits_promptly() {
     eprintln!("exited {took:?} after SIGTERM with a chat and a video socket open");
     assert!(status.success(), "{status}");
     assert!(took <= Duration::from_secs(3), "shutdown took {took:?}");
+}
+
+#[actix_rt::test]
+async fn media_flows_over_ice_tcp_for_clients_whose_network_drops_udp() {
+    let _heavy = crate::support::MEASURING.read().await;
+    let server = sfu_server(&[]);
+    let (users, room) = users_and_room(&server, "tcp", 2).await;
+    let runtime = media_runtime();
+    let url = server.url("/rtc").replacen("http://", "ws://", 1);
+    let mut clients = Vec::new();
+    for user in &users {
+        let options = Options { publish: true, tcp_only: true, ..Options::default() };
+        let mut client = RtcClient::connect(&runtime, &url, &server.token(user), options).await;
+        let joined = client.join(&room).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        clients.push(client);
+    }
+    let participants: Vec<String> = clients.iter().map(RtcClient::participant).collect();
+    media_flows(&clients[1], &participants[0], 50).await;
+    media_flows(&clients[0], &participants[1], 50).await;
+    let offered = clients[0].state.server_candidates.lock().clone();
+    assert!(
+        offered.iter().any(|line| line.contains(" tcp ") && line.contains("tcptype passive")),
+        "the SFU offers passive TCP candidates: {offered:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn ice_tcp_can_be_turned_off() {
+    let server = sfu_server(&[("RAMPART__SFU__ICE_TCP", "false")]);
+    let (users, room) = users_and_room(&server, "udponly", 2).await;
+    let runtime = media_runtime();
+    let publisher = member(&server, &runtime, &users[0], true, &room).await;
+    let subscriber = member(&server, &runtime, &users[1], false, &room).await;
+    media_flows(&subscriber, &publisher.participant(), 20).await;
+    let offered = publisher.state.server_candidates.lock().clone();
+    assert!(!offered.is_empty() && offered.iter().all(|line| !line.contains(" tcp ")), "{offered:?}");
 }
 
 mod turn;

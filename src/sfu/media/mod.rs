@@ -232,6 +232,7 @@ impl Media {
             .with_interceptor_registry(registry)
             .with_handler(handler)
             .with_runtime(self.webrtc.clone())
+            .with_tcp_addrs(if self.config.ice_tcp { binds.clone() } else { Vec::new() })
             .with_udp_addrs(binds)
             // Drivers on a bounded pool of reactor threads: a connection dropped without
             // `close` (its peer crashed) stops its driver instead of leaving it running.
