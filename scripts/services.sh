@@ -141,7 +141,10 @@ postgresql_status() {
 # FerretDB (MongoDB wire protocol)
 
 ferretdb_bin() {
-    local bin="$CACHE/bin/ferretdb-$FERRETDB_VERSION"
+    # Keyed by the wrapper's source too: a changed main.go builds a new binary.
+    local source bin
+    source=$(cat "$ROOT/scripts/ferretdb/main.go" "$ROOT/scripts/ferretdb/go.sum" | sha256sum | cut -c1-12)
+    bin="$CACHE/bin/ferretdb-$FERRETDB_VERSION-$source"
     if [ ! -x "$bin" ]; then
         command -v go >/dev/null || die "Go is needed to build FerretDB"
         log "building FerretDB $FERRETDB_VERSION (first time: a few minutes)"
@@ -431,6 +434,9 @@ case "$command" in
         echo "export RAMPART_TEST_KAFKA_BROKERS=$KAFKA_ADDR"
         # Kafka's own command-line tools (console producer/consumer, consumer groups) for tests.
         echo "export RAMPART_TEST_KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs"
+        # FerretDB itself, for tests that start one of their own on its SQLite backend (inside a
+        # network namespace, where PostgreSQL cannot run: it refuses root).
+        echo "export RAMPART_TEST_FERRETDB_BIN=$(ferretdb_bin)"
         ;;
     *)
         sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'

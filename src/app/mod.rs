@@ -184,6 +184,13 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
             return Err(error).with_context(|| format!("binding http.bind = {}", config.http.bind));
         }
     };
+    #[cfg(feature = "sfu")]
+    if let Some(sfu) = &sfu {
+        if let Err(error) = sfu.set_bound_address(address) {
+            tree.shutdown().await;
+            return Err(anyhow::anyhow!(error));
+        }
+    }
     tracing::info!(address = %address, "listening on http://{address}");
     if let Some(path) = generated_admin_token {
         tracing::info!(

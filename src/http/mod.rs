@@ -91,6 +91,7 @@ fn app(
         .service(web::resource("/openapi.json").get(openapi::openapi_json))
         .service(web::resource("/ws").get(ws::upgrade))
         .service(web::resource("/rtc").get(signaling::upgrade))
+        .service(web::resource("/rtc/relay").get(signaling::relay))
         .configure(web_client::routes)
         .configure(chat::routes)
         .configure(messages::routes)

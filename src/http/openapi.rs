@@ -3,13 +3,14 @@
 //! cannot drift from the code. CI fuzzes the running server against it with schemathesis.
 //!
 //! Two bearer schemes: `user_jwt` (a client's JWT, `/api/*` and `/ws`) and `admin_token`
-//! (`/admin/*`, `POST /api/users`). The WebSocket protocol carried by `/ws` is documented in
+//! (`/admin/*`, `POST /api/users`); and `relay_credential`, the header one instance of a
+//! deployment signs for another (`/rtc/relay`, `sfu.cluster`). The WebSocket protocol carried by `/ws` is documented in
 //! README ("WebSocket protocol v1"), generated from `chat::protocol`'s frame types.
 
 use std::sync::LazyLock;
 
 use actix_web::HttpResponse;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{admin, chaos, chat, error, health, messages, signaling, web_client, ws};
@@ -31,6 +32,7 @@ use super::{admin, chaos, chat, error, health, messages, signaling, web_client, 
         openapi_json,
         ws::upgrade,
         signaling::upgrade,
+        signaling::relay,
         signaling::list_rooms,
         signaling::create_room,
         signaling::delete_room,
@@ -85,6 +87,12 @@ impl Modify for SecuritySchemes {
         let mut admin = Http::new(HttpAuthScheme::Bearer);
         admin.description = Some("`admin.token`, or the one generated into `<data_dir>/admin_token`.".into());
         components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
+        let relay = ApiKeyValue::with_description(
+            "x-rampart-relay",
+            "`<expiry>.<hex HMAC-SHA256>` over the relayed user and the expiry with `sfu.cluster.secret`: \
+             only instances of the deployment have it",
+        );
+        components.add_security_scheme("relay_credential", SecurityScheme::ApiKey(ApiKey::Header(relay)));
     }
 }
 

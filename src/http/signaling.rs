@@ -41,6 +41,31 @@ pub async fn upgrade(request: HttpRequest, state: web::Data<AppState>) -> Result
     imp::upgrade(request, state, user).await
 }
 
+/// Another instance of the deployment relaying a participant of a room placed here
+/// (`sfu.cluster`): the same protocol as `/rtc`, for the user in `x-rampart-relay-user`, vouched
+/// for by `x-rampart-relay` (an expiry and HMAC-SHA256 with `sfu.cluster.secret`).
+#[utoipa::path(
+    get, path = "/rtc/relay", tag = "sfu", operation_id = "sfu_relay",
+    security(("relay_credential" = [])),
+    params(("x-rampart-relay-user" = String, Header, description = "The relayed participant's user")),
+    responses(
+        (status = 101, description = "Switching to the signaling protocol v1"),
+        (status = 400, description = "Not a WebSocket handshake", body = super::error::ErrorBody),
+        (status = 401, description = "Missing, expired or wrongly signed relay credential", body = super::error::ErrorBody),
+        (status = 403, description = "The user is not provisioned", body = super::error::ErrorBody),
+        (status = 429, description = "The user has `sfu.max_sockets_per_user` sockets open", body = super::error::ErrorBody),
+        (status = 501, description = "This build or configuration has no SFU", body = super::error::ErrorBody),
+        (status = 503, description = "Not accepting connections (shutting down)", body = super::error::ErrorBody),
+    )
+)]
+pub async fn relay(request: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let (Some(user), Some(credential)) = (header("x-rampart-relay-user"), header("x-rampart-relay")) else {
+        return Err(ApiError::Unauthorized);
+    };
+    imp::relay(request, state, user, credential).await
+}
+
 /// A room anyone authenticated may join (not only a conversation's members).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +156,10 @@ mod imp {
         Err(not_built())
     }
 
+    pub async fn relay(_: HttpRequest, _: web::Data<AppState>, _: String, _: String) -> Result<HttpResponse, ApiError> {
+        Err(not_built())
+    }
+
     pub async fn list_rooms(_: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         Err(not_built())
     }
@@ -174,6 +203,27 @@ mod imp {
         state: web::Data<AppState>,
         user: String,
     ) -> Result<HttpResponse, ApiError> {
+        serve_socket(request, state, user, false).await
+    }
+
+    pub async fn relay(
+        request: HttpRequest,
+        state: web::Data<AppState>,
+        user: String,
+        credential: String,
+    ) -> Result<HttpResponse, ApiError> {
+        if !sfu(&state)?.verify_relay(&user, &credential) {
+            return Err(ApiError::Unauthorized);
+        }
+        serve_socket(request, state, user, true).await
+    }
+
+    async fn serve_socket(
+        request: HttpRequest,
+        state: web::Data<AppState>,
+        user: String,
+        relayed: bool,
+    ) -> Result<HttpResponse, ApiError> {
         let sfu = sfu(&state)?.clone();
         if state.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ApiError::Unavailable("shutting down".into()));
@@ -196,9 +246,9 @@ mod imp {
         let (outbox, receiver) = state.chat.outboxes.outbox();
         let signal = Signal::new(outbox);
         let peer = sfu
-            .connect(user.clone(), signal.clone())
+            .connect(user.clone(), signal.clone(), relayed)
             .map_err(|error| ApiError::Unavailable(format!("not accepting connections: {error}")))?;
-        crate::action!("rtc", "connected", user = user, peer = peer.path());
+        crate::action!("rtc", "connected", user = user, peer = peer.path(), relayed = relayed);
         let max_frame_bytes = sfu.core.config.max_frame_bytes;
         let plan = SocketPlan::new(max_frame_bytes, move |framed| {
             Box::pin(serve(framed, signal, receiver, slot, ActorLink(peer), max_frame_bytes))
@@ -212,10 +262,14 @@ mod imp {
         let sfu = sfu(&state)?;
         let operator_rooms = sfu.admin_rooms().await?;
         let rooms = sfu.rooms(&operator_rooms).await;
+        let placements = sfu.placements().await.transpose()?;
         Ok(HttpResponse::Ok().json(serde_json::json!({
             "rooms": rooms,
             "operator_rooms": operator_rooms,
             "media_tasks": sfu.media_tasks(),
+            // With sfu.cluster: every room of the deployment and the instance it runs on.
+            "instance": sfu.instance(),
+            "placements": placements,
         })))
     }
 

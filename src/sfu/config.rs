@@ -49,6 +49,34 @@ pub struct SfuConfig {
     pub ice_tcp: bool,
     /// `[sfu.turn]`: the embedded TURN relay for participants behind NATs and firewalls.
     pub turn: TurnConfig,
+    /// `[sfu.cluster]`: rooms placed on one instance of a deployment, whichever instance a
+    /// participant's socket reached.
+    pub cluster: ClusterConfig,
+}
+
+/// `[sfu.cluster]`: with several instances behind one address, each open room runs on one
+/// owner instance (a lease in the shared store); a participant whose `/rtc` socket reached
+/// another instance has its signaling relayed to the owner over a WebSocket that instance opens
+/// to the owner's `/rtc/relay`, signed with `secret`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// This instance's base URL as the other instances reach it (e.g. `http://10.0.0.5:8080`);
+    /// none: `http://` and the address the HTTP server bound.
+    pub advertise_url: Option<String>,
+    /// Shared by every instance: relayed signaling is authenticated by HMAC-SHA256 with it.
+    pub secret: String,
+    /// How long a room's placement holds without renewal: after an owner dies, its rooms move
+    /// this much later at most. Renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { enabled: false, advertise_url: None, secret: String::new(), lease_ttl: Duration::from_secs(6) }
+    }
 }
 
 /// `[sfu.turn]`: rampart's own TURN server (RFC 8656) under `/root/sfu/turn`. Participants get
@@ -137,6 +165,7 @@ impl Default for SfuConfig {
             media_threads: 2,
             ice_tcp: true,
             turn: TurnConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -172,7 +201,26 @@ impl SfuConfig {
         if self.empty_timeout.is_zero() {
             return Err("sfu.empty_timeout must be longer than 0s".into());
         }
-        self.validate_turn()
+        self.validate_turn()?;
+        let cluster = &self.cluster;
+        if cluster.enabled {
+            if cluster.secret.len() < 16 {
+                return Err(
+                    "sfu.cluster.secret must be set, at least 16 characters, and the same on every instance".into()
+                );
+            }
+            if cluster.lease_ttl < Duration::from_secs(2) {
+                return Err("sfu.cluster.lease_ttl must be at least 2s".into());
+            }
+            if cluster
+                .advertise_url
+                .as_deref()
+                .is_some_and(|url| !url.starts_with("http://") && !url.starts_with("https://"))
+            {
+                return Err("sfu.cluster.advertise_url must be an http:// or https:// URL".into());
+            }
+        }
+        Ok(())
     }
 
     fn validate_turn(&self) -> Result<(), String> {

@@ -11,6 +11,8 @@
 //! membership and tells each peer which tracks it should receive; the peer owns its two peer
 //! connections and the forwarding of the tracks it publishes.
 
+#[cfg(feature = "sfu")]
+mod cluster;
 mod config;
 #[cfg(feature = "sfu")]
 mod media;
@@ -23,7 +25,7 @@ mod room;
 #[cfg(feature = "sfu")]
 mod turn;
 
-pub use config::{SfuConfig, TurnConfig};
+pub use config::{ClusterConfig, SfuConfig, TurnConfig};
 
 #[cfg(feature = "sfu")]
 pub use media::{is_keyframe_request, KeyframeRequests};
@@ -124,6 +126,8 @@ mod running {
         pub client_timeout: std::time::Duration,
         /// The embedded TURN relay, when `sfu.turn.enabled`: its credentials go in `joined`.
         pub(super) turn: Option<Arc<super::turn::Turn>>,
+        /// Room placement across instances, when `sfu.cluster.enabled`.
+        pub(super) cluster: Option<Arc<super::cluster::Cluster>>,
     }
 
     /// The running SFU: the subtree's handles, for the HTTP layer.
@@ -132,6 +136,8 @@ mod running {
         pub peers: SupervisorHandle,
         /// Open `/rtc` sockets per user (`sfu.max_sockets_per_user`).
         pub sockets_per_user: Arc<PerUser>,
+        /// Renews this instance's room placements (with `sfu.cluster`), fencing those it lost.
+        _leases: Option<crate::tasks::OwnedTask<()>>,
     }
 
     /// Restart intensity of the rooms and peers supervisors (panics of all of them together).
@@ -168,7 +174,7 @@ mod running {
             media,
             rooms_supervisor,
             rooms: Mutex::new(HashMap::new()),
-            store,
+            store: store.clone(),
             directory,
             next_room: AtomicU64::new(0),
             next_participant: AtomicU64::new(0),
@@ -176,17 +182,35 @@ mod running {
             heartbeat_interval: ws.heartbeat_interval,
             client_timeout: ws.client_timeout,
             turn,
+            cluster: config.cluster.enabled.then(|| super::cluster::Cluster::new(&config.cluster, store.clone())),
         });
         let sockets_per_user = PerUser::new(config.max_sockets_per_user);
-        Ok(Arc::new(Sfu { core, peers, sockets_per_user }))
+        let leases = core.cluster.clone().map(|cluster| {
+            let core = core.clone();
+            crate::tasks::spawn_owned("sfu.leases", async move {
+                loop {
+                    tokio::time::sleep(cluster.ttl() / 3).await;
+                    for room in cluster.renew().await {
+                        core.fence(&room);
+                    }
+                }
+            })
+        });
+        Ok(Arc::new(Sfu { core, peers, sockets_per_user, _leases: leases }))
     }
 
     impl Sfu {
-        /// Starts the peer serving a new `/rtc` socket of `user`.
-        pub fn connect(&self, user: String, signal: Arc<Signal>) -> Result<ActorHandle<Peer>, SpawnError> {
+        /// Starts the peer serving a new `/rtc` socket of `user`; `relayed`: a socket another
+        /// instance opened for a participant of a room placed here (`/rtc/relay`).
+        pub fn connect(
+            &self,
+            user: String,
+            signal: Arc<Signal>,
+            relayed: bool,
+        ) -> Result<ActorHandle<Peer>, SpawnError> {
             let n = self.core.next_participant.fetch_add(1, Ordering::Relaxed) + 1;
             let participant = format!("p{n}");
-            let shared = super::peer::PeerShared::new(participant.clone(), user, signal, self.core.clone());
+            let shared = super::peer::PeerShared::new(participant.clone(), user, signal, self.core.clone(), relayed);
             let factory_shared = shared.clone();
             let handle = self.peers.spawn(
                 ChildSpec::new(format!("peer-{n}"), move || Peer::new(factory_shared.clone()))
@@ -194,6 +218,49 @@ mod running {
             )?;
             shared.set_handle(handle.clone());
             Ok(handle)
+        }
+
+        /// Where other instances reach this one: the address the HTTP server bound, unless
+        /// `sfu.cluster.advertise_url` says otherwise.
+        pub fn set_bound_address(&self, address: std::net::SocketAddr) -> Result<(), String> {
+            let Some(cluster) = &self.core.cluster else { return Ok(()) };
+            if cluster.address().is_empty() && address.ip().is_unspecified() {
+                return Err(format!(
+                    "sfu.cluster.advertise_url must be set: http.bind ({address}) is a wildcard the other instances cannot reach"
+                ));
+            }
+            cluster.set_bound_address(address);
+            Ok(())
+        }
+
+        /// Whether `credential` (the `x-rampart-relay` header) vouches for a relayed socket of
+        /// `user`; `false` when rooms are not placed across instances.
+        pub fn verify_relay(&self, user: &str, credential: &str) -> bool {
+            self.core.cluster.as_ref().is_some_and(|cluster| cluster.verify(user, credential))
+        }
+
+        /// Every room's placement in the deployment (`None` without `sfu.cluster`).
+        pub async fn placements(&self) -> Option<Result<Vec<serde_json::Value>, StorageError>> {
+            let cluster = self.core.cluster.as_ref()?;
+            Some(cluster.leases().await.map(|leases| {
+                leases
+                    .into_iter()
+                    .map(|lease| {
+                        serde_json::json!({
+                            "room": lease.room,
+                            "owner": lease.owner,
+                            "address": lease.address,
+                            "here": lease.owner == cluster.instance,
+                            "expires_at": crate::storage::ms_to_rfc3339(lease.expires_at_ms),
+                        })
+                    })
+                    .collect()
+            }))
+        }
+
+        /// This instance's id in placements.
+        pub fn instance(&self) -> Option<String> {
+            self.core.cluster.as_ref().map(|cluster| cluster.instance.clone())
         }
 
         /// Lets anyone authenticated join `name` (an operator's room): `true` when created,
@@ -343,6 +410,23 @@ mod running {
             }
             drop(rooms);
             crate::action!("sfu", "room closed", room = entry.name);
+            if let Some(cluster) = &self.cluster {
+                cluster.forget(&entry.name);
+            }
+            self.refresh_metrics();
+        }
+
+        /// This instance lost `room`'s placement: it stops serving it, and every participant in
+        /// it goes to the new owner (a relayed socket is closed for its instance to place the
+        /// room again; a local one rejoins).
+        pub(super) fn fence(&self, room: &str) {
+            let Some(entry) = self.rooms.lock().remove(room) else { return };
+            tracing::warn!(room, "this instance lost the room's placement; its participants move");
+            crate::action!("sfu", "room fenced", room = room);
+            let peers: Vec<ActorHandle<Peer>> = entry.peers.lock().values().cloned().collect();
+            for peer in peers {
+                let _ = peer.do_send(super::peer::Moved { room: room.to_owned() });
+            }
             self.refresh_metrics();
         }
 

@@ -261,6 +261,12 @@ pub fn reconnect(reason: &str) -> String {
     json!({"type": "reconnect", "reason": reason}).to_string()
 }
 
+/// The room moved to another instance: drop both connections and wait for the next `joined`
+/// (then publish again), on this same socket.
+pub fn rejoin(reason: &str) -> String {
+    json!({"type": "reconnect", "reason": reason, "rejoin": true}).to_string()
+}
+
 pub fn pong() -> String {
     json!({"type": "pong"}).to_string()
 }

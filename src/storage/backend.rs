@@ -201,4 +201,36 @@ pub trait RoomStore: Send + Sync + 'static {
 
     /// The operators' rooms, by name.
     async fn rooms(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Places a room on an instance unless another's lease on it is still running (unexpired
+    /// at `now_ms`): `candidate` becomes the lease when the room is free or its lease expired,
+    /// is extended when its owner already holds it, and otherwise the running lease is
+    /// returned. Exactly one lease per room at any time, however many instances place it at
+    /// once.
+    async fn place_room(&self, candidate: RoomLease, now_ms: i64) -> Result<RoomLease, StorageError>;
+
+    /// Extends the lease `token` on `room` to `expires_at_ms`: `false` when it is no longer that
+    /// lease (expired and taken over, or released).
+    async fn renew_room(&self, room: String, token: String, expires_at_ms: i64) -> Result<bool, StorageError>;
+
+    /// Gives the lease `token` on `room` up (nothing when it is no longer that lease).
+    async fn release_room(&self, room: String, token: String) -> Result<(), StorageError>;
+
+    /// The leases running at `now_ms`, by room.
+    async fn room_leases(&self, now_ms: i64) -> Result<Vec<RoomLease>, StorageError>;
+}
+
+/// Which instance runs a room's media (its `Room` actor and every participant's peer
+/// connections) in a deployment of several: one owner per open room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomLease {
+    pub room: String,
+    /// The owner's instance id.
+    pub owner: String,
+    /// Where the other instances reach the owner's signaling (`sfu.cluster.advertise_url`).
+    pub address: String,
+    /// Unique to this placement: a renewal or release by an old holder of a lease that was
+    /// since taken over names another token and changes nothing.
+    pub token: String,
+    pub expires_at_ms: i64,
 }

@@ -22,8 +22,8 @@ pub mod sqlite;
 use std::sync::Arc;
 
 pub use backend::{
-    ChatBackend, ChatStore, ConversationStore, DeadLetterStore, DeliveryStore, Inspect, MessageStore, RoomStore,
-    UserStore,
+    ChatBackend, ChatStore, ConversationStore, DeadLetterStore, DeliveryStore, Inspect, MessageStore, RoomLease,
+    RoomStore, UserStore,
 };
 pub use config::StorageConfig;
 pub use model::{

@@ -25,6 +25,7 @@ mod mongodb;
 mod openapi;
 #[cfg(feature = "otel")]
 mod otel;
+mod placement;
 mod prometheus_rules;
 #[cfg(feature = "sfu")]
 mod rtc_client;

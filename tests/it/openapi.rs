@@ -27,6 +27,7 @@ const ROUTES: &[&str] = &[
     "GET /openapi.json",
     "GET /ws",
     "GET /rtc",
+    "GET /rtc/relay",
     "GET /admin/rooms",
     "POST /admin/rooms",
     "DELETE /admin/rooms/{name}",

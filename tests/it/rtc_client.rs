@@ -124,6 +124,8 @@ pub struct ClientState {
     /// Keyframe requests that reached this client's published video.
     pub keyframe_requests: AtomicU64,
     pub reconnects: AtomicU64,
+    /// `joined` frames received (a moved room sends another).
+    pub joins: AtomicU64,
     pub sent_packets: AtomicU64,
     /// Media sections in the latest subscriber offer (grows only if transceivers are not reused).
     pub offered_sections: AtomicU64,
@@ -481,6 +483,8 @@ impl Brain {
             let target = frame["target"].as_str().unwrap_or_default().to_owned();
             match (kind.as_str(), target.as_str()) {
                 ("joined", _) => {
+                    self.close_connections().await;
+                    self.state.joins.fetch_add(1, Ordering::Relaxed);
                     *self.state.participant.lock() = frame["participant"].as_str().map(str::to_owned);
                     self.room = frame["room"].as_str().unwrap_or_default().to_owned();
                     if let Some(relay) = &mut self.relay {
@@ -535,7 +539,8 @@ impl Brain {
                     self.state.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.close_connections().await;
                     let _ = self.events.send(frame.clone());
-                    if self.publish {
+                    // `rejoin`: the room moved; publish once its next `joined` comes.
+                    if self.publish && frame["rejoin"] != true {
                         self.start_publishing().await;
                     }
                 }

@@ -920,4 +920,5 @@ async fn ice_tcp_can_be_turned_off() {
     assert!(!offered.is_empty() && offered.iter().all(|line| !line.contains(" tcp ")), "{offered:?}");
 }
 
+mod cluster;
 mod turn;

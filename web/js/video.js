@@ -136,6 +136,7 @@ export class VideoRoom extends EventTarget {
   async onFrame(frame) {
     switch (frame.type) {
       case 'joined':
+        this.closeConnections();
         this.participant = frame.participant;
         this.iceServers = (frame.ice_servers ?? []).map(({ urls, username, credential }) => ({ urls, username, credential }));
         this.participants.clear();
@@ -179,10 +180,11 @@ export class VideoRoom extends EventTarget {
         break;
       }
       case 'reconnect':
-        // The server restarted this participant: new connections, same camera.
+        // The server restarted this participant: new connections, same camera. With `rejoin`
+        // the room moved to another instance: new connections once its `joined` comes.
         this.setState('reconnecting');
         this.closeConnections();
-        await this.publish();
+        if (!frame.rejoin) await this.publish();
         break;
       case 'error':
         this.emit('error', frame);

@@ -20,6 +20,7 @@
 
 mod events;
 mod negotiation;
+mod relay;
 
 use events::{FromConnection, PcEvent};
 
@@ -34,12 +35,14 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::cluster::Placement;
 use super::media::{Downstream, Fanout, MediaKind, Recycled};
 use super::protocol::{self, Candidate, ClientSignal, SignalError, Target};
 use super::room::{Join, Leave, MemberInfo, Mute, Publish, TrackRef, Unpublish};
 use super::{room_closed, RoomEntry, RoomRefused, SfuCore, Signal};
 use crate::socket::Outbound;
 use crate::socket::{Disconnected, Inbound, RateLimiter};
+use crate::storage::RoomLease;
 use crate::supervision::{ActorHandle, SupervisedMessage};
 use crate::tasks::OwnedTask;
 
@@ -48,6 +51,11 @@ const SUBSCRIBE_DEBOUNCE: Duration = Duration::from_millis(40);
 
 /// A subscription's key: (publisher participant, track id).
 type TrackKey = (String, String);
+
+/// Attempts to reach a moved room (its owner died: the placement holds until its lease expires)
+/// before the client is told `unavailable`: 40 × 500 ms.
+const MAX_MOVE_ATTEMPTS: u32 = 40;
+const MOVE_RETRY: Duration = Duration::from_millis(500);
 
 /// Candidates kept per connection while it cannot take them yet.
 const MAX_EARLY_CANDIDATES: usize = 32;
@@ -66,10 +74,16 @@ pub struct PeerShared {
     membership: Mutex<Option<Arc<RoomEntry>>>,
     /// The user's room slot (`sfu.max_rooms_per_user`) while in a room.
     room_slot: Mutex<Option<super::RoomSlot>>,
+    /// A socket another instance opened for a participant of a room placed here
+    /// (`/rtc/relay`): served like any, but never relayed on.
+    relayed: bool,
+    /// The room this participant is in through a relay to its owner instance (`relay.rs`), kept
+    /// across incarnations and moves.
+    relayed_room: Mutex<Option<String>>,
 }
 
 impl PeerShared {
-    pub fn new(participant: String, user: String, signal: Arc<Signal>, core: Arc<SfuCore>) -> Arc<Self> {
+    pub fn new(participant: String, user: String, signal: Arc<Signal>, core: Arc<SfuCore>, relayed: bool) -> Arc<Self> {
         Arc::new(Self {
             participant,
             user,
@@ -79,6 +93,8 @@ impl PeerShared {
             handle: OnceLock::new(),
             membership: Mutex::new(None),
             room_slot: Mutex::new(None),
+            relayed,
+            relayed_room: Mutex::new(None),
         })
     }
 
@@ -112,20 +128,31 @@ impl PeerShared {
         Err(refused)
     }
 
-    /// Joins `room` (opening it if needed) after checking access.
-    async fn join(&self, room: String) -> Result<Vec<protocol::ParticipantView>, RoomRefused> {
+    /// Joins `room` (opening it if needed) after checking access: here, or on the instance the
+    /// room is placed on (`sfu.cluster`).
+    async fn join(&self, room: String) -> Result<Joined, RoomRefused> {
         let Some(slot) = self.core.rooms_per_user.acquire(&self.user, &room) else {
             crate::telemetry::limit_refused("rooms_per_user");
             return Err(RoomRefused::UserRoomLimit(self.core.rooms_per_user.limit()));
         };
         self.core.may_join(&room, &self.user).await?;
+        if let Some(cluster) = &self.core.cluster {
+            match cluster.place(&room).await {
+                Ok(Placement::Here) => {}
+                Ok(Placement::Elsewhere(lease)) => {
+                    *self.room_slot.lock() = Some(slot);
+                    return Ok(Joined::Elsewhere(lease));
+                }
+                Err(error) => return Err(RoomRefused::Unavailable(format!("placing the room: {error}"))),
+            }
+        }
         // A room closing between lookup and join answers `Stopped`: the next lookup opens a new one.
         for _ in 0..3 {
             let entry = self.core.room(&room)?;
             match self.enter(entry).await {
                 Ok(participants) => {
                     *self.room_slot.lock() = Some(slot);
-                    return Ok(participants);
+                    return Ok(Joined::Here(participants));
                 }
                 Err(Some(refused)) => return Err(refused),
                 Err(None) => continue,
@@ -150,6 +177,14 @@ impl PeerShared {
         let _ = entry.room.do_send(Leave { participant: self.participant.clone() });
         Some(entry.name.clone())
     }
+}
+
+/// Where a join landed.
+enum Joined {
+    /// In the room here; its members.
+    Here(Vec<protocol::ParticipantView>),
+    /// The room is placed on another instance.
+    Elsewhere(RoomLease),
 }
 
 struct Published {
@@ -197,6 +232,12 @@ pub struct Peer {
     /// for a connection it is replacing. Applied when the description is set.
     described: HashSet<Target>,
     early: HashMap<Target, Vec<Candidate>>,
+    /// Signaling relayed to the room's owner instance, when the room is placed there.
+    relay: Option<relay::Relay>,
+    /// Tells a relay's end from an older one's.
+    relay_epoch: u64,
+    /// Attempts so far to reach a room that moved.
+    moves: u32,
 }
 
 impl Peer {
@@ -216,6 +257,9 @@ impl Peer {
             ssrc_pool: HashMap::new(),
             described: HashSet::new(),
             early: HashMap::new(),
+            relay: None,
+            relay_epoch: 0,
+            moves: 0,
         }
     }
 
@@ -268,6 +312,10 @@ impl Peer {
         match signal {
             ClientSignal::Ping => self.shared.signal.send(protocol::pong()),
             ClientSignal::Join { room } => self.join(room, ctx),
+            ClientSignal::Leave if self.shared.relayed_room.lock().is_some() => {
+                let room = self.stop_relay().unwrap_or_default();
+                self.shared.signal.send(protocol::left(&room));
+            }
             ClientSignal::Leave => match self.shared.leave() {
                 Some(room) => {
                     self.reset_media();
@@ -295,19 +343,88 @@ impl Peer {
             let message = format!("join: already in room {:?}; leave it first", entry.name);
             return self.reject(SignalError::new("already_joined", message));
         }
+        if let (Some(_), Some(current)) = (&self.relay, self.shared.relayed_room.lock().clone()) {
+            let message = format!("join: already in room {current:?}; leave it first");
+            return self.reject(SignalError::new("already_joined", message));
+        }
         let shared = self.shared.clone();
         let name = room.clone();
         ctx.wait(async move { shared.join(room).await }.into_actor(self).map(
-            move |outcome, peer, _ctx| match outcome {
-                Ok(participants) => {
+            move |outcome, peer, ctx| match outcome {
+                Ok(Joined::Here(participants)) => {
+                    peer.moves = 0;
+                    *peer.shared.relayed_room.lock() = None;
                     let shared = &peer.shared;
                     let ice_servers =
                         shared.core.turn.as_ref().map(|turn| turn.ice_servers(&shared.participant)).unwrap_or_default();
                     shared.signal.send(protocol::joined(&name, &shared.participant, &participants, &ice_servers));
                 }
-                Err(refused) => peer.reject(SignalError::new(refused.code(), format!("join {name:?}: {refused}"))),
+                // Placed elsewhere while another instance relays to here: that instance places
+                // the room again and relays to the owner.
+                Ok(Joined::Elsewhere(_)) if peer.shared.relayed => {
+                    peer.shared.signal.outbox.close(4409, "the room is placed on another instance");
+                    ctx.stop();
+                }
+                Ok(Joined::Elsewhere(lease)) => peer.start_relay(name, lease, ctx),
+                Err(refused) => {
+                    if peer.moves > 0 {
+                        peer.moves = 0;
+                        peer.stop_relay();
+                    }
+                    peer.reject(SignalError::new(refused.code(), format!("join {name:?}: {refused}")))
+                }
             },
         ));
+    }
+
+    /// Relays this participant's signaling to `lease`'s owner, which runs the room.
+    fn start_relay(&mut self, room: String, lease: RoomLease, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.shared.core.cluster.clone() else { return };
+        self.relay_epoch += 1;
+        let epoch = self.relay_epoch;
+        *self.shared.relayed_room.lock() = Some(room.clone());
+        crate::action!("sfu", "relaying to the room's instance", room = room, owner = lease.owner);
+        let route = relay::Route {
+            owner_url: lease.address,
+            credential: cluster.sign(&self.shared.user),
+            user: self.shared.user.clone(),
+            room,
+            max_frame_bytes: self.shared.core.config.max_frame_bytes,
+        };
+        let address = ctx.address();
+        self.relay = Some(relay::Relay::start(route, self.shared.signal.clone(), move |reason| {
+            address.do_send(RelayEnded { epoch, reason });
+        }));
+    }
+
+    /// Stops relaying; the room it was relayed to, if any.
+    fn stop_relay(&mut self) -> Option<String> {
+        self.relay = None;
+        self.relay_epoch += 1;
+        drop(self.shared.room_slot.lock().take());
+        self.shared.relayed_room.lock().take()
+    }
+
+    /// The room moved (its owner died, drained, or lost the placement): the client drops its
+    /// connections and waits for the next `joined`, from wherever the room runs now.
+    fn follow_room(&mut self, room: String, ctx: &mut Context<Self>) {
+        if self.moves == 0 {
+            crate::action!("sfu", "room moved", room = room, participant = self.shared.participant);
+            self.shared.signal.send(protocol::rejoin("the room moved to another instance"));
+        }
+        self.moves += 1;
+        if self.moves > MAX_MOVE_ATTEMPTS {
+            self.moves = 0;
+            self.stop_relay();
+            let message = format!("join {room:?}: the room's instance went away and no other took it over");
+            return self.reject(SignalError::new("unavailable", message));
+        }
+        let delay = if self.moves == 1 { Duration::ZERO } else { MOVE_RETRY };
+        ctx.run_later(delay, move |peer, ctx| {
+            if peer.shared.relayed_room.lock().as_deref() == Some(room.as_str()) || peer.moves > 0 {
+                peer.join(room, ctx);
+            }
+        });
     }
 
     /// The `target` connection, or (on the media runtime) a new one.
@@ -431,6 +548,12 @@ impl Actor for Peer {
         if self.shared.incarnations.fetch_add(1, Ordering::Relaxed) == 0 {
             return;
         }
+        // Restarted while relayed: the relay went with the old incarnation; relay again.
+        let relayed_room = self.shared.relayed_room.lock().clone();
+        if let Some(room) = relayed_room {
+            crate::action!("sfu", "peer restarted", participant = self.shared.participant);
+            return self.follow_room(room, ctx);
+        }
         // Restarted: the old connections are gone; the client builds new ones.
         crate::action!("sfu", "peer restarted", participant = self.shared.participant);
         self.shared.signal.send(protocol::reconnect("the server restarted your connection"));
@@ -473,6 +596,15 @@ impl Handler<Inbound> for Peer {
         if !self.limiter.try_take() {
             return self.reject(SignalError::new("rate_limited", "too many signaling frames; slow down"));
         }
+        if let Some(relay) = &self.relay {
+            // The owner answers everything but `leave`, which ends the relay here.
+            if !matches!(protocol::parse(&text), Ok(ClientSignal::Leave)) {
+                if !relay.forward(text) {
+                    self.reject(SignalError::new("rate_limited", "the room's instance is behind; slow down"));
+                }
+                return;
+            }
+        }
         match protocol::parse(&text) {
             Ok(signal) => self.handle_signal(signal, ctx),
             Err(error) => self.reject(error),
@@ -485,6 +617,54 @@ impl Handler<Disconnected> for Peer {
 
     fn handle(&mut self, _: Disconnected, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+/// The relay to the room's owner ended by itself (the owner closed it, died, or was not there).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct RelayEnded {
+    epoch: u64,
+    reason: String,
+}
+
+impl Handler<RelayEnded> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, ended: RelayEnded, ctx: &mut Self::Context) {
+        if ended.epoch != self.relay_epoch {
+            return;
+        }
+        self.relay = None;
+        let Some(room) = self.shared.relayed_room.lock().clone() else { return };
+        tracing::info!(room, participant = %self.shared.participant, reason = ended.reason, "relay to the room's instance ended");
+        self.follow_room(room, ctx);
+    }
+}
+
+/// From this instance's placement keeper: `room` is no longer placed here.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Moved {
+    pub room: String,
+}
+impl SupervisedMessage for Moved {}
+
+impl Handler<Moved> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, moved: Moved, ctx: &mut Self::Context) {
+        if self.shared.membership().is_none_or(|entry| entry.name != moved.room) {
+            return;
+        }
+        if self.shared.relayed {
+            // Its instance places the room again and relays to the new owner.
+            self.shared.signal.outbox.close(4409, "the room moved to another instance");
+            return ctx.stop();
+        }
+        self.shared.leave();
+        self.reset_media();
+        self.follow_room(moved.room, ctx);
     }
 }
 

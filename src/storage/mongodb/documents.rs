@@ -114,6 +114,18 @@ pub(super) struct RoomDoc {
     pub(super) created_at: DateTime,
 }
 
+/// A room's placement (`RoomLease`). FerretDB has no TTL index and no atomic `$inc`, so expiry
+/// is a field every query compares, and takeovers go through the unique `_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct RoomLeaseDoc {
+    #[serde(rename = "_id")]
+    pub(super) room: String,
+    pub(super) owner: String,
+    pub(super) address: String,
+    pub(super) token: String,
+    pub(super) expires_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ProgressDoc {
     #[serde(rename = "_id")]

@@ -45,7 +45,9 @@ use serde::Serialize;
 
 use crate::storage::{ChatBackend, StorageError, StorageKind};
 pub use config::MongoConfig;
-use documents::{ConversationDoc, DeadLetterDoc, DeliveryDoc, MessageDoc, ProgressDoc, RoomDoc, UserDoc, INDEXES};
+use documents::{
+    ConversationDoc, DeadLetterDoc, DeliveryDoc, MessageDoc, ProgressDoc, RoomDoc, RoomLeaseDoc, UserDoc, INDEXES,
+};
 use messages::history_query;
 pub use seq::SeqClock;
 
@@ -73,6 +75,7 @@ struct Inner {
     dead_letters: Collection<DeadLetterDoc>,
     progress: Collection<ProgressDoc>,
     rooms: Collection<RoomDoc>,
+    room_leases: Collection<RoomLeaseDoc>,
     clock: SeqClock,
     /// The write concern every collection uses (for collections opened later: probes).
     writes: CollectionOptions,
@@ -109,6 +112,7 @@ impl MongoChat {
             dead_letters: database.collection_with_options("dead_letters", writes.clone()),
             progress: database.collection_with_options("search_progress", writes.clone()),
             rooms: database.collection_with_options("rooms", writes.clone()),
+            room_leases: database.collection_with_options("room_leases", writes.clone()),
             writes,
             database,
             clock: SeqClock::new(),

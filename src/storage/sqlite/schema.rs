@@ -63,4 +63,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // Queries name it (`INDEXED BY`: without statistics the planner takes the primary key, which
     // reads the delivered records too) and `state IN (0, 1)` literally, as a partial index needs.
     "CREATE INDEX deliveries_undelivered ON deliveries (recipient, message_seq) WHERE state IN (0, 1);",
+    // 5: which instance runs each open SFU room (one process on SQLite, but the same contract
+    // as on a shared MongoDB).
+    "CREATE TABLE room_leases (
+        room TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        address TEXT NOT NULL,
+        token TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
