@@ -32,6 +32,8 @@ fn main() -> ExitCode {
                 &mut shown.auth.jwt_secret,
                 &mut shown.elasticsearch.password,
                 &mut shown.elasticsearch.api_key,
+                &mut shown.sfu.turn.secret,
+                &mut shown.sfu.cluster.secret,
             ] {
                 if !secret.is_empty() {
                     *secret = "<redacted>".into();

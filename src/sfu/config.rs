@@ -63,7 +63,8 @@ pub struct SfuConfig {
 pub struct ClusterConfig {
     pub enabled: bool,
     /// This instance's base URL as the other instances reach it (e.g. `http://10.0.0.5:8080`);
-    /// none: `http://` and the address the HTTP server bound.
+    /// none: `http://` and the address the HTTP server bound (for a wildcard bind, the address
+    /// of the interface that routes outwards: a container's or pod's own).
     pub advertise_url: Option<String>,
     /// Shared by every instance: relayed signaling is authenticated by HMAC-SHA256 with it.
     pub secret: String,

@@ -222,14 +222,25 @@ mod running {
 
         /// Where other instances reach this one: the address the HTTP server bound, unless
         /// `sfu.cluster.advertise_url` says otherwise.
+        /// A wildcard bind (`0.0.0.0:8080` in a container) advertises the address of the
+        /// interface that routes outwards (a container's or pod's own address).
         pub fn set_bound_address(&self, address: std::net::SocketAddr) -> Result<(), String> {
             let Some(cluster) = &self.core.cluster else { return Ok(()) };
-            if cluster.address().is_empty() && address.ip().is_unspecified() {
-                return Err(format!(
-                    "sfu.cluster.advertise_url must be set: http.bind ({address}) is a wildcard the other instances cannot reach"
-                ));
+            if !cluster.address().is_empty() {
+                return Ok(());
             }
-            cluster.set_bound_address(address);
+            let mut advertised = address;
+            if address.ip().is_unspecified() {
+                let ip = outward_address(address.is_ipv6()).ok_or_else(|| {
+                    format!(
+                        "sfu.cluster.advertise_url must be set: http.bind ({address}) is a wildcard and this host has \
+                         no routable address to advertise instead"
+                    )
+                })?;
+                advertised.set_ip(ip);
+            }
+            tracing::info!(address = %advertised, instance = %cluster.instance, "rooms placed here are reached at this address");
+            cluster.set_bound_address(advertised);
             Ok(())
         }
 
@@ -497,6 +508,17 @@ mod running {
                 held.remove(&self.user);
             }
         }
+    }
+
+    /// The address of the interface the host would route a packet outwards from. A UDP
+    /// `connect` only chooses the route: nothing is sent (192.0.2.1 and 2001:db8::1 are
+    /// documentation addresses that no real peer has).
+    fn outward_address(ipv6: bool) -> Option<std::net::IpAddr> {
+        let (bind, probe) = if ipv6 { ("[::]:0", "[2001:db8::1]:9") } else { ("0.0.0.0:0", "192.0.2.1:9") };
+        let socket = std::net::UdpSocket::bind(bind).ok()?;
+        socket.connect(probe).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
     }
 
     /// A request to a room whose actor stopped between lookup and request: look it up again.

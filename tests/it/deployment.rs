@@ -27,7 +27,7 @@ fn the_scale_out_kubernetes_example_runs_three_replicas_on_kafka_with_settings_t
         .expect("env")
         .iter()
         .map(|entry| {
-            let value = entry["value"].as_str().unwrap_or("from-a-secret");
+            let value = entry["value"].as_str().unwrap_or("a value from a secret");
             let value = if entry["name"] == "RAMPART__MONGODB__URI" { "mongodb://mongodb:27017" } else { value };
             (entry["name"].as_str().expect("name").to_owned(), value.to_owned())
         })
@@ -39,6 +39,8 @@ fn the_scale_out_kubernetes_example_runs_three_replicas_on_kafka_with_settings_t
     assert_eq!(effective["transport"]["kind"], "kafka");
     assert_eq!(effective["storage"]["kind"], "mongodb");
     assert_eq!(effective["kafka"]["replication_factor"], 3);
+    assert_eq!(effective["sfu"]["cluster"]["enabled"], true, "rooms span the replicas");
+    assert_eq!(effective["sfu"]["cluster"]["advertise_url"], "http://$(POD_IP):8080", "each pod's own address");
 }
 
 fn deployment(manifest: &str) -> Value {
@@ -86,7 +88,7 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
         .map(|(key, value)| {
             let key = key.as_str().expect("key").to_owned();
             let value = match value {
-                Value::String(text) if text.starts_with("${") => "operator-secret".to_owned(),
+                Value::String(text) if text.starts_with("${") => "an operator's secret value".to_owned(),
                 Value::String(text) => text.clone(),
                 other => serde_yaml::to_string(other).expect("value").trim().to_owned(),
             };
@@ -102,7 +104,8 @@ fn the_compose_example_configures_rampart_with_keys_the_binary_accepts() {
     assert_eq!(effective["storage"]["kind"], "mongodb");
     assert_eq!(effective["transport"]["kind"], "kafka");
     assert_eq!(rampart["deploy"]["replicas"], 3, "several processes as one service");
-    assert_eq!(rampart["build"]["args"]["FEATURES"], "kafka", "the image is built with the Kafka transport");
+    assert_eq!(rampart["build"]["args"]["FEATURES"], "kafka sfu", "the image has the Kafka transport and the SFU");
+    assert_eq!(effective["sfu"]["cluster"]["enabled"], true, "rooms span the replicas");
     let brokers = environment.get("RAMPART__KAFKA__BROKERS").and_then(Value::as_str).expect("brokers");
     let host = brokers.split(':').next().expect("host");
     assert!(services.get(host).is_some(), "{host} is a compose service");

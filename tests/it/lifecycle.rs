@@ -46,6 +46,11 @@ fn check_config_prints_effective_values_with_secrets_redacted() {
         ("RAMPART__ELASTICSEARCH__PASSWORD", "es-s3cret"),
         ("RAMPART__STORAGE__KIND", "mongodb"),
         ("RAMPART__MONGODB__URI", "mongodb://app:mongo-s3cret@db1:27017,db2:27017/?replicaSet=rs0"),
+        ("RAMPART__SFU__ICE_LOOPBACK_ONLY", "true"),
+        ("RAMPART__SFU__TURN__ENABLED", "true"),
+        ("RAMPART__SFU__TURN__SECRET", "turn-s3cret-of-enough-length"),
+        ("RAMPART__SFU__CLUSTER__ENABLED", "true"),
+        ("RAMPART__SFU__CLUSTER__SECRET", "cluster-s3cret-of-enough-length"),
     ];
     let (status, output) = run_to_exit(&env, &["check-config"]);
     assert_eq!(status.code(), Some(0), "{output}");
@@ -58,6 +63,9 @@ fn check_config_prints_effective_values_with_secrets_redacted() {
     assert_eq!(config["elasticsearch"]["username"], "elastic");
     // The MongoDB URI's password too, keeping the rest readable.
     assert_eq!(config["mongodb"]["uri"], "mongodb://app:<redacted>@db1:27017,db2:27017/?replicaSet=rs0");
+    // The SFU's shared secrets (TURN credentials, the instances' relay).
+    assert_eq!(config["sfu"]["turn"]["secret"], "<redacted>");
+    assert_eq!(config["sfu"]["cluster"]["secret"], "<redacted>");
 }
 
 #[test]
