@@ -48,9 +48,14 @@ impl PrivateMongo {
 
     /// An instance of the deployment on this store.
     fn instance(&self, extra: &[(&str, &str)]) -> ChatServer {
+        self.instance_at(&self.uri, extra)
+    }
+
+    /// An instance reaching this store at `uri` (through a `Proxy`, to cut it off).
+    fn instance_at(&self, uri: &str, extra: &[(&str, &str)]) -> ChatServer {
         let mut env = vec![
             ("RAMPART__STORAGE__KIND", "mongodb"),
-            ("RAMPART__MONGODB__URI", self.uri.as_str()),
+            ("RAMPART__MONGODB__URI", uri),
             ("RAMPART__MONGODB__DATABASE", "rampart_cluster"),
             ("RAMPART__SFU__CLUSTER__ENABLED", "true"),
             ("RAMPART__SFU__CLUSTER__SECRET", CLUSTER_SECRET),
@@ -196,4 +201,46 @@ async fn two_instances_placing_one_room_at_once_open_it_once_and_a_drained_owner
     assert_eq!(rejoined["room"], room.as_str());
     let view = rooms_view(&survivor).await;
     assert_eq!(view["rooms"].as_array().map(Vec::len), Some(1), "the room runs on the survivor now: {view}");
+}
+
+#[actix_rt::test]
+async fn an_owner_cut_off_from_the_store_stops_serving_its_room_before_another_can_take_it() {
+    let _heavy = crate::support::MEASURING.read().await;
+    let Some(mongo) = PrivateMongo::start() else { return };
+    let upstream = mongo.uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap_or_default().to_owned();
+    let proxy = crate::support::Proxy::start(&upstream).await;
+    let through_proxy = format!("mongodb://{}/?directConnection=true", proxy.address.trim_start_matches("http://"));
+    let fast = [("RAMPART__SFU__CLUSTER__LEASE_TTL", "3s"), ("RAMPART__MONGODB__OPERATION_TIMEOUT", "500ms")];
+    let owner = mongo.instance_at(&through_proxy, &fast);
+    let other = mongo.instance(&fast);
+    let (users, room) = users_and_room(&other, "fence", 2).await;
+    // Bob on the owner-to-be first, then alice through the other instance.
+    let mut bob = rtc(&owner, &users[1], true).await;
+    assert_eq!(bob.join(&room).await["type"], "joined");
+    let mut alice = rtc(&other, &users[0], true).await;
+    assert_eq!(alice.join(&room).await["type"], "joined");
+    media_flows(&alice, &bob.participant(), 20).await;
+    assert_eq!(rooms_view(&owner).await["rooms"].as_array().map(Vec::len), Some(1));
+
+    // The owner loses the store: it cannot renew, so it fences the room before the lease
+    // expires; alice's relay is closed and the other instance takes the room once it expires.
+    proxy.set_up(false);
+    let moved = alice.wait_for("reconnect", |frame| frame["type"] == "reconnect").await;
+    assert_eq!(moved["rejoin"], true, "{moved}");
+    alice.wait_for("joined", |frame| frame["type"] == "joined").await;
+    let log = owner.process.output();
+    assert!(log.contains("lost the room's placement"), "the owner fenced the room before the other took it: {log}");
+    // Bob, on the cut-off instance, is told to reconnect, and then that the room is unavailable
+    // there (it cannot place it) rather than being kept in a room nobody else sees.
+    let moved = bob.wait_for("reconnect", |frame| frame["type"] == "reconnect").await;
+    assert_eq!(moved["rejoin"], true, "{moved}");
+    let refused = bob.wait_for("error", |frame| frame["type"] == "error").await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    let view = rooms_view(&other).await;
+    assert_eq!(view["rooms"].as_array().map(Vec::len), Some(1), "the room runs on the other instance now: {view}");
+    // The store back: bob joins again and meets alice there.
+    proxy.set_up(true);
+    let rejoined = bob.join(&room).await;
+    assert_eq!(rejoined["type"], "joined", "{rejoined}");
+    media_flows(&bob, &alice.participant(), 20).await;
 }
