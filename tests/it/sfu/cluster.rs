@@ -244,3 +244,45 @@ async fn an_owner_cut_off_from_the_store_stops_serving_its_room_before_another_c
     assert_eq!(rejoined["type"], "joined", "{rejoined}");
     media_flows(&bob, &alice.participant(), 20).await;
 }
+
+#[actix_rt::test]
+async fn a_relaying_peer_that_panics_relays_again_and_media_flows() {
+    let _heavy = crate::support::MEASURING.read().await;
+    let Some(mongo) = PrivateMongo::start() else { return };
+    let owner = mongo.instance(&[]);
+    let relaying = mongo.instance(&[]);
+    let (users, room) = users_and_room(&owner, "panic", 2).await;
+    let mut alice = rtc(&owner, &users[0], true).await;
+    assert_eq!(alice.join(&room).await["type"], "joined");
+    let mut bob = rtc(&relaying, &users[1], true).await;
+    assert_eq!(bob.join(&room).await["type"], "joined");
+    media_flows(&alice, &bob.participant(), 20).await;
+    // Bob's peer on the relaying instance (the only peer there) panics.
+    let (status, listing) = relaying.http.get(&relaying.url("/admin/actors"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let peer = listing["actors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|actor| actor["path"].as_str())
+        .find(|path| path.starts_with("/root/sfu/peers/peer-"))
+        .unwrap_or_else(|| panic!("no peer on the relaying instance: {listing}"))
+        .to_owned();
+    super::chaos_panic(&relaying, &peer).await;
+    let moved = bob.wait_for("reconnect", |frame| frame["type"] == "reconnect").await;
+    assert_eq!(moved["rejoin"], true, "{moved}");
+    bob.wait_for("joined", |frame| frame["type"] == "joined").await;
+    let before = alice.state.received(&bob.participant(), "video").intact;
+    crate::support::eventually("bob's media reaches alice again", Duration::from_secs(20), || {
+        let state = alice.state.clone();
+        let publisher = bob.participant();
+        async move { state.received(&publisher, "video").intact > before + 20 }
+    })
+    .await;
+    // One bob in the room, not a ghost of the old relay beside the new one.
+    crate::support::eventually("the owner's room holds alice and one bob", Duration::from_secs(10), || async {
+        let view = rooms_view(&owner).await;
+        view["rooms"][0]["participants"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+}
