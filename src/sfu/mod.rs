@@ -416,12 +416,15 @@ mod running {
         /// Forgets `entry` if it is still the open room of its name (a closing room).
         pub(super) fn remove_room(&self, entry: &Arc<RoomEntry>) {
             let mut rooms = self.rooms.lock();
-            if rooms.get(&entry.name).is_some_and(|current| Arc::ptr_eq(current, entry)) {
+            let registered = rooms.get(&entry.name).is_some_and(|current| Arc::ptr_eq(current, entry));
+            if registered {
                 rooms.remove(&entry.name);
             }
             drop(rooms);
             crate::action!("sfu", "room closed", room = entry.name);
-            if let Some(cluster) = &self.cluster {
+            // A fenced room is no longer registered, and its name may be placed here again since:
+            // only the registered room gives its placement back.
+            if let (true, Some(cluster)) = (registered, &self.cluster) {
                 cluster.forget(&entry.name);
             }
             self.refresh_metrics();

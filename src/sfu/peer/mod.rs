@@ -238,6 +238,8 @@ pub struct Peer {
     relay_epoch: u64,
     /// Attempts so far to reach a room that moved.
     moves: u32,
+    /// The moved room being followed (none once joined, left or given up).
+    following: Option<String>,
 }
 
 impl Peer {
@@ -260,6 +262,7 @@ impl Peer {
             relay: None,
             relay_epoch: 0,
             moves: 0,
+            following: None,
         }
     }
 
@@ -316,6 +319,10 @@ impl Peer {
                 let room = self.stop_relay().unwrap_or_default();
                 self.shared.signal.send(protocol::left(&room));
             }
+            ClientSignal::Leave if self.following.is_some() => {
+                let room = self.stop_relay().or(self.following.take()).unwrap_or_default();
+                self.shared.signal.send(protocol::left(&room));
+            }
             ClientSignal::Leave => match self.shared.leave() {
                 Some(room) => {
                     self.reset_media();
@@ -353,6 +360,7 @@ impl Peer {
             move |outcome, peer, ctx| match outcome {
                 Ok(Joined::Here(participants)) => {
                     peer.moves = 0;
+                    peer.following = None;
                     *peer.shared.relayed_room.lock() = None;
                     let shared = &peer.shared;
                     let ice_servers =
@@ -368,7 +376,6 @@ impl Peer {
                 Ok(Joined::Elsewhere(lease)) => peer.start_relay(name, lease, ctx),
                 Err(refused) => {
                     if peer.moves > 0 {
-                        peer.moves = 0;
                         peer.stop_relay();
                     }
                     peer.reject(SignalError::new(refused.code(), format!("join {name:?}: {refused}")))
@@ -392,15 +399,17 @@ impl Peer {
             max_frame_bytes: self.shared.core.config.max_frame_bytes,
         };
         let address = ctx.address();
-        self.relay = Some(relay::Relay::start(route, self.shared.signal.clone(), move |reason| {
-            address.do_send(RelayEnded { epoch, reason });
+        self.relay = Some(relay::Relay::start(route, self.shared.signal.clone(), move |end| {
+            address.do_send(RelayEnded { epoch, end });
         }));
     }
 
-    /// Stops relaying; the room it was relayed to, if any.
+    /// Stops relaying (and following a moved room); the room it was relayed to, if any.
     fn stop_relay(&mut self) -> Option<String> {
         self.relay = None;
         self.relay_epoch += 1;
+        self.moves = 0;
+        self.following = None;
         drop(self.shared.room_slot.lock().take());
         self.shared.relayed_room.lock().take()
     }
@@ -420,8 +429,10 @@ impl Peer {
             return self.reject(SignalError::new("unavailable", message));
         }
         let delay = if self.moves == 1 { Duration::ZERO } else { MOVE_RETRY };
+        self.following = Some(room.clone());
         ctx.run_later(delay, move |peer, ctx| {
-            if peer.shared.relayed_room.lock().as_deref() == Some(room.as_str()) || peer.moves > 0 {
+            // Unless the client left (or joined elsewhere) meanwhile.
+            if peer.following.as_deref() == Some(room.as_str()) {
                 peer.join(room, ctx);
             }
         });
@@ -621,11 +632,11 @@ impl Handler<Disconnected> for Peer {
 }
 
 /// The relay to the room's owner ended by itself (the owner closed it, died, or was not there).
-#[derive(Debug, Message)]
+#[derive(Message)]
 #[rtype(result = "()")]
 struct RelayEnded {
     epoch: u64,
-    reason: String,
+    end: relay::RelayEnd,
 }
 
 impl Handler<RelayEnded> for Peer {
@@ -637,8 +648,16 @@ impl Handler<RelayEnded> for Peer {
         }
         self.relay = None;
         let Some(room) = self.shared.relayed_room.lock().clone() else { return };
-        tracing::info!(room, participant = %self.shared.participant, reason = ended.reason, "relay to the room's instance ended");
-        self.follow_room(room, ctx);
+        match ended.end {
+            // The client has the owner's error frame (room full...): not in the room.
+            relay::RelayEnd::Refused => {
+                self.stop_relay();
+            }
+            relay::RelayEnd::Lost(reason) => {
+                tracing::info!(room, participant = %self.shared.participant, reason, "relay to the room's instance ended");
+                self.follow_room(room, ctx);
+            }
+        }
     }
 }
 

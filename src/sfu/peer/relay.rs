@@ -12,13 +12,22 @@ use tokio::sync::mpsc;
 use crate::sfu::Signal;
 use crate::tasks::{spawn_owned, OwnedTask};
 
-/// Client frames waiting for the owner's socket; a client this far ahead gets `rate_limited`.
-const QUEUED_FRAMES: usize = 64;
+/// Client frames waiting for the owner's socket (each at most `sfu.max_frame_bytes`); a client
+/// this far ahead gets `rate_limited`.
+const QUEUED_FRAMES: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) struct Relay {
     to_owner: mpsc::Sender<String>,
     _task: OwnedTask<()>,
+}
+
+/// Why a relay ended by itself.
+pub(super) enum RelayEnd {
+    /// The owner refused the join (its `error` frame went to the client): do not follow.
+    Refused,
+    /// The owner closed, died, or could not be reached: the room moves.
+    Lost(String),
 }
 
 /// Where and as whom to relay.
@@ -34,7 +43,7 @@ impl Relay {
     /// Connects to the owner and joins `route.room` there; frames from the owner go to
     /// `signal`. `ended` runs once when the relay ends by itself (the owner closed, died or could
     /// not be reached), with why; not when the relay is dropped.
-    pub fn start(route: Route, signal: Arc<Signal>, ended: impl FnOnce(String) + 'static) -> Self {
+    pub fn start(route: Route, signal: Arc<Signal>, ended: impl FnOnce(RelayEnd) + 'static) -> Self {
         let (to_owner, from_client) = mpsc::channel(QUEUED_FRAMES);
         let task = spawn_owned("sfu.relay", async move {
             let reason = run(route, signal, from_client).await;
@@ -49,7 +58,15 @@ impl Relay {
     }
 }
 
-async fn run(route: Route, signal: Arc<Signal>, mut from_client: mpsc::Receiver<String>) -> String {
+async fn run(route: Route, signal: Arc<Signal>, from_client: mpsc::Receiver<String>) -> RelayEnd {
+    match relay(route, signal, from_client).await {
+        Ok(()) => RelayEnd::Refused,
+        Err(reason) => RelayEnd::Lost(reason),
+    }
+}
+
+/// `Ok` when the owner refused the join; `Err` with why the relay was lost otherwise.
+async fn relay(route: Route, signal: Arc<Signal>, mut from_client: mpsc::Receiver<String>) -> Result<(), String> {
     let url = format!("{}/rtc/relay", route.owner_url.replacen("http", "ws", 1));
     let client = awc::Client::builder().timeout(CONNECT_TIMEOUT).finish();
     let connecting = client
@@ -60,37 +77,53 @@ async fn run(route: Route, signal: Arc<Signal>, mut from_client: mpsc::Receiver<
         .connect();
     let mut framed = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((_, framed))) => framed,
-        Ok(Err(error)) => return format!("the room's instance at {url} refused: {error}"),
-        Err(_) => return format!("the room's instance at {url} did not answer"),
+        Ok(Err(error)) => return Err(format!("the room's instance at {url} refused: {error}")),
+        Err(_) => return Err(format!("the room's instance at {url} did not answer")),
     };
     let join = serde_json::json!({"type": "join", "room": route.room}).to_string();
     if framed.send(awc::ws::Message::Text(join.into())).await.is_err() {
-        return "the room's instance closed the relay".into();
+        return Err("the room's instance closed the relay".into());
     }
+    let (mut joined, mut refused) = (false, false);
     loop {
         tokio::select! {
             frame = from_client.recv() => match frame {
                 Some(text) => {
                     if framed.send(awc::ws::Message::Text(text.into())).await.is_err() {
-                        return "the room's instance closed the relay".into();
+                        return Err("the room's instance closed the relay".into());
                     }
                 }
                 None => {
                     let _ = framed.send(awc::ws::Message::Close(None)).await;
-                    return "left".into();
+                    return Err("left".into());
                 }
             },
             frame = framed.next() => match frame {
-                Some(Ok(awc::ws::Frame::Text(bytes))) => signal.send(String::from_utf8_lossy(&bytes).into_owned()),
+                Some(Ok(awc::ws::Frame::Text(bytes))) => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    // The answer to the join: `joined`, or an error (room full...) that ends it.
+                    if !joined {
+                        let kind = serde_json::from_str::<serde_json::Value>(&text)
+                            .ok()
+                            .and_then(|frame| frame["type"].as_str().map(str::to_owned));
+                        joined = kind.as_deref() == Some("joined");
+                        refused = kind.as_deref() == Some("error");
+                    }
+                    signal.send(text);
+                    if refused {
+                        let _ = framed.send(awc::ws::Message::Close(None)).await;
+                        return Ok(());
+                    }
+                }
                 Some(Ok(awc::ws::Frame::Ping(payload))) => {
                     let _ = framed.send(awc::ws::Message::Pong(payload)).await;
                 }
                 Some(Ok(awc::ws::Frame::Close(reason))) => {
-                    return format!("the room's instance closed the relay: {reason:?}");
+                    return Err(format!("the room's instance closed the relay: {reason:?}"));
                 }
                 Some(Ok(_)) => {}
-                Some(Err(error)) => return format!("the relay failed: {error}"),
-                None => return "the room's instance went away".into(),
+                Some(Err(error)) => return Err(format!("the relay failed: {error}")),
+                None => return Err("the room's instance went away".into()),
             },
         }
     }

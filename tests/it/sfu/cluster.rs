@@ -286,3 +286,30 @@ async fn a_relaying_peer_that_panics_relays_again_and_media_flows() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn a_join_the_owner_refuses_reaches_the_client_and_leaves_it_free_to_try_again() {
+    let Some(mongo) = PrivateMongo::start() else { return };
+    let owner = mongo.instance(&[("RAMPART__SFU__MAX_PARTICIPANTS", "2")]);
+    let relaying = mongo.instance(&[]);
+    let (users, room) = users_and_room(&owner, "full", 3).await;
+    let mut first = rtc(&owner, &users[0], false).await;
+    assert_eq!(first.join(&room).await["type"], "joined");
+    let mut second = rtc(&owner, &users[1], false).await;
+    assert_eq!(second.join(&room).await["type"], "joined");
+    // The third reaches the other instance: the owner's refusal is what it hears.
+    let mut third = rtc(&relaying, &users[2], false).await;
+    let refused = third.join(&room).await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("room_full")), "{refused}");
+    // Not stuck "in" the room through a dead relay: a later join is a join, and succeeds once
+    // there is room.
+    drop(second);
+    crate::support::eventually("a place frees up", Duration::from_secs(10), || async {
+        let view = rooms_view(&owner).await;
+        view["rooms"][0]["participants"].as_array().map(Vec::len) == Some(1)
+    })
+    .await;
+    let joined = third.join(&room).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(listed(&joined), vec![first.participant()]);
+}
