@@ -313,13 +313,24 @@ mod running {
                 let snapshot = entry.room.send_timeout(Snapshot, std::time::Duration::from_secs(2)).await;
                 let admin_created = admin_rooms.contains(&entry.name);
                 views.push(match snapshot {
-                    Ok(participants) => RoomView {
-                        name: entry.name.clone(),
-                        path: entry.room.path().to_owned(),
-                        admin_created,
-                        participants,
-                        error: None,
-                    },
+                    Ok(mut participants) => {
+                        for participant in &mut participants {
+                            let Some(peer) = participant.peer.take() else { continue };
+                            let asked =
+                                peer.send_timeout(super::peer::Connection, std::time::Duration::from_secs(2)).await;
+                            if let Ok((path, relayed)) = asked {
+                                participant.media_path = path;
+                                participant.signaling_relayed = relayed;
+                            }
+                        }
+                        RoomView {
+                            name: entry.name.clone(),
+                            path: entry.room.path().to_owned(),
+                            admin_created,
+                            participants,
+                            error: None,
+                        }
+                    }
                     Err(error) => RoomView {
                         name: entry.name.clone(),
                         path: entry.room.path().to_owned(),
@@ -354,6 +365,13 @@ mod running {
         /// The peer actor's path.
         pub path: String,
         pub tracks: Vec<TrackAdminView>,
+        /// How the participant's media reaches this instance: the selected ICE pair of its
+        /// publisher connection (else its subscriber one), `relay` when through a TURN server.
+        pub media_path: Option<super::peer::MediaPath>,
+        /// Its socket is on another instance of the deployment, relayed here (`sfu.cluster`).
+        pub signaling_relayed: bool,
+        #[serde(skip)]
+        pub(super) peer: Option<ActorHandle<Peer>>,
     }
 
     #[derive(Debug, Clone, Serialize)]

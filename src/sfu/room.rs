@@ -389,6 +389,9 @@ impl Handler<Snapshot> for Room {
                 participant: participant.clone(),
                 user: member.user.clone(),
                 path: member.peer.path().to_owned(),
+                media_path: None,
+                signaling_relayed: false,
+                peer: Some(member.peer.clone()),
                 tracks: member
                     .tracks
                     .values()

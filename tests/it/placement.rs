@@ -41,9 +41,11 @@ async fn placement_contract(handles: &[Arc<dyn RoomStore>]) {
     second.release_room("standup".into(), taken.token.clone()).await.expect("release");
     assert!(first.room_leases(20_000).await.expect("leases").is_empty());
 
-    // The race: every handle places the same free room at once, several times each; and then
-    // the same again once that lease has expired. One owner each time, seen by all.
-    for (round, now) in [(0, 100_000), (1, 200_000)] {
+    // The race, 50 times: every handle places the same room at once, several times each, the
+    // first round on a free room and every later one on the expired lease of the round before.
+    // One owner each time, seen by all.
+    for round in 0..50 {
+        let now = 100_000 + round * 100_000;
         let placements = handles.iter().enumerate().flat_map(|(n, handle)| {
             (0..4).map(move |k| {
                 let handle = handle.clone();

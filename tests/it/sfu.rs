@@ -906,6 +906,8 @@ async fn media_flows_over_ice_tcp_for_clients_whose_network_drops_udp() {
         offered.iter().any(|line| line.contains(" tcp ") && line.contains("tcptype passive")),
         "the SFU offers passive TCP candidates: {offered:?}"
     );
+    let paths: Vec<Value> = room_participants(&server, &room).await.iter().map(|p| p["media_path"].clone()).collect();
+    assert!(paths.len() == 2 && paths.iter().all(|path| path["protocol"] == "tcp"), "media over TCP: {paths:?}");
 }
 
 #[actix_rt::test]

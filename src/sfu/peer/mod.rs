@@ -687,6 +687,65 @@ impl Handler<Moved> for Peer {
     }
 }
 
+/// How a participant's media reaches this instance (`/admin/rooms`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MediaPath {
+    /// The remote end of the selected ICE pair: `host`, `srflx`, `prflx` or `relay` (the client
+    /// reaches this instance through a TURN server).
+    pub candidate: String,
+    /// `udp` or `tcp`.
+    pub protocol: String,
+}
+
+/// From `/admin/rooms`: this participant's media path and whether its socket is relayed from
+/// another instance.
+#[derive(Debug, Message)]
+#[rtype(result = "(Option<MediaPath>, bool)")]
+pub struct Connection;
+impl SupervisedMessage for Connection {}
+
+impl Handler<Connection> for Peer {
+    type Result = ResponseFuture<(Option<MediaPath>, bool)>;
+
+    fn handle(&mut self, _: Connection, _ctx: &mut Self::Context) -> Self::Result {
+        let relayed = self.shared.relayed;
+        let Some(connection) = self.publisher.clone().or_else(|| self.subscriber.clone()) else {
+            return Box::pin(async move { (None, relayed) });
+        };
+        let media = self.shared.core.media.clone();
+        Box::pin(async move {
+            let path = media.run("sfu.stats", async move { media_path(&connection).await }).await.ok().flatten();
+            (path, relayed)
+        })
+    }
+}
+
+/// The selected pair's remote candidate, from the connection's stats.
+async fn media_path(connection: &Arc<dyn PeerConnection>) -> Option<MediaPath> {
+    use rtc::statistics::report::RTCStatsReportEntry;
+    let report = connection.get_stats(std::time::Instant::now(), rtc::statistics::StatsSelector::None).await;
+    let pair = match report.get(&report.transport()?.selected_candidate_pair_id)? {
+        RTCStatsReportEntry::IceCandidatePair(pair) => pair,
+        _ => return None,
+    };
+    // webrtc-rs 0.21 names the candidate entries `RTCRemoteIceCandidate_<id>` while the pair
+    // names them `<id>`: either is looked up.
+    let candidate = |prefix: &str, id: &str| report.get(id).or_else(|| report.get(&format!("{prefix}_{id}")));
+    match candidate("RTCRemoteIceCandidate", &pair.remote_candidate_id) {
+        Some(RTCStatsReportEntry::RemoteCandidate(remote)) => {
+            Some(MediaPath { candidate: remote.candidate_type.to_string(), protocol: remote.protocol.to_lowercase() })
+        }
+        // Not a candidate the client signaled: one learned from its checks (peer-reflexive,
+        // e.g. the far end of an active ICE-TCP connection); the protocol is our end's.
+        _ => match candidate("RTCLocalIceCandidate", &pair.local_candidate_id)? {
+            RTCStatsReportEntry::LocalCandidate(local) => {
+                Some(MediaPath { candidate: "prflx".into(), protocol: local.protocol.to_lowercase() })
+            }
+            _ => None,
+        },
+    }
+}
+
 /// From the room: the tracks this participant should receive now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -116,6 +116,13 @@ async fn a_room_runs_on_one_instance_for_both_instances_participants_and_moves_w
     let open: Vec<&Value> = owner_view["rooms"].as_array().into_iter().flatten().collect();
     assert_eq!(open.len(), 1, "{owner_view}");
     assert_eq!(open[0]["participants"].as_array().map(Vec::len), Some(2), "both run on the owner: {owner_view}");
+    let relayed: Vec<(String, bool)> = open[0]["participants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| (p["user"].as_str().unwrap_or_default().to_owned(), p["signaling_relayed"] == true))
+        .collect();
+    assert!(relayed.contains(&(users[1].clone(), true)) && relayed.contains(&(users[0].clone(), false)), "{relayed:?}");
     assert_eq!(other_view["rooms"].as_array().map(Vec::len), Some(0), "nothing runs on the other: {other_view}");
     for view in [&owner_view, &other_view] {
         let placements = view["placements"].as_array().cloned().unwrap_or_default();
@@ -191,7 +198,7 @@ async fn two_instances_placing_one_room_at_once_open_it_once_and_a_drained_owner
     assert_eq!(owners(&first_view), owners(&second_view), "one placement, seen alike");
 
     // The owner drains (SIGTERM): the participant on the other instance follows the room there.
-    let (owner, survivor, mut follower, leaver) =
+    let (mut owner, survivor, mut follower, leaver) =
         if open(&first_view) == 1 { (first, second, other, one) } else { (second, first, one, other) };
     drop(leaver);
     owner.process.terminate();
@@ -201,6 +208,8 @@ async fn two_instances_placing_one_room_at_once_open_it_once_and_a_drained_owner
     assert_eq!(rejoined["room"], room.as_str());
     let view = rooms_view(&survivor).await;
     assert_eq!(view["rooms"].as_array().map(Vec::len), Some(1), "the room runs on the survivor now: {view}");
+    let status = owner.process.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "the drained owner exits cleanly: {}", owner.process.output());
 }
 
 #[actix_rt::test]

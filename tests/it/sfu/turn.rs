@@ -114,6 +114,11 @@ async fn media_flows_between_clients_that_may_only_use_the_embedded_relay() {
     let participants: Vec<String> = clients.iter().map(RtcClient::participant).collect();
     media_flows(&clients[1], &participants[0], 50).await;
     media_flows(&clients[0], &participants[1], 50).await;
+    // Operators see it: each participant's media comes through a relay candidate.
+    let paths: Vec<Value> =
+        super::room_participants(&server, &room).await.iter().map(|p| p["media_path"].clone()).collect();
+    assert_eq!(paths.len(), 2);
+    assert!(paths.iter().all(|path| path["candidate"] == "relay" && path["protocol"] == "udp"), "{paths:?}");
     // Each client's two connections hold an allocation each on the relay.
     let allocations = counter(&server, "rampart_turn_allocations").await;
     assert!(allocations >= 4.0, "relay allocations while media flows: {allocations}");
