@@ -121,6 +121,9 @@ pub struct TurnConfig {
     pub allowed_peers: Vec<IpAddr>,
     /// Open TCP and TLS connections at once; more are closed at accept.
     pub max_connections: usize,
+    /// Allocations one credential (one participant) may hold at once; more are answered 486.
+    /// A participant needs one per connection (2) per transport its client tries (up to 3).
+    pub max_allocations_per_credential: usize,
 }
 
 impl Default for TurnConfig {
@@ -142,6 +145,7 @@ impl Default for TurnConfig {
             relay_port_max: 0,
             allowed_peers: Vec::new(),
             max_connections: 4096,
+            max_allocations_per_credential: 12,
         }
     }
 }
@@ -244,8 +248,8 @@ impl SfuConfig {
         if turn.credential_ttl < Duration::from_secs(60) {
             return Err("sfu.turn.credential_ttl must be at least 1m".into());
         }
-        if turn.max_connections == 0 {
-            return Err("sfu.turn.max_connections must be at least 1".into());
+        if turn.max_connections == 0 || turn.max_allocations_per_credential == 0 {
+            return Err("sfu.turn.max_connections and max_allocations_per_credential must be at least 1".into());
         }
         if self.turn_host().is_none() {
             return Err(

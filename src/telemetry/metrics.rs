@@ -138,12 +138,14 @@ pub struct Metrics {
     /// The embedded TURN relay: allocations open now; requests answered 400 (bad, expired or
     /// wrongly signed credentials, malformed requests); permissions, channels or packets refused because the peer is not one of the
     /// deployment's media addresses (an open relay would forward anywhere); bytes relayed by
-    /// allocations that closed; TCP/TLS connections refused at the `max_connections` limit.
+    /// allocations that closed; TCP/TLS connections refused at the `max_connections` limit;
+    /// allocations refused at a credential's quota.
     pub turn_allocations: Gauge,
     pub turn_auth_refused: Counter,
     pub turn_peers_refused: Counter,
     pub turn_relayed_bytes: Counter,
     pub turn_connections_refused: Counter,
+    pub turn_quota_refused: Counter,
 }
 
 impl Metrics {
@@ -215,6 +217,7 @@ impl Metrics {
             turn_peers_refused: Counter::default(),
             turn_relayed_bytes: Counter::default(),
             turn_connections_refused: Counter::default(),
+            turn_quota_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("panics", "Panics caught, by where they happened", metrics.panics.clone());
@@ -470,6 +473,11 @@ impl Metrics {
             "turn_connections_refused",
             "TURN TCP/TLS connections closed at accept: sfu.turn.max_connections were open",
             metrics.turn_connections_refused.clone(),
+        );
+        registry.register(
+            "turn_quota_refused",
+            "TURN allocations refused (486): the credential held sfu.turn.max_allocations_per_credential",
+            metrics.turn_quota_refused.clone(),
         );
         for outcome in ["sent", "throttled"] {
             drop(metrics.sfu_keyframe_requests.get_or_create(&OutcomeLabels::of(outcome)));

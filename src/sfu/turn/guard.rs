@@ -5,16 +5,19 @@
 //! `Relays` makes every allocation's relay socket, and that socket drops packets to or from any
 //! other address, so nothing gets through even a request this filter did not parse.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use async_trait::async_trait;
-use stun::attributes::ATTR_XOR_PEER_ADDRESS;
-use stun::error_code::{ErrorCodeAttribute, CODE_BAD_REQUEST, CODE_FORBIDDEN};
+use stun::attributes::{ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS};
+use stun::error_code::{ErrorCodeAttribute, CODE_ALLOC_QUOTA_REACHED, CODE_BAD_REQUEST, CODE_FORBIDDEN};
 use stun::message::{
-    Getter as _, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_CHANNEL_BIND,
-    METHOD_CREATE_PERMISSION,
+    Getter as _, Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE,
+    METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
 };
 use turn::proto::peeraddr::PeerAddress;
 use webrtc_util::Conn;
@@ -76,6 +79,82 @@ impl AllowedPeers {
     }
 }
 
+/// Allocations per credential (per participant: its username), at most `max` at once; more are
+/// answered 486 (Allocation Quota Reached). Counted exactly: an Allocate request's username is
+/// remembered until the server's success answer (then the allocation counts, by its client
+/// address on its listener) and the allocation's close (reported by the server) uncounts it.
+pub struct Quota {
+    max: usize,
+    state: Mutex<QuotaState>,
+}
+
+#[derive(Default)]
+struct QuotaState {
+    /// Allocate requests awaiting their answer: transaction id → username.
+    pending: HashMap<[u8; 12], String>,
+    /// Allocations by (listener, client address) → username.
+    allocations: HashMap<(SocketAddr, SocketAddr), String>,
+    per_username: HashMap<String, usize>,
+}
+
+/// Requests awaiting an answer that are remembered at most (answers never sent are forgotten).
+const MAX_PENDING: usize = 4096;
+
+impl Quota {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self { max, state: Mutex::new(QuotaState::default()) })
+    }
+
+    /// An Allocate request: `true` when its username may have one more allocation.
+    fn admit(&self, request: &Message) -> bool {
+        let Ok(username) = request.get(ATTR_USERNAME) else { return true };
+        let username = String::from_utf8_lossy(&username).into_owned();
+        let mut state = self.state.lock();
+        if state.per_username.get(&username).copied().unwrap_or(0) >= self.max {
+            return false;
+        }
+        if state.pending.len() >= MAX_PENDING {
+            state.pending.clear();
+        }
+        state.pending.insert(request.transaction_id.0, username);
+        true
+    }
+
+    /// The server answered an Allocate with success to `client` on `listener`.
+    fn allocated(&self, transaction: [u8; 12], listener: SocketAddr, client: SocketAddr) {
+        let mut state = self.state.lock();
+        let Some(username) = state.pending.remove(&transaction) else { return };
+        if state.allocations.contains_key(&(listener, client)) {
+            return; // a retransmitted request answered again
+        }
+        *state.per_username.entry(username.clone()).or_default() += 1;
+        state.allocations.insert((listener, client), username);
+    }
+
+    /// The server closed the allocation of `client` on `listener`.
+    pub fn closed(&self, listener: SocketAddr, client: SocketAddr) {
+        let mut state = self.state.lock();
+        let Some(username) = state.allocations.remove(&(listener, client)) else { return };
+        if let Some(count) = state.per_username.get_mut(&username) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.per_username.remove(&username);
+            }
+        }
+    }
+}
+
+/// A STUN message's class and method, without decoding it (`None` for anything else).
+fn stun_type(packet: &[u8]) -> Option<MessageType> {
+    let [first, second, ..] = packet else { return None };
+    if first >> 6 != 0 || !stun::message::is_message(packet) {
+        return None;
+    }
+    let mut typ = MessageType::default();
+    typ.read_value(u16::from_be_bytes([*first, *second]));
+    Some(typ)
+}
+
 /// Whether the server is answering a request 400 (Bad Request): what it answers for an unknown,
 /// expired or wrongly signed credential and for malformed requests. The type's class bits are
 /// checked first, so relayed data (ChannelData, Data indications) costs two byte reads.
@@ -95,11 +174,36 @@ fn is_bad_request_answer(packet: &[u8]) -> bool {
 pub struct Guarded {
     inner: Arc<dyn Conn + Send + Sync>,
     allowed: AllowedPeers,
+    quota: Arc<Quota>,
 }
 
 impl Guarded {
-    pub fn new(inner: Arc<dyn Conn + Send + Sync>, allowed: AllowedPeers) -> Arc<Self> {
-        Arc::new(Self { inner, allowed })
+    pub fn new(inner: Arc<dyn Conn + Send + Sync>, allowed: AllowedPeers, quota: Arc<Quota>) -> Arc<Self> {
+        Arc::new(Self { inner, allowed, quota })
+    }
+
+    /// The 486 answer to an Allocate beyond its credential's quota; `None` otherwise.
+    fn over_quota(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let typ = stun_type(packet)?;
+        if typ != MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST) {
+            return None;
+        }
+        let mut request = Message::new();
+        request.unmarshal_binary(packet).ok()?;
+        if self.quota.admit(&request) {
+            return None;
+        }
+        let mut answer = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(request.transaction_id),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_ERROR_RESPONSE)),
+            Box::new(ErrorCodeAttribute {
+                code: CODE_ALLOC_QUOTA_REACHED,
+                reason: b"this credential has sfu.turn.max_allocations_per_credential allocations".to_vec(),
+            }),
+        ];
+        answer.build(&setters).ok()?;
+        Some(answer.raw)
     }
 }
 
@@ -116,12 +220,20 @@ impl Conn for Guarded {
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.inner.recv_from(buf).await?;
-            let Some(refusal) = buf.get(..n).and_then(|packet| self.allowed.refusal(packet)) else {
-                return Ok((n, from));
-            };
-            crate::telemetry::metrics().turn_peers_refused.inc();
-            tracing::debug!(%from, "TURN permission for a foreign peer refused (403)");
-            let _ = self.inner.send_to(&refusal, from).await;
+            let packet = buf.get(..n).unwrap_or_default();
+            if let Some(refusal) = self.allowed.refusal(packet) {
+                crate::telemetry::metrics().turn_peers_refused.inc();
+                tracing::debug!(%from, "TURN permission for a foreign peer refused (403)");
+                let _ = self.inner.send_to(&refusal, from).await;
+                continue;
+            }
+            if let Some(refusal) = self.over_quota(packet) {
+                crate::telemetry::metrics().turn_quota_refused.inc();
+                tracing::debug!(%from, "TURN allocation beyond the credential's quota refused (486)");
+                let _ = self.inner.send_to(&refusal, from).await;
+                continue;
+            }
+            return Ok((n, from));
         }
     }
 
@@ -132,6 +244,13 @@ impl Conn for Guarded {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         if is_bad_request_answer(buf) {
             crate::telemetry::metrics().turn_auth_refused.inc();
+        }
+        if stun_type(buf) == Some(MessageType::new(METHOD_ALLOCATE, CLASS_SUCCESS_RESPONSE)) {
+            if let (Some(transaction), Ok(listener)) = (buf.get(8..20), self.inner.local_addr()) {
+                let mut id = [0u8; 12];
+                id.copy_from_slice(transaction);
+                self.quota.allocated(id, listener, target);
+            }
         }
         self.inner.send_to(buf, target).await
     }

@@ -22,7 +22,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 
 pub use credentials::{Credentials, IceServer};
-use guard::{AllowedPeers, Guarded, Relays};
+use guard::{AllowedPeers, Guarded, Quota, Relays};
 
 use super::SfuConfig;
 
@@ -37,6 +37,7 @@ pub struct Turn {
     relays: RelaySettings,
     allowed: AllowedPeers,
     max_connections: usize,
+    max_allocations: usize,
 }
 
 #[derive(Clone)]
@@ -113,6 +114,7 @@ impl Turn {
             },
             allowed: AllowedPeers::new(config.turn_allowed_peers(), media_ports),
             max_connections: turn.max_connections,
+            max_allocations: turn.max_allocations_per_credential,
         })))
     }
 
@@ -133,8 +135,9 @@ impl Turn {
                 allowed: self.allowed.clone(),
             }) as Box<dyn turn::relay::RelayAddressGenerator + Send + Sync>
         };
+        let quota = Quota::new(self.max_allocations);
         let guarded = |conn: Arc<dyn webrtc_util::Conn + Send + Sync>| turn::server::config::ConnConfig {
-            conn: Guarded::new(conn, self.allowed.clone()),
+            conn: Guarded::new(conn, self.allowed.clone(), quota.clone()),
             relay_addr_generator: relays(),
         };
         let mut conn_configs = Vec::new();
@@ -168,6 +171,7 @@ impl Turn {
                 _ = &mut stop => break,
                 Some(info) = closed.recv() => {
                     metrics.turn_relayed_bytes.inc_by(info.relayed_bytes as u64);
+                    quota.closed(info.five_tuple.dst_addr, info.five_tuple.src_addr);
                 }
                 _ = census.tick() => {
                     if let Ok(open) = server.get_allocations_info(None).await {

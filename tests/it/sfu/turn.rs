@@ -278,3 +278,28 @@ async fn turn_over_tcp_and_tls_allocates_with_the_joined_credentials() {
     let closed = tokio::time::timeout(Duration::from_secs(10), garbage.read(&mut buffer)).await.expect("closed");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
+
+#[actix_rt::test]
+async fn allocations_are_bounded_per_credential_and_freed_when_closed() {
+    let server = turn_server(&[("RAMPART__SFU__TURN__MAX_ALLOCATIONS_PER_CREDENTIAL", "2")]);
+    let (ice_server, _member) = joined_ice_server(&server, "quota").await;
+    let address = relay_address(&ice_server, "turn", "udp");
+    let username = ice_server["username"].as_str().unwrap_or_default();
+    let password = ice_server["credential"].as_str().unwrap_or_default();
+    let (first, second, third) = (
+        turn_client(address, username, password).await,
+        turn_client(address, username, password).await,
+        turn_client(address, username, password).await,
+    );
+    let held = first.allocate().await.expect("first allocation");
+    let _second = second.allocate().await.expect("second allocation");
+    assert!(third.allocate().await.is_err(), "a third allocation of one credential is refused");
+    assert!(counter(&server, "rampart_turn_quota_refused_total").await >= 1.0);
+    // Closing one gives its place back (the server reports the allocation closed).
+    held.close().await.expect("deallocate");
+    let fourth = turn_client(address, username, password).await;
+    crate::support::eventually("a freed allocation can be taken again", Duration::from_secs(10), || async {
+        fourth.allocate().await.is_ok()
+    })
+    .await;
+}
