@@ -10,11 +10,21 @@
 //! includes the clients' own webrtc-rs stacks on both sides, so rampart's p99 minus the bare
 //! forwarder's is what rampart adds); the server's RSS per participant.
 //!
+//! `relayed` runs rampart with its embedded TURN relay and every subscriber allowed relay
+//! candidates only: the server's CPU then includes relaying each packet (the relay is in the same
+//! process), against `rampart`'s direct delivery.
+//!
+//! `cross` (with `RAMPART_TEST_FERRETDB_BIN`, from `scripts/services.sh env`): two rampart
+//! processes on one MongoDB (FerretDB on its SQLite backend, on loopback) with `sfu.cluster`, a
+//! publisher on the room's owner, and participants joining one at a time through the owner and
+//! through the other instance: the time from `join` to the first media packet received, each way.
+//!
 //! Run: `cargo bench -p rampart-bench --features sfu --bench sfu` (BENCH_SUBSCRIBERS, default
 //! 20; BENCH_PACKETS_PER_TICK, video and audio packets per 20 ms, default 10: 1,000 packets/s
-//! published; BENCH_SECONDS, default 10; BENCH_SFU_SERVERS, default `rampart,bare`). Targets:
-//! ≥ 60,000 forwarded packets/s per core, p99 added latency ≤ 5 ms, ≤ 1.1× the bare forwarder's
-//! CPU per packet.
+//! published; BENCH_SECONDS, default 10; BENCH_SFU_SERVERS, default `rampart,bare,relayed,cross`).
+//! Targets: ≥ 60,000 forwarded packets/s per core, p99 added latency ≤ 5 ms, ≤ 1.1× the bare
+//! forwarder's CPU per packet; relayed ≤ 1.5× direct CPU per packet; a join through the other
+//! instance ≤ 50 ms slower than through the owner.
 
 #[path = "../../tests/it/rtc_client.rs"]
 #[allow(dead_code, reason = "the tests use more of the client than the benchmark")]
@@ -39,7 +49,10 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 fn main() {
     if let Ok(address) = std::env::var("BENCH_SFU_SERVE") {
-        return serve(address.parse().expect("BENCH_SFU_SERVE is an address"));
+        return serve(address.parse().expect("BENCH_SFU_SERVE is an address"), false);
+    }
+    if let Ok(address) = std::env::var("BENCH_SFU_SERVE_RELAYED") {
+        return serve(address.parse().expect("BENCH_SFU_SERVE_RELAYED is an address"), true);
     }
     if let Ok(address) = std::env::var("BENCH_SFU_SERVE_BARE") {
         return bare::serve(address.parse().expect("BENCH_SFU_SERVE_BARE is an address"));
@@ -50,8 +63,8 @@ fn main() {
     actix_rt::System::new().block_on(bench());
 }
 
-/// The child: the real app, SFU on loopback only.
-fn serve(address: SocketAddr) {
+/// The child: the real app, SFU on loopback only; with `relay`, its TURN relay on too.
+fn serve(address: SocketAddr, relay: bool) {
     let data_dir = tempfile::tempdir().expect("data dir");
     let mut config = Config::default();
     config.http.bind = address;
@@ -62,6 +75,19 @@ fn serve(address: SocketAddr) {
     config.sfu.max_participants = 1000;
     config.sfu.signaling_rate_per_sec = 10_000;
     config.shutdown.readiness_delay = Duration::ZERO;
+    if let Ok(uri) = std::env::var("BENCH_SFU_MONGODB") {
+        config.storage.kind = rampart::storage::StorageKind::Mongodb;
+        config.mongodb.uri = uri;
+        config.mongodb.database = "rampart_bench_cross".into();
+        config.sfu.cluster.enabled = true;
+        config.sfu.cluster.secret = "the benchmark's cluster secret".into();
+    }
+    if relay {
+        config.sfu.turn.enabled = true;
+        config.sfu.turn.secret = "the benchmark's TURN secret".into();
+        config.sfu.turn.udp = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.sfu.turn.tcp = None;
+    }
     let never = std::future::pending::<()>();
     if let Err(error) = actix_rt::System::new().block_on(rampart::app::run(config, never)) {
         eprintln!("rampart app failed: {error:#}");
@@ -110,15 +136,33 @@ impl Measurement {
 }
 
 async fn bench() {
-    let servers = std::env::var("BENCH_SFU_SERVERS").unwrap_or_else(|_| "rampart,bare".into());
+    let servers = std::env::var("BENCH_SFU_SERVERS").unwrap_or_else(|_| "rampart,bare,relayed,cross".into());
     let mut results = Vec::new();
     for server in servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let bare = match server {
-            "rampart" => false,
-            "bare" => true,
-            other => panic!("BENCH_SFU_SERVERS: unknown server {other:?} (rampart, bare)"),
+        if server == "cross" {
+            cross_instance_joins().await;
+            continue;
+        }
+        let kind = match server {
+            "rampart" => Server::Rampart,
+            "bare" => Server::Bare,
+            "relayed" => Server::Relayed,
+            other => panic!("BENCH_SFU_SERVERS: unknown server {other:?} (rampart, bare, relayed, cross)"),
         };
-        results.push((server.to_owned(), measure(bare).await));
+        results.push((server.to_owned(), measure(kind).await));
+    }
+    if let (Some((_, direct)), Some((_, relayed))) =
+        (results.iter().find(|(s, _)| s == "rampart"), results.iter().find(|(s, _)| s == "relayed"))
+    {
+        println!(
+            "sfu: relay cost: every subscriber through the embedded TURN relay {:.2} CPU-s per million forwarded \
+             packets, direct {:.2} -> {:.2}x (target <= 1.5x); latency p99 relayed {:.2} ms, direct {:.2} ms",
+            relayed.cpu_per_million(),
+            direct.cpu_per_million(),
+            relayed.cpu_per_million() / direct.cpu_per_million().max(1e-9),
+            relayed.p99_ms,
+            direct.p99_ms,
+        );
     }
     if let (Some((_, rampart)), Some((_, bare))) =
         (results.iter().find(|(s, _)| s == "rampart"), results.iter().find(|(s, _)| s == "bare"))
@@ -136,14 +180,32 @@ async fn bench() {
     }
 }
 
-async fn measure(bare: bool) -> Measurement {
-    let name = if bare { "bare" } else { "rampart" };
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Rampart,
+    Bare,
+    /// rampart with its TURN relay, every subscriber relay-only.
+    Relayed,
+}
+
+async fn measure(server: Server) -> Measurement {
+    let bare = server == Server::Bare;
+    let name = match server {
+        Server::Rampart => "rampart",
+        Server::Bare => "bare",
+        Server::Relayed => "relayed",
+    };
+    let mode = match server {
+        Server::Rampart => "BENCH_SFU_SERVE",
+        Server::Bare => "BENCH_SFU_SERVE_BARE",
+        Server::Relayed => "BENCH_SFU_SERVE_RELAYED",
+    };
     let subscribers = env_number("BENCH_SUBSCRIBERS", 20) as usize;
     let per_tick = env_number("BENCH_PACKETS_PER_TICK", 10) as u32;
     let seconds = env_number("BENCH_SECONDS", 10);
     let address = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
-        .env(if bare { "BENCH_SFU_SERVE_BARE" } else { "BENCH_SFU_SERVE" }, address.to_string())
+        .env(mode, address.to_string())
         .env("RAMPART__LOG__FILTER", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -178,7 +240,8 @@ async fn measure(bare: bool) -> Measurement {
     let token = |user: &str| tokens.issue(user, Duration::from_secs(3600)).expect("token");
     let mut clients = Vec::new();
     for i in 0..subscribers {
-        let options = rtc_client::Options { record_latency: true, ..Default::default() };
+        let options =
+            rtc_client::Options { record_latency: true, relay_only: server == Server::Relayed, ..Default::default() };
         // One user each: a user's sockets are limited (`sfu.max_sockets_per_user`).
         let user = format!("subscriber-{i}");
         let mut client = rtc_client::RtcClient::connect(&runtime, &url, &token(&user), options).await;
@@ -262,4 +325,108 @@ async fn measure(bare: bool) -> Measurement {
     let _ = child.kill();
     let _ = child.wait();
     measurement
+}
+
+/// `join` → first media packet, through the room's owner and through the other instance.
+async fn cross_instance_joins() {
+    let Some(ferretdb) =
+        std::env::var("RAMPART_TEST_FERRETDB_BIN").ok().filter(|bin| std::path::Path::new(bin).is_file())
+    else {
+        println!("sfu [cross]: skipped: RAMPART_TEST_FERRETDB_BIN (scripts/services.sh env) names no FerretDB");
+        return;
+    };
+    let joins = env_number("BENCH_CROSS_JOINS", 20);
+    let store = tempfile::tempdir().expect("FerretDB's directory");
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let mut mongo = std::process::Command::new(ferretdb)
+        .args(["-listen", &format!("127.0.0.1:{port}"), "-sqlite", &format!("file:{}/", store.path().display())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start FerretDB");
+    let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let address = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+        let child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+            .env("BENCH_SFU_SERVE", address.to_string())
+            .env("BENCH_SFU_MONGODB", &uri)
+            .env("RAMPART__LOG__FILTER", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start an instance");
+        rampart_bench::wait_healthy(&format!("http://{address}"), Duration::from_secs(60)).await;
+        instances.push((address, child));
+    }
+    let (owner, other) = (instances[0].0, instances[1].0);
+    let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+    let mut response = http
+        .post(format!("http://{owner}/admin/rooms"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send_json(&json!({"name": "cross"}))
+        .await
+        .expect("room");
+    assert!(response.status().is_success(), "{:?}", response.body().await);
+    let users = std::iter::once("publisher".to_owned()).chain((0..joins * 2).map(|i| format!("joiner-{i}")));
+    for user in users {
+        let mut response = http
+            .post(format!("http://{owner}/api/users"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send_json(&json!({"id": user}))
+            .await
+            .expect("provision");
+        assert!(response.status().is_success(), "provisioning {user}: {:?}", response.body().await);
+    }
+    let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
+    let token = |user: &str| tokens.issue(user, Duration::from_secs(3600)).expect("token");
+    let runtime = rtc_client::media_runtime();
+    let options = rtc_client::Options { publish: true, ..Default::default() };
+    let mut publisher =
+        rtc_client::RtcClient::connect(&runtime, &format!("ws://{owner}/rtc"), &token("publisher"), options).await;
+    assert_eq!(publisher.join("cross").await["type"], "joined");
+    let from = publisher.participant();
+    // Alternate: through the owner, then through the other instance.
+    let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+    for i in 0..joins * 2 {
+        let through = if i % 2 == 0 { owner } else { other };
+        let user = format!("joiner-{i}");
+        let mut client = rtc_client::RtcClient::connect(
+            &runtime,
+            &format!("ws://{through}/rtc"),
+            &token(&user),
+            rtc_client::Options::default(),
+        )
+        .await;
+        let started = Instant::now();
+        assert_eq!(client.join("cross").await["type"], "joined");
+        let deadline = started + Duration::from_secs(20);
+        while client.state.received(&from, "video").packets == 0 {
+            assert!(Instant::now() < deadline, "{user} received nothing");
+            tokio::time::sleep(Duration::from_millis(1)).await; // Poll interval.
+        }
+        let took = started.elapsed().as_nanos() as u64;
+        if i % 2 == 0 {
+            direct.push(took)
+        } else {
+            relayed.push(took)
+        }
+        drop(client);
+    }
+    direct.sort_unstable();
+    relayed.sort_unstable();
+    let (direct_p50, relayed_p50) = (percentile(&direct, 0.5), percentile(&relayed, 0.5));
+    println!(
+        "sfu [cross]: join -> first media packet, {joins} joins each: through the owner p50 {direct_p50:.1} ms \
+         (p90 {:.1}), through the other instance p50 {relayed_p50:.1} ms (p90 {:.1}) -> adds {:.1} ms (target <= 50 ms)",
+        percentile(&direct, 0.9),
+        percentile(&relayed, 0.9),
+        relayed_p50 - direct_p50,
+    );
+    drop(publisher);
+    for (_, mut child) in instances {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = mongo.kill();
+    let _ = mongo.wait();
 }
