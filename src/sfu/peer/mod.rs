@@ -399,8 +399,8 @@ impl Peer {
             max_frame_bytes: self.shared.core.config.max_frame_bytes,
         };
         let address = ctx.address();
-        self.relay = Some(relay::Relay::start(route, self.shared.signal.clone(), move |end| {
-            address.do_send(RelayEnded { epoch, end });
+        self.relay = Some(relay::Relay::start(route, self.shared.signal.clone(), move |event| {
+            address.do_send(FromRelay { epoch, event });
         }));
     }
 
@@ -631,24 +631,34 @@ impl Handler<Disconnected> for Peer {
     }
 }
 
-/// The relay to the room's owner ended by itself (the owner closed it, died, or was not there).
+/// What the relay to the room's owner reports: joined, or ended by itself (the owner refused,
+/// closed, died, or was not there).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct RelayEnded {
+struct FromRelay {
     epoch: u64,
-    end: relay::RelayEnd,
+    event: relay::RelayEvent,
 }
 
-impl Handler<RelayEnded> for Peer {
+impl Handler<FromRelay> for Peer {
     type Result = ();
 
-    fn handle(&mut self, ended: RelayEnded, ctx: &mut Self::Context) {
-        if ended.epoch != self.relay_epoch {
+    fn handle(&mut self, message: FromRelay, ctx: &mut Self::Context) {
+        if message.epoch != self.relay_epoch {
             return;
         }
+        let end = match message.event {
+            // In the room through the relay: a later move is a new one.
+            relay::RelayEvent::Joined => {
+                self.moves = 0;
+                self.following = None;
+                return;
+            }
+            relay::RelayEvent::Ended(end) => end,
+        };
         self.relay = None;
         let Some(room) = self.shared.relayed_room.lock().clone() else { return };
-        match ended.end {
+        match end {
             // The client has the owner's error frame (room full...): not in the room.
             relay::RelayEnd::Refused => {
                 self.stop_relay();

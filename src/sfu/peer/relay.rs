@@ -22,6 +22,14 @@ pub(super) struct Relay {
     _task: OwnedTask<()>,
 }
 
+/// What a relay reports to its peer.
+pub(super) enum RelayEvent {
+    /// The owner answered the join with `joined`: the participant is in the room.
+    Joined,
+    /// The relay ended by itself.
+    Ended(RelayEnd),
+}
+
 /// Why a relay ended by itself.
 pub(super) enum RelayEnd {
     /// The owner refused the join (its `error` frame went to the client): do not follow.
@@ -41,13 +49,14 @@ pub(super) struct Route {
 
 impl Relay {
     /// Connects to the owner and joins `route.room` there; frames from the owner go to
-    /// `signal`. `ended` runs once when the relay ends by itself (the owner closed, died or could
-    /// not be reached), with why; not when the relay is dropped.
-    pub fn start(route: Route, signal: Arc<Signal>, ended: impl FnOnce(RelayEnd) + 'static) -> Self {
+    /// `signal`. `notify` hears when the owner answered `joined`, and once when the relay ends by
+    /// itself (the owner refused, closed, died or could not be reached); not when the relay is
+    /// dropped.
+    pub fn start(route: Route, signal: Arc<Signal>, notify: impl Fn(RelayEvent) + 'static) -> Self {
         let (to_owner, from_client) = mpsc::channel(QUEUED_FRAMES);
         let task = spawn_owned("sfu.relay", async move {
-            let reason = run(route, signal, from_client).await;
-            ended(reason);
+            let end = run(route, signal, from_client, &notify).await;
+            notify(RelayEvent::Ended(end));
         });
         Self { to_owner, _task: task }
     }
@@ -58,15 +67,25 @@ impl Relay {
     }
 }
 
-async fn run(route: Route, signal: Arc<Signal>, from_client: mpsc::Receiver<String>) -> RelayEnd {
-    match relay(route, signal, from_client).await {
+async fn run(
+    route: Route,
+    signal: Arc<Signal>,
+    from_client: mpsc::Receiver<String>,
+    notify: &impl Fn(RelayEvent),
+) -> RelayEnd {
+    match relay(route, signal, from_client, notify).await {
         Ok(()) => RelayEnd::Refused,
         Err(reason) => RelayEnd::Lost(reason),
     }
 }
 
 /// `Ok` when the owner refused the join; `Err` with why the relay was lost otherwise.
-async fn relay(route: Route, signal: Arc<Signal>, mut from_client: mpsc::Receiver<String>) -> Result<(), String> {
+async fn relay(
+    route: Route,
+    signal: Arc<Signal>,
+    mut from_client: mpsc::Receiver<String>,
+    notify: &impl Fn(RelayEvent),
+) -> Result<(), String> {
     let url = format!("{}/rtc/relay", route.owner_url.replacen("http", "ws", 1));
     let client = awc::Client::builder().timeout(CONNECT_TIMEOUT).finish();
     let connecting = client
@@ -108,6 +127,9 @@ async fn relay(route: Route, signal: Arc<Signal>, mut from_client: mpsc::Receive
                             .and_then(|frame| frame["type"].as_str().map(str::to_owned));
                         joined = kind.as_deref() == Some("joined");
                         refused = kind.as_deref() == Some("error");
+                        if joined {
+                            notify(RelayEvent::Joined);
+                        }
                     }
                     signal.send(text);
                     if refused {

@@ -294,6 +294,14 @@ async fn a_relaying_peer_that_panics_relays_again_and_media_flows() {
         view["rooms"][0]["participants"].as_array().map(Vec::len) == Some(2)
     })
     .await;
+    // A later move is a move of its own: the owner dies, and bob is told again.
+    let mut owner = owner;
+    drop(alice);
+    owner.process.kill_hard();
+    let moved = bob.wait_for("reconnect", |frame| frame["type"] == "reconnect").await;
+    assert_eq!(moved["rejoin"], true, "{moved}");
+    let joined = bob.wait_for("joined", |frame| frame["type"] == "joined").await;
+    assert_eq!(joined["room"], room.as_str(), "{joined}");
 }
 
 #[actix_rt::test]
