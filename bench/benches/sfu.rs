@@ -94,6 +94,27 @@ fn serve(address: SocketAddr, relay: bool) {
     }
 }
 
+/// Opens the operator's room `room` on `base` and provisions `users` (every user is provisioned
+/// before their socket is accepted).
+async fn provision(http: &awc::Client, base: &str, room: &str, users: impl Iterator<Item = String>) {
+    let mut response = http
+        .post(format!("{base}/admin/rooms"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send_json(&json!({"name": room}))
+        .await
+        .expect("room");
+    assert!(response.status().is_success(), "{:?}", response.body().await);
+    for user in users {
+        let mut response = http
+            .post(format!("{base}/api/users"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send_json(&json!({"id": user}))
+            .await
+            .expect("provision");
+        assert!(response.status().is_success(), "provisioning {user}: {:?}", response.body().await);
+    }
+}
+
 /// (user+system CPU seconds, RSS bytes) of `pid`.
 fn usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -215,24 +236,8 @@ async fn measure(server: Server) -> Measurement {
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
     let (_, idle_rss) = usage(child.id());
     if !bare {
-        let mut response = http
-            .post(format!("{base}/admin/rooms"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send_json(&json!({"name": "bench"}))
-            .await
-            .expect("room");
-        assert!(response.status().is_success(), "{:?}", response.body().await);
-        // Every user is provisioned before their socket is accepted.
         let users = std::iter::once("publisher".to_owned()).chain((0..subscribers).map(|i| format!("subscriber-{i}")));
-        for user in users {
-            let mut response = http
-                .post(format!("{base}/api/users"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send_json(&json!({"id": user}))
-                .await
-                .expect("provision");
-            assert!(response.status().is_success(), "provisioning {user}: {:?}", response.body().await);
-        }
+        provision(&http, &base, "bench", users).await;
     }
     let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
     let url = format!("ws://{address}/rtc");
@@ -360,23 +365,8 @@ async fn cross_instance_joins() {
     }
     let (owner, other) = (instances[0].0, instances[1].0);
     let http = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
-    let mut response = http
-        .post(format!("http://{owner}/admin/rooms"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send_json(&json!({"name": "cross"}))
-        .await
-        .expect("room");
-    assert!(response.status().is_success(), "{:?}", response.body().await);
     let users = std::iter::once("publisher".to_owned()).chain((0..joins * 2).map(|i| format!("joiner-{i}")));
-    for user in users {
-        let mut response = http
-            .post(format!("http://{owner}/api/users"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send_json(&json!({"id": user}))
-            .await
-            .expect("provision");
-        assert!(response.status().is_success(), "provisioning {user}: {:?}", response.body().await);
-    }
+    provision(&http, &format!("http://{owner}"), "cross", users).await;
     let tokens = Tokens::from_secret(JWT_SECRET.as_bytes());
     let token = |user: &str| tokens.issue(user, Duration::from_secs(3600)).expect("token");
     let runtime = rtc_client::media_runtime();

@@ -247,6 +247,7 @@ impl ClientState {
     }
 }
 
+#[derive(Clone)]
 pub struct Options {
     /// Publish audio and video after joining.
     pub publish: bool,

@@ -883,24 +883,37 @@ async fn shutdown_closes_chat_and_video_sockets_first_and_exits_promptly() {
     assert!(took <= Duration::from_secs(3), "shutdown took {took:?}");
 }
 
-#[actix_rt::test]
-async fn media_flows_over_ice_tcp_for_clients_whose_network_drops_udp() {
-    let _heavy = crate::support::MEASURING.read().await;
-    let server = sfu_server(&[]);
-    let (users, room) = users_and_room(&server, "tcp", 2).await;
+/// A publishing client of each of `users` in `room`, with `options`; media checked flowing
+/// between the first two both ways.
+async fn publishers_exchanging_media(
+    server: &ChatServer,
+    users: &[String],
+    room: &str,
+    options: Options,
+) -> Vec<RtcClient> {
     let runtime = media_runtime();
     let url = server.url("/rtc").replacen("http://", "ws://", 1);
     let mut clients = Vec::new();
-    for user in &users {
-        let options = Options { publish: true, tcp_only: true, ..Options::default() };
+    for user in users {
+        let options = Options { publish: true, ..options.clone() };
         let mut client = RtcClient::connect(&runtime, &url, &server.token(user), options).await;
-        let joined = client.join(&room).await;
+        let joined = client.join(room).await;
         assert_eq!(joined["type"], "joined", "{joined}");
         clients.push(client);
     }
     let participants: Vec<String> = clients.iter().map(RtcClient::participant).collect();
     media_flows(&clients[1], &participants[0], 50).await;
     media_flows(&clients[0], &participants[1], 50).await;
+    clients
+}
+
+#[actix_rt::test]
+async fn media_flows_over_ice_tcp_for_clients_whose_network_drops_udp() {
+    let _heavy = crate::support::MEASURING.read().await;
+    let server = sfu_server(&[]);
+    let (users, room) = users_and_room(&server, "tcp", 2).await;
+    let clients =
+        publishers_exchanging_media(&server, &users, &room, Options { tcp_only: true, ..Options::default() }).await;
     let offered = clients[0].state.server_candidates.lock().clone();
     assert!(
         offered.iter().any(|line| line.contains(" tcp ") && line.contains("tcptype passive")),

@@ -156,12 +156,10 @@ fn stun_type(packet: &[u8]) -> Option<MessageType> {
 }
 
 /// Whether the server is answering a request 400 (Bad Request): what it answers for an unknown,
-/// expired or wrongly signed credential and for malformed requests. The type's class bits are
-/// checked first, so relayed data (ChannelData, Data indications) costs two byte reads.
+/// expired or wrongly signed credential and for malformed requests. The type is read first, so
+/// relayed data (ChannelData, Data indications) is never decoded.
 fn is_bad_request_answer(packet: &[u8]) -> bool {
-    let [first, second, ..] = packet else { return false };
-    let typ = u16::from_be_bytes([*first, *second]);
-    if first >> 6 != 0 || typ & 0x0110 != 0x0110 || !stun::message::is_message(packet) {
+    if stun_type(packet).is_none_or(|typ| typ.class != CLASS_ERROR_RESPONSE) {
         return false;
     }
     let mut answer = Message::new();

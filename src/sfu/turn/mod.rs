@@ -244,16 +244,11 @@ impl Actor for TurnServer {
             }
         }));
     }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 crate::supervised!(TurnServer);
 
+/// Stopped, or replaced by a fresh incarnation: the server's thread ends with it.
 impl Drop for TurnServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -18,7 +18,7 @@ use turn::proto::reqtrans::RequestedTransport;
 use turn::proto::PROTO_UDP;
 use webrtc_util::Conn as _;
 
-use super::{media_flows, sfu_server, users_and_room};
+use super::{sfu_server, users_and_room};
 use crate::chat_client::ChatServer;
 use crate::rtc_client::{media_runtime, Options, RtcClient};
 use crate::support::{eventually, metric_value, scrape};
@@ -101,19 +101,8 @@ async fn media_flows_between_clients_that_may_only_use_the_embedded_relay() {
     let _heavy = crate::support::MEASURING.read().await;
     let server = turn_server(&[]);
     let (users, room) = users_and_room(&server, "relayed", 2).await;
-    let runtime = media_runtime();
-    let url = server.url("/rtc").replacen("http://", "ws://", 1);
-    let mut clients = Vec::new();
-    for user in &users {
-        let options = Options { publish: true, relay_only: true, ..Options::default() };
-        let mut client = RtcClient::connect(&runtime, &url, &server.token(user), options).await;
-        let joined = client.join(&room).await;
-        assert_eq!(joined["type"], "joined", "{joined}");
-        clients.push(client);
-    }
-    let participants: Vec<String> = clients.iter().map(RtcClient::participant).collect();
-    media_flows(&clients[1], &participants[0], 50).await;
-    media_flows(&clients[0], &participants[1], 50).await;
+    let options = Options { relay_only: true, ..Options::default() };
+    let _clients = super::publishers_exchanging_media(&server, &users, &room, options).await;
     // Operators see it: each participant's media comes through a relay candidate.
     let paths: Vec<Value> =
         super::room_participants(&server, &room).await.iter().map(|p| p["media_path"].clone()).collect();
