@@ -90,6 +90,10 @@ impl Db {
         }
         let mut writer = open_connection(path, false)?;
         migrate(&mut writer, migrations)?;
+        // Write jobs often read before they write (in one transaction): take the write lock at
+        // BEGIN, waiting on the busy handler, so no checkpoint can restart the log in between
+        // (that made the first write fail at once with "database is locked").
+        writer.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // Checkpoints (copying the WAL into the database file) run on their own thread, so the
         // writer spends its time on commits; the writer no longer checkpoints by itself.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -338,5 +342,39 @@ mod tests {
         assert_eq!(choose_checkpoint(150, 150, policy), Checkpoint::Truncate);
         assert_eq!(choose_checkpoint(50, 20, policy), Checkpoint::Passive);
         assert_eq!(choose_checkpoint(0, 0, policy), Checkpoint::Passive, "nothing to truncate");
+    }
+
+    /// Regression: write jobs read, then write in one transaction (placing a room, claiming a
+    /// delivery). A deferred transaction only takes the write lock at its first write, so a
+    /// checkpoint restarting the log in between (the checkpointer truncates an idle WAL every
+    /// 200 ms) left it a stale snapshot, and the write failed at once with "database is locked"
+    /// (seen under CPU load). The writer's transactions now take the write lock when they begin.
+    #[actix_rt::test]
+    async fn a_checkpoint_between_a_write_jobs_read_and_its_write_does_not_fail_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.db");
+        let db = Db::open("test", &path, &["CREATE TABLE t (x INTEGER)"], 1, WalPolicy::default()).expect("open");
+        db.write(|connection| {
+            connection.execute("INSERT INTO t VALUES (1)", [])?;
+            // Everything in the database file, as after the checkpointer's passive ticks.
+            Ok(connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)).map(drop)?)
+        })
+        .await
+        .expect("seed");
+        let written = db
+            .write(move |connection| {
+                let transaction = connection.transaction()?;
+                let seen: i64 = transaction.query_row("SELECT count(*) FROM t", [], |row| row.get(0))?;
+                // What the checkpointer does on an idle tick, from its own connection, with a
+                // short wait of its own: it may not get the lock, but it must not break us.
+                let checkpointer = open_connection(&path, false)?;
+                checkpointer.busy_timeout(Duration::from_millis(50))?;
+                let _ = checkpointer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0));
+                transaction.execute("INSERT INTO t VALUES (?1)", [seen + 10])?;
+                transaction.commit()?;
+                Ok(seen)
+            })
+            .await;
+        assert_eq!(written.expect("the write job commits"), 1);
     }
 }
