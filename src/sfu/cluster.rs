@@ -122,6 +122,14 @@ impl Cluster {
             let now = now_ms();
             let expires_at_ms = now + self.ttl_ms();
             let keep = match self.store.renew_room(lease.room.clone(), lease.token.clone(), expires_at_ms).await {
+                // Renewed, but answered so late that another instance may already have taken
+                // the room over (it saw the old expiry pass): give it up rather than risk two
+                // owners.
+                Ok(true) if now_ms() >= lease.expires_at_ms - self.ttl_ms() / 6 => {
+                    tracing::warn!(room = %lease.room, "a room's placement was renewed too late to be trusted");
+                    self.released.lock().push(lease.clone());
+                    false
+                }
                 Ok(true) => {
                     if let Some(held) = self.held.lock().get_mut(&lease.room).filter(|held| held.token == lease.token) {
                         held.expires_at_ms = expires_at_ms;
@@ -202,6 +210,67 @@ mod tests {
         assert!(!other.verify("alice", &credential.replacen('.', "x", 1)));
         let (_, signature) = credential.split_once('.').expect("signed");
         assert!(!other.verify("alice", &format!("{}.{signature}", now_ms() / 1000 - 1)), "expired");
+    }
+
+    /// A store whose renewals answer after `delay` (a slow or stalled MongoDB).
+    struct SlowRenewals {
+        store: Arc<dyn RoomStore>,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl RoomStore for SlowRenewals {
+        async fn create_room(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
+            self.store.create_room(name, now_ms).await
+        }
+        async fn delete_room(&self, name: String) -> Result<bool, StorageError> {
+            self.store.delete_room(name).await
+        }
+        async fn room_exists(&self, name: String) -> Result<bool, StorageError> {
+            self.store.room_exists(name).await
+        }
+        async fn rooms(&self) -> Result<Vec<String>, StorageError> {
+            self.store.rooms().await
+        }
+        async fn place_room(&self, candidate: RoomLease, now_ms: i64) -> Result<RoomLease, StorageError> {
+            self.store.place_room(candidate, now_ms).await
+        }
+        async fn renew_room(&self, room: String, token: String, expires_at_ms: i64) -> Result<bool, StorageError> {
+            let renewed = self.store.renew_room(room, token, expires_at_ms).await;
+            tokio::time::sleep(self.delay).await;
+            renewed
+        }
+        async fn release_room(&self, room: String, token: String) -> Result<(), StorageError> {
+            self.store.release_room(room, token).await
+        }
+        async fn room_leases(&self, now_ms: i64) -> Result<Vec<RoomLease>, StorageError> {
+            self.store.room_leases(now_ms).await
+        }
+    }
+
+    /// Regression: a renewal answered after the lease's fence point was trusted, although
+    /// another instance may have seen the old expiry pass and taken the room over meanwhile.
+    #[actix_rt::test]
+    async fn a_renewal_answered_too_late_gives_the_room_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn RoomStore> = Arc::new(
+            crate::storage::SqliteChat::open(dir.path(), 1, crate::storage::WalPolicy::default()).expect("store"),
+        );
+        let config = ClusterConfig {
+            enabled: true,
+            secret: "a deployment secret, long".into(),
+            lease_ttl: Duration::from_millis(600),
+            ..Default::default()
+        };
+        let slow: Arc<dyn RoomStore> =
+            Arc::new(SlowRenewals { store: store.clone(), delay: Duration::from_millis(550) });
+        let (one, other) = (Cluster::new(&config, slow), Cluster::new(&config, store));
+        assert!(matches!(one.place("r").await, Ok(Placement::Here)));
+        assert_eq!(one.renew().await, vec!["r".to_owned()], "answered past the fence point: lost");
+        assert!(one.held.lock().is_empty());
+        // Given back at once, so another instance need not wait for it to expire.
+        one.renew().await;
+        assert!(matches!(other.place("r").await, Ok(Placement::Here)));
     }
 
     #[actix_rt::test]

@@ -114,12 +114,18 @@ pub(super) struct RoomDoc {
     pub(super) created_at: DateTime,
 }
 
-/// A room's placement (`RoomLease`). FerretDB has no TTL index and no atomic `$inc`, so expiry
-/// is a field every query compares, and takeovers go through the unique `_id`.
+/// One placement of a room (`RoomLease`), one document per (room, epoch). FerretDB has no TTL
+/// index, and its updates and deletes are a read followed by a write by `_id` (not atomic), so
+/// expiry is a field every query compares, a takeover inserts the next epoch (the unique `_id`
+/// decides the race), and only the document's owner ever updates it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct RoomLeaseDoc {
+    /// `<room>#<epoch>`: the unique key every placement race is decided on.
     #[serde(rename = "_id")]
+    pub(super) key: String,
     pub(super) room: String,
+    /// 1 for a room's first placement, one more for each placement after it.
+    pub(super) epoch: i64,
     pub(super) owner: String,
     pub(super) address: String,
     pub(super) token: String,
@@ -153,4 +159,6 @@ pub(super) const INDEXES: &[IndexSpec] = &[
     // A recipient's backlog in commit order.
     ("recipient_state_seq", "deliveries", &[("recipient", 1), ("state", 1), ("seq", 1)], false),
     ("at_id", "dead_letters", &[("at", -1), ("_id", -1)], false),
+    // A room's current placement: its highest epoch.
+    ("room_epoch", "room_leases", &[("room", 1), ("epoch", -1)], false),
 ];
