@@ -374,6 +374,14 @@ impl Peer {
                     ctx.stop();
                 }
                 Ok(Joined::Elsewhere(lease)) => peer.start_relay(name, lease, ctx),
+                // This instance cannot serve the room now (its store is away, e.g. while it
+                // fences the room): not a refusal of the participant. The relaying instance
+                // places the room again, as after a move, until another instance takes it.
+                Err(RoomRefused::Unavailable(reason)) if peer.shared.relayed => {
+                    tracing::info!(room = %name, reason, "a relayed join this instance cannot serve now");
+                    peer.shared.signal.outbox.close(4503, "the room is unavailable on this instance");
+                    ctx.stop();
+                }
                 Err(refused) => {
                     if peer.moves > 0 {
                         peer.stop_relay();
