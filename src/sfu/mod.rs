@@ -184,6 +184,14 @@ mod running {
             turn,
             cluster: config.cluster.enabled.then(|| super::cluster::Cluster::new(&config.cluster, store.clone())),
         });
+        if let Some(turn) = &core.turn {
+            let core = Arc::downgrade(&core);
+            turn.on_restart(move || {
+                if let Some(core) = core.upgrade() {
+                    core.relay_restarted();
+                }
+            });
+        }
         let sockets_per_user = PerUser::new(config.max_sockets_per_user);
         let leases = core.cluster.clone().map(|cluster| {
             let core = core.clone();
@@ -460,6 +468,20 @@ mod running {
                 let _ = peer.do_send(super::peer::Moved { room: room.to_owned() });
             }
             self.refresh_metrics();
+        }
+
+        /// The embedded relay lost its allocations: every participant here checks whether its
+        /// media came through a relay, and if so reconnects now.
+        pub(super) fn relay_restarted(&self) {
+            let peers: Vec<ActorHandle<Peer>> = self
+                .rooms
+                .lock()
+                .values()
+                .flat_map(|entry| entry.peers.lock().values().cloned().collect::<Vec<_>>())
+                .collect();
+            for peer in peers {
+                let _ = peer.do_send(super::peer::RelayRestarted);
+            }
         }
 
         /// Sets the room, participant and track gauges from every room's latest counts.

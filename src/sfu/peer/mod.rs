@@ -524,12 +524,18 @@ impl Peer {
     /// A connection failed for good (ICE consent lost): start over, like after a restart.
     fn connection_failed(&mut self, target: Target) {
         tracing::info!(participant = %self.shared.participant, target = target.as_str(), "peer connection failed; asking the client to reconnect");
+        self.start_over("connection failed");
+    }
+
+    /// Drops both connections and every published track, asks the client to connect again
+    /// (`reason` in the `reconnect` frame) and re-enters the room.
+    fn start_over(&mut self, reason: &str) {
         let tracks: Vec<String> = self.published.keys().cloned().collect();
         for track in tracks {
             self.track_ended(track);
         }
         self.reset_media();
-        self.shared.signal.send(protocol::reconnect("connection failed"));
+        self.shared.signal.send(protocol::reconnect(reason));
         if let Some(entry) = self.shared.membership() {
             self.rejoin(&entry);
         }
@@ -761,6 +767,48 @@ async fn media_path(connection: &Arc<dyn PeerConnection>) -> Option<MediaPath> {
             }
             _ => None,
         },
+    }
+}
+
+/// From the SFU: the embedded TURN relay restarted and lost every allocation. A participant
+/// whose media came through a relay starts over now (its client allocates anew), rather than
+/// after ICE gives its connections up (~30 s of silence).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RelayRestarted;
+impl SupervisedMessage for RelayRestarted {}
+
+impl Handler<RelayRestarted> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, _: RelayRestarted, ctx: &mut Self::Context) {
+        let connections: Vec<Arc<dyn PeerConnection>> =
+            [self.publisher.clone(), self.subscriber.clone()].into_iter().flatten().collect();
+        if connections.is_empty() {
+            return;
+        }
+        let media = self.shared.core.media.clone();
+        let checked = connections.clone();
+        let relayed = async move {
+            for connection in checked {
+                let path = media.run("sfu.stats", async move { media_path(&connection).await }).await.ok().flatten();
+                if path.is_some_and(|path| path.candidate == "relay") {
+                    return true;
+                }
+            }
+            false
+        };
+        ctx.spawn(relayed.into_actor(self).map(move |relayed, peer, _ctx| {
+            // Unless the connections were replaced meanwhile (the client already reconnected).
+            let current = [&peer.publisher, &peer.subscriber];
+            let same = connections
+                .iter()
+                .all(|checked| current.iter().any(|now| now.as_ref().is_some_and(|now| Arc::ptr_eq(now, checked))));
+            if relayed && same {
+                tracing::info!(participant = %peer.shared.participant, "the relay restarted; asking the client to reconnect");
+                peer.start_over("the relay restarted");
+            }
+        }));
     }
 }
 

@@ -114,6 +114,38 @@ async fn media_flows_between_clients_that_may_only_use_the_embedded_relay() {
     assert_eq!(counter(&server, "rampart_turn_peers_refused_total").await, 0.0);
 }
 
+/// Regression: a crash of the relay dropped every allocation, and relayed clients heard
+/// nothing until ICE declared their connections failed (about 30 s of silence, then `reconnect`
+/// with "connection failed"). Now the relay's next incarnation has the SFU ask exactly the
+/// relayed participants to reconnect, and media is back through fresh allocations.
+#[actix_rt::test]
+async fn a_relay_restart_sends_relayed_participants_back_through_fresh_allocations() {
+    let _heavy = crate::support::MEASURING.read().await;
+    let server = turn_server(&[]);
+    let (users, room) = users_and_room(&server, "relay-restart", 2).await;
+    let options = Options { relay_only: true, ..Options::default() };
+    let mut clients = super::publishers_exchanging_media(&server, &users, &room, options).await;
+    let (a, b) = (clients[0].participant(), clients[1].participant());
+    let panicked = std::time::Instant::now();
+    super::chaos_panic(&server, "/root/sfu/turn").await;
+    for client in &mut clients {
+        let frame = client.wait_for("reconnect", |frame| frame["type"] == "reconnect").await;
+        assert_eq!(frame["reason"], "the relay restarted", "told why, not after ICE gave up: {frame}");
+    }
+    let told = panicked.elapsed();
+    super::media_resumes(&clients[1], &a, 30, Duration::from_secs(20)).await;
+    super::media_resumes(&clients[0], &b, 30, Duration::from_secs(20)).await;
+    eprintln!("relay panicked: participants told after {told:?}, media flows again after {:?}", panicked.elapsed());
+    server.assert_restarted(["/root/sfu/turn"]).await;
+    let paths: Vec<Value> =
+        super::room_participants(&server, &room).await.iter().map(|p| p["media_path"].clone()).collect();
+    assert!(paths.iter().all(|path| path["candidate"] == "relay"), "{paths:?}");
+    for client in &clients {
+        let errors = client.state.errors.lock().clone();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
+
 #[actix_rt::test]
 async fn the_relay_refuses_wrong_expired_and_foreign_requests_and_relays_to_the_deployment() {
     let server = turn_server(&[]);
