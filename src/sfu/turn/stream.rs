@@ -5,8 +5,8 @@
 //! padded to 4 bytes on a stream); each frame comes out of `recv_from` with the connection's
 //! remote address, and `send_to` that address writes to that connection. Bounded everywhere:
 //! `max_connections` at once, 10 s to finish a TLS handshake and to send a first frame, 64 KiB
-//! frames (their length field's limit), 64 frames queued to a slow reader and then dropped, as
-//! UDP would drop them.
+//! frames (their length field's limit), 256 KiB queued to a slow reader (about what a UDP
+//! socket buffers) and then dropped, as UDP would drop them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,12 +25,23 @@ use crate::tasks::{spawn_owned_on, OwnedTask};
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection with no frame for this long is closed (allocations refresh every few minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-const QUEUED_FRAMES: usize = 64;
+/// Bytes queued for one connection before frames are dropped. Bounded in bytes, not frames: a
+/// video keyframe arrives as a burst of a hundred packets or more, which a 64-frame queue cut
+/// short every time, so a participant reaching the relay over TCP never decoded a picture again
+/// after a renegotiation (browser test, TURN over TCP).
+const QUEUED_BYTES: usize = 256 * 1024;
+
+/// What is queued for one connection's writer, and how many bytes that is.
+#[derive(Clone)]
+struct Outbox {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+}
 
 pub struct StreamConn {
     local: SocketAddr,
     inbound: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
-    writers: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>,
+    writers: Arc<Mutex<HashMap<SocketAddr, Outbox>>>,
     /// The accept loop, which owns every connection's task: dropping the listener ends them.
     _accepting: OwnedTask<()>,
 }
@@ -94,14 +105,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     stream: S,
     remote: SocketAddr,
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    writers: &Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    writers: &Mutex<HashMap<SocketAddr, Outbox>>,
 ) {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (queue, mut queued) = mpsc::channel::<Vec<u8>>(QUEUED_FRAMES);
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (frames, mut queued) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queue = Outbox { frames, bytes: Arc::new(AtomicUsize::new(0)) };
     writers.lock().insert(remote, queue.clone());
+    let bytes = queue.bytes.clone();
     let writing = spawn_owned_on(&tokio::runtime::Handle::current(), "turn.write", async move {
-        while let Some(frame) = queued.recv().await {
-            if writer.write_all(&frame).await.is_err() {
+        // Whatever queued up meanwhile goes out in one write.
+        let mut writer = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
+        'writing: while let Some(frame) = queued.recv().await {
+            let mut next = Some(frame);
+            while let Some(frame) = next {
+                let written = writer.write_all(&frame).await;
+                bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+                if written.is_err() {
+                    break 'writing;
+                }
+                next = queued.try_recv().ok();
+            }
+            if writer.flush().await.is_err() {
                 break;
             }
         }
@@ -124,7 +148,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     }
     {
         let mut writers = writers.lock();
-        if writers.get(&remote).is_some_and(|current| current.same_channel(&queue)) {
+        if writers.get(&remote).is_some_and(|current| current.frames.same_channel(&queue.frames)) {
             writers.remove(&remote);
         }
     }
@@ -186,14 +210,17 @@ impl Conn for StreamConn {
         // ChannelData is padded to 4 bytes on streams; STUN messages already are.
         let mut frame = buf.to_vec();
         frame.resize(buf.len().div_ceil(4) * 4, 0);
-        match queue.try_send(frame) {
-            Ok(()) => Ok(buf.len()),
-            // A reader this far behind loses frames, as it would over UDP.
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(buf.len()),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(webrtc_util::Error::Other(format!("the TURN connection from {target} closed")))
-            }
+        // A reader this far behind loses frames, as it would over UDP.
+        if queue.bytes.load(Ordering::Acquire) + frame.len() > QUEUED_BYTES {
+            return Ok(buf.len());
         }
+        queue.bytes.fetch_add(frame.len(), Ordering::AcqRel);
+        let length = frame.len();
+        if queue.frames.send(frame).is_err() {
+            queue.bytes.fetch_sub(length, Ordering::AcqRel);
+            return Err(webrtc_util::Error::Other(format!("the TURN connection from {target} closed")));
+        }
+        Ok(buf.len())
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -216,7 +243,39 @@ impl Conn for StreamConn {
 
 #[cfg(test)]
 mod tests {
-    use super::read_frame;
+    use super::*;
+
+    /// Regression: the queue to a connection held 64 frames, so a keyframe's burst of packets
+    /// relayed before the writer ran lost everything past the 64th. A burst that fits a UDP
+    /// socket's worth of bytes arrives whole.
+    #[tokio::test]
+    async fn a_burst_of_packets_to_a_tcp_client_arrives_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let conn = StreamConn::start(listener, None, 4).expect("start");
+        let mut client = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let me = client.local_addr().expect("client address");
+        // A first frame (ChannelData) registers the connection.
+        client.write_all(&[0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]).await.expect("hello");
+        let mut buf = [0u8; 64];
+        let (_, from) = conn.recv_from(&mut buf).await.expect("first frame");
+        assert_eq!(from, me);
+        // 150 packets of 1,200 bytes, sent without yielding to the writer in between.
+        let packet: Vec<u8> = [&[0x40, 0x00, 0x04, 0xb0][..], &[7u8; 1200]].concat();
+        for _ in 0..150 {
+            conn.send_to(&packet, me).await.expect("queued");
+        }
+        let mut received = 0;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while received < 150 {
+                let frame = read_frame(&mut client).await.expect("read").expect("a frame");
+                assert_eq!(frame.len(), packet.len());
+                received += 1;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{received} of 150 packets arrived"));
+    }
 
     #[tokio::test]
     async fn frames_are_cut_by_their_own_lengths_and_channel_data_loses_its_padding() {
