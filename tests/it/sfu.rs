@@ -13,6 +13,8 @@ use crate::support::{eventually, eventually_value, metric_value, scrape, Rampart
 
 /// How long media may take to start flowing (ICE, DTLS, the first offer/answer round).
 const MEDIA_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the leak test's observer is given to receive a publisher the room already forwards.
+const OBSERVER_DEADLINE: Duration = Duration::from_secs(5);
 
 fn sfu_server(extra: &[(&str, &str)]) -> ChatServer {
     let mut env = vec![("RAMPART__SFU__ICE_LOOPBACK_ONLY", "true"), ("RAMPART__CHAOS__ENABLED", "true")];
@@ -64,15 +66,24 @@ async fn media_flows(subscriber: &RtcClient, publisher: &str, packets: u64) {
 
 /// `media_flows`, returning what was received instead of panicking.
 async fn try_media_flows(subscriber: &RtcClient, publisher: &str, packets: u64) -> Result<(), String> {
+    try_media_flows_within(subscriber, publisher, packets, MEDIA_DEADLINE).await
+}
+
+async fn try_media_flows_within(
+    subscriber: &RtcClient,
+    publisher: &str,
+    packets: u64,
+    deadline: Duration,
+) -> Result<(), String> {
     let state = &subscriber.state;
     let started = std::time::Instant::now();
     while !["video", "audio"].iter().all(|kind| state.received(publisher, kind).intact >= packets) {
-        if started.elapsed() > MEDIA_DEADLINE {
+        if started.elapsed() > deadline {
             let errors = state.errors.lock().clone();
             let received: Vec<_> =
                 ["video", "audio"].iter().map(|kind| state.received(publisher, kind).packets).collect();
             return Err(format!(
-                "no {packets} intact audio and video packets from {publisher} within {MEDIA_DEADLINE:?}: \
+                "no {packets} intact audio and video packets from {publisher} within {deadline:?}: \
                  received {received:?} (video, audio); client errors: {errors:?}; {}",
                 state.report(publisher)
             ));
@@ -717,8 +728,11 @@ async fn join_leave_cycles_return_actors_tasks_and_threads_and_bound_memory() {
                 // Known open bug (see the notes): under load, the observer's webrtc-rs connection
                 // at times never starts one forwarded track of a newcomer. Reported, not failed
                 // on here; `a_track_offered_with_the_removal_of_another_reaches_the_subscriber`
-                // and the forwarding tests check delivery to subscribers.
-                if let Err(problem) = try_media_flows(&observer, &participant, 1).await {
+                // and the forwarding tests check delivery to subscribers. The room already
+                // forwards this publisher, so a few seconds say it: a missed track used to cost
+                // the full media deadline, and a loaded CI machine with many misses ran the test
+                // past the suite's time limit.
+                if let Err(problem) = try_media_flows_within(&observer, &participant, 1, OBSERVER_DEADLINE).await {
                     missed.fetch_add(1, Ordering::Relaxed);
                     println!("the observer missed a track: {problem}\n{}", observer.state.diagnose(&participant).await);
                 }
