@@ -10,7 +10,7 @@
 // failure.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -57,6 +57,7 @@ function startRampart(port) {
     const timer = setTimeout(() => reject(new Error('rampart did not start')), STEP_TIMEOUT_MS);
     child.on('exit', (code) => reject(new Error(`rampart exited early with ${code}`)));
     createInterface({ input: child.stdout }).on('line', (line) => {
+      if (process.env.RAMPART_BROWSER_SERVER_LOG) appendFileSync(process.env.RAMPART_BROWSER_SERVER_LOG, `${line}\n`);
       const match = line.match(/listening on (http:\/\/[0-9.:]+)/);
       if (match) {
         clearTimeout(timer);
@@ -280,11 +281,11 @@ async function videoCall(url, alice, bob) {
     await framesGrow(page, name, 20);
   }
   log('alice and bob see each other (frames decoded on both pages)');
-  const bobTypes = (await stats(bob)).candidateTypes;
+  const { candidateTypes: bobTypes, relayProtocols } = await stats(bob);
   if (bobTypes.length === 0 || bobTypes.some((type) => type !== 'relay')) throw new Error(`bob's media did not go through the relay: ${bobTypes}`);
   const aliceTypes = (await stats(alice)).candidateTypes;
   if (!aliceTypes.includes('host')) throw new Error(`alice's media should go direct: ${aliceTypes}`);
-  log(`bob's connections use the embedded TURN relay (${bobTypes}), alice's go direct (${aliceTypes})`);
+  log(`bob's connections use the embedded TURN relay over ${relayProtocols} (${bobTypes}), alice's go direct (${aliceTypes})`);
   await until('a keyframe request to a publisher', async () => ((await stats(alice)).pliCount + (await stats(bob)).pliCount) >= 1);
   log('publishers were asked for keyframes (pliCount >= 1)');
   await shot(bob, 'video');

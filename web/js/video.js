@@ -82,16 +82,18 @@ export class VideoRoom extends EventTarget {
 
   /** Inbound and outbound RTP statistics (tests and the curious). */
   async stats() {
-    const result = { framesDecoded: 0, packetsReceived: 0, pliCount: 0, framesEncoded: 0, candidateTypes: [] };
+    const result = { framesDecoded: 0, packetsReceived: 0, pliCount: 0, framesEncoded: 0, candidateTypes: [], relayProtocols: [] };
     for (const pc of [this.subscriber, this.publisher]) {
       if (!pc) continue;
       const report = await pc.getStats();
       report.forEach((entry) => {
-        // The local end of each connection's selected pair: host, srflx or relay.
+        // The local end of each connection's selected pair: host, srflx or relay (and how the
+        // browser reaches the relay: udp, tcp or tls).
         if (entry.type === 'transport' && entry.selectedCandidatePairId) {
           const pair = report.get(entry.selectedCandidatePairId);
           const local = pair && report.get(pair.localCandidateId);
           if (local) result.candidateTypes.push(local.candidateType);
+          if (local?.relayProtocol) result.relayProtocols.push(local.relayProtocol);
         }
         if (entry.type === 'inbound-rtp') {
           result.framesDecoded += entry.framesDecoded ?? 0;
